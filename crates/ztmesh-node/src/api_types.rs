@@ -1,0 +1,228 @@
+//! JSON bodies of the HTTP API, shared by servers and clients (documented in docs/openapi.yaml).
+//! Requests refuse unknown fields, so a typo is a 400 rather than a silently ignored option.
+
+use serde::{Deserialize, Serialize};
+use ztmesh_core::link::PeerAdvert;
+use ztmesh_pki::RevocationReason;
+
+/// Evidence offered at enrollment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attestation {
+    /// Evidence type (`tpm2`, `tdx`, `sgx`, `sev-snp`, `dev`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Evidence, base64.
+    pub payload: String,
+}
+
+/// `POST /v1/enroll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The one-time enrollment token.
+    pub token: String,
+    /// PKCS#10 CSR for a fresh TLS key: PEM, or base64 of the DER.
+    pub csr: String,
+    /// The node's identity public key: base64 of its DER SubjectPublicKeyInfo.
+    pub identity_key: String,
+    /// Ed25519 signature by the identity key over `"ztmesh/v1/enroll-csr" || 0x00 || CSR DER`,
+    /// base64: proves the enrolling party holds the identity key.
+    pub identity_proof: String,
+    /// The NodeId the node expects; must match the identity key when given.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// Attestation evidence, when the CA policy asks for it.
+    #[serde(default)]
+    pub attestation: Option<Attestation>,
+}
+
+/// Mesh settings handed to a node at enrollment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// The SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Mesh listener addresses of nodes to dial first.
+    pub bootstrap_peers: Vec<String>,
+    /// Gossip fan-out.
+    pub gossip_fanout: u32,
+    /// Where to fetch the CRL.
+    pub crl_url: String,
+}
+
+/// Answer to `POST /v1/enroll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    /// The enrolled node's id.
+    pub node_id: String,
+    /// Serial of the issued certificate (hex).
+    pub serial: String,
+    /// The node certificate, PEM.
+    pub certificate: String,
+    /// The mesh CA certificate, PEM.
+    pub ca_cert: String,
+    /// Start of validity, RFC 3339.
+    pub valid_not_before: String,
+    /// End of validity, RFC 3339.
+    pub valid_not_after: String,
+    /// Mesh settings.
+    pub config: MeshConfig,
+}
+
+/// `POST /v1/rotate` (mutual TLS with the current certificate).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// CSR for a fresh TLS key: PEM or base64 DER.
+    pub csr: String,
+    /// Signature by the identity key over `"ztmesh/v1/rotate-csr" || 0x00 || CSR DER`, base64.
+    pub identity_proof: String,
+}
+
+/// Answer to `POST /v1/rotate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateResponse {
+    /// Serial of the new certificate (hex).
+    pub serial: String,
+    /// The new certificate, PEM.
+    pub certificate: String,
+    /// Start of validity, RFC 3339.
+    pub valid_not_before: String,
+    /// End of validity, RFC 3339.
+    pub valid_not_after: String,
+}
+
+/// `POST /v1/revoke` (admin): exactly one of `serial` and `node_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Serial (hex) of one certificate to revoke.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// A node whose every certificate is revoked and which may never enroll or rotate again.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// Why (RFC 5280 reason).
+    #[serde(default)]
+    pub reason: Option<RevocationReason>,
+}
+
+/// `POST /v1/tokens` (admin).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Lifetime in seconds (default 3600, at most 30 days).
+    #[serde(default)]
+    pub ttl_sec: Option<u64>,
+    /// Restrict the token to one NodeId.
+    #[serde(default)]
+    pub node_id: Option<String>,
+}
+
+/// Answer to `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The token; shown once, the CA keeps only its hash.
+    pub token: String,
+    /// Expiry, RFC 3339.
+    pub expires_at: String,
+}
+
+/// `POST /v1/announce` (mutual TLS): where a node can be reached.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceRequest {
+    /// `host:port` of its mesh listener.
+    #[serde(default)]
+    pub mesh_addr: Option<String>,
+    /// `host:port` of its HTTPS API (where the CA pushes CRLs).
+    #[serde(default)]
+    pub api_addr: Option<String>,
+}
+
+/// Answer to `POST /v1/announce`: other live members and where they listen.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AnnounceResponse {
+    /// Known members (never the caller).
+    pub peers: Vec<PeerAdvert>,
+}
+
+/// `GET /v1/ca`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaInfo {
+    /// The SPIFFE trust domain.
+    pub trust_domain: String,
+    /// The CA certificate, PEM.
+    pub ca_cert: String,
+    /// SHA-256 of the CA certificate DER, hex.
+    pub fingerprint_sha256: String,
+}
+
+/// One peer in `GET /v1/mesh/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer.
+    pub node_id: String,
+    /// Whether a link is up now.
+    pub connected: bool,
+    /// Last frame received (RFC 3339), if ever.
+    pub last_seen: Option<String>,
+    /// Its mesh listener address, if known.
+    pub address: Option<String>,
+    /// Expiry of the certificate it last proved (RFC 3339), if connected.
+    pub certificate_expires: Option<String>,
+    /// Serial of that certificate.
+    pub certificate_serial: Option<String>,
+    /// `inbound` or `outbound`, if connected.
+    pub direction: Option<String>,
+    /// When the current link came up (RFC 3339).
+    pub link_established: Option<String>,
+    /// Identifier of the current link (changes when a link is re-established).
+    pub link_id: Option<u64>,
+    /// Heartbeats received on the current link.
+    pub heartbeats_received: u64,
+    /// Heartbeat sequence numbers skipped on the current link (lost messages).
+    pub heartbeat_gaps: u64,
+}
+
+/// Answer to `GET /v1/mesh/peers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeersResponse {
+    /// The node answering.
+    pub node_id: String,
+    /// Its peers.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// Answer to `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// This node.
+    pub node_id: String,
+    /// Trust domain.
+    pub trust_domain: String,
+    /// Mesh listener address.
+    pub mesh_addr: String,
+    /// API address.
+    pub api_addr: String,
+    /// Current certificate serial.
+    pub certificate_serial: String,
+    /// Current certificate validity start.
+    pub certificate_not_before: String,
+    /// Current certificate expiry.
+    pub certificate_not_after: String,
+    /// When rotation is due.
+    pub renew_at: String,
+    /// Certificates rotated since start.
+    pub rotations: u64,
+    /// CRL number in force.
+    pub crl_number: Option<u64>,
+    /// Serials revoked by it.
+    pub revoked_serials: usize,
+    /// Whether this node's own certificate is revoked.
+    pub self_revoked: bool,
+    /// Links up.
+    pub peers_connected: usize,
+    /// Peers known.
+    pub peers_known: usize,
+}

@@ -1,0 +1,328 @@
+//! Client side of the CA API: enrollment (CA pinned by fingerprint), rotation, announcements,
+//! CRL fetches, and the admin calls behind `ztmesh token create` and `ztmesh revoke`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use ztmesh_pki::keyfile::Protection;
+use ztmesh_pki::{IdentityKey, IdentityProofDomain, TlsKeyPair};
+
+use crate::api_types::*;
+use crate::node_dir::{NodeConfig, NodeDir, NodeDirError};
+use crate::tls::CurrentCertificate;
+
+/// Timeout of one CA request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why a call to the CA failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The CA answered with an error status.
+    #[error("the server refused ({status}): {code}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The error code of the JSON body.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The connection or TLS handshake failed (a pin mismatch shows up here).
+    #[error("cannot reach {url}: {message}")]
+    Transport {
+        /// Which URL.
+        url: String,
+        /// What failed (the whole error chain).
+        message: String,
+    },
+    /// The answer did not make sense (bad certificate, wrong CA, unparsable body).
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    /// Local files.
+    #[error(transparent)]
+    Dir(#[from] NodeDirError),
+    /// Local TLS configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// An HTTPS client with the given rustls config.
+pub fn http_client(config: rustls::ClientConfig) -> Result<reqwest::Client, ClientError> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| ClientError::Protocol(chain(&e)))
+}
+
+/// Sends a request and decodes a JSON answer, turning error statuses into [`ClientError::Refused`].
+pub async fn send_json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<T, ClientError> {
+    let response = send(request, url).await?;
+    response
+        .json::<T>()
+        .await
+        .map_err(|e| ClientError::Protocol(chain(&e)))
+}
+
+/// Sends a request, turning error statuses into [`ClientError::Refused`].
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<reqwest::Response, ClientError> {
+    let response = request.send().await.map_err(|e| ClientError::Transport {
+        url: url.to_owned(),
+        message: chain(&e),
+    })?;
+    let status = response.status();
+    if status.is_success() || status == reqwest::StatusCode::NOT_MODIFIED {
+        return Ok(response);
+    }
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    Err(ClientError::Refused {
+        status: status.as_u16(),
+        code: body["error"].as_str().unwrap_or("unknown").to_owned(),
+        message: body["message"].as_str().unwrap_or("").to_owned(),
+    })
+}
+
+/// What `ztmesh enroll` did.
+#[derive(Debug, Clone)]
+pub struct EnrollOutcome {
+    /// The config written to `node.toml`.
+    pub config: NodeConfig,
+    /// Serial of the first certificate.
+    pub serial: String,
+    /// Its expiry (RFC 3339).
+    pub valid_not_after: String,
+}
+
+/// Options of `ztmesh enroll`.
+pub struct EnrollOptions<'a> {
+    /// CA base URL (`https://host:port`).
+    pub ca_url: &'a str,
+    /// Pinned SHA-256 fingerprint of the CA certificate (any accepted notation).
+    pub ca_fingerprint: &'a str,
+    /// The one-time token.
+    pub token: &'a str,
+    /// How keys are sealed.
+    pub protection: Protection<'a>,
+    /// Mesh listener for `node.toml`.
+    pub listen: std::net::SocketAddr,
+    /// API listener for `node.toml`.
+    pub api_listen: std::net::SocketAddr,
+}
+
+/// Enrolls a new node into `dir`: fresh identity and TLS keys, a CSR proven with the identity
+/// key, the CA pinned by fingerprint on first contact; writes the documented files.
+pub async fn enroll(
+    dir: &NodeDir,
+    options: EnrollOptions<'_>,
+) -> Result<EnrollOutcome, ClientError> {
+    if dir.config().exists() || dir.identity_key().exists() {
+        return Err(NodeDirError::AlreadyEnrolled(dir.0.clone()).into());
+    }
+    let pin = ztmesh_pki::parse_fingerprint(options.ca_fingerprint)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let base = options.ca_url.trim_end_matches('/');
+    let client = http_client(crate::tls::pinned_ca_client_config(pin.clone())?)?;
+
+    // The trust domain comes from the pinned CA, so the CSR can carry the right SPIFFE ID.
+    let url = format!("{base}/v1/ca");
+    let info: CaInfo = send_json(client.get(&url), &url).await?;
+    let ca_der = ztmesh_pki::cert_pem_to_der(&info.ca_cert)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if ztmesh_pki::fingerprint_sha256(&ca_der) != pin {
+        return Err(ClientError::Protocol(
+            "the CA certificate does not match the pinned fingerprint".into(),
+        ));
+    }
+    let trust_domain = info
+        .trust_domain
+        .parse()
+        .map_err(|e| ClientError::Protocol(format!("trust domain: {e}")))?;
+
+    let identity = IdentityKey::generate(&mut rand::rngs::OsRng);
+    let node_id = identity.public().node_id();
+    let tls_key = TlsKeyPair::generate().map_err(NodeDirError::from)?;
+    let csr = tls_key
+        .csr_der(&node_id, &trust_domain)
+        .map_err(NodeDirError::from)?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let request = EnrollRequest {
+        token: options.token.trim().to_owned(),
+        csr: b64.encode(&csr),
+        identity_key: b64.encode(identity.public().to_spki_der()),
+        identity_proof: b64.encode(identity.sign_proof(IdentityProofDomain::EnrollCsr, &csr)),
+        node_id: Some(node_id.to_string()),
+        attestation: None,
+    };
+    let url = format!("{base}/v1/enroll");
+    let answer: EnrollResponse = send_json(client.post(&url).json(&request), &url).await?;
+
+    // Check what we were given before writing anything.
+    let answer_ca = ztmesh_pki::cert_pem_to_der(&answer.ca_cert)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if answer_ca != ca_der {
+        return Err(ClientError::Protocol(
+            "the enrollment answer names a different CA".into(),
+        ));
+    }
+    let cert_der = ztmesh_pki::cert_pem_to_der(&answer.certificate)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let cert = ztmesh_pki::verify_node_certificate(
+        &cert_der,
+        &ca_der,
+        &trust_domain,
+        &Default::default(),
+        crate::timefmt::now(),
+    )
+    .map_err(|e| ClientError::Protocol(format!("issued certificate: {e}")))?;
+    if cert.node_id != node_id || cert.tls_public_key_spki_der != tls_key.public_key_spki_der() {
+        return Err(ClientError::Protocol(
+            "issued certificate is not for our keys".into(),
+        ));
+    }
+
+    std::fs::create_dir_all(&dir.0).map_err(|source| NodeDirError::Io {
+        path: dir.0.clone(),
+        source,
+    })?;
+    dir.write_key(
+        &dir.identity_key(),
+        &identity.to_pkcs8_der(),
+        &options.protection,
+    )?;
+    std::fs::write(dir.ca_cert(), &answer.ca_cert).map_err(|source| NodeDirError::Io {
+        path: dir.ca_cert(),
+        source,
+    })?;
+    dir.install_certificate(&cert_der, &tls_key, &options.protection)?;
+    let config = NodeConfig {
+        node_id,
+        trust_domain,
+        ca_url: base.to_owned(),
+        listen: options.listen,
+        api_listen: options.api_listen,
+        bootstrap_peers: answer.config.bootstrap_peers,
+        gossip_fanout: answer.config.gossip_fanout,
+        crl_url: answer.config.crl_url,
+        heartbeat_interval_ms: 1000,
+        crl_refresh_secs: 60,
+        max_peers: 64,
+        insecure_plaintext_key: matches!(options.protection, Protection::InsecurePlaintext),
+    };
+    dir.write_config(&config)?;
+    Ok(EnrollOutcome {
+        config,
+        serial: answer.serial,
+        valid_not_after: answer.valid_not_after,
+    })
+}
+
+/// A client for the CA API once enrolled: trusts only the mesh CA and presents the node's
+/// current certificate (which rotation swaps in place).
+#[derive(Clone)]
+pub struct CaClient {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl CaClient {
+    /// For `base` (`https://host:port`), trusting `ca_cert_der`, presenting `cert` if given.
+    pub fn new(
+        base: &str,
+        ca_cert_der: &[u8],
+        cert: Option<Arc<CurrentCertificate>>,
+    ) -> Result<Self, ClientError> {
+        Ok(CaClient {
+            base: base.trim_end_matches('/').to_owned(),
+            client: http_client(crate::tls::ca_client_config(ca_cert_der, cert)?)?,
+        })
+    }
+
+    /// `POST /v1/rotate` with a CSR for `key`, proven with the identity key.
+    pub async fn rotate(
+        &self,
+        identity: &IdentityKey,
+        key: &TlsKeyPair,
+        node_id: &ztmesh_core::NodeId,
+        trust_domain: &ztmesh_core::TrustDomain,
+    ) -> Result<RotateResponse, ClientError> {
+        let csr = key
+            .csr_der(node_id, trust_domain)
+            .map_err(NodeDirError::from)?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let request = RotateRequest {
+            csr: b64.encode(&csr),
+            identity_proof: b64.encode(identity.sign_proof(IdentityProofDomain::RotateCsr, &csr)),
+        };
+        let url = format!("{}/v1/rotate", self.base);
+        send_json(self.client.post(&url).json(&request), &url).await
+    }
+
+    /// `POST /v1/announce`.
+    pub async fn announce(
+        &self,
+        request: &AnnounceRequest,
+    ) -> Result<AnnounceResponse, ClientError> {
+        let url = format!("{}/v1/announce", self.base);
+        send_json(self.client.post(&url).json(request), &url).await
+    }
+
+    /// `GET` a CRL (DER) from `url`.
+    pub async fn fetch_crl(&self, url: &str) -> Result<Vec<u8>, ClientError> {
+        let response = send(self.client.get(url).query(&[("format", "der")]), url).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(chain(&e)))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// `POST /v1/tokens` with the admin credential.
+    pub async fn create_token(
+        &self,
+        admin: &str,
+        request: &TokenRequest,
+    ) -> Result<TokenResponse, ClientError> {
+        let url = format!("{}/v1/tokens", self.base);
+        send_json(
+            self.client
+                .post(&url)
+                .bearer_auth(admin.trim())
+                .json(request),
+            &url,
+        )
+        .await
+    }
+
+    /// `POST /v1/revoke` with the admin credential.
+    pub async fn revoke(&self, admin: &str, request: &RevokeRequest) -> Result<(), ClientError> {
+        let url = format!("{}/v1/revoke", self.base);
+        send(
+            self.client
+                .post(&url)
+                .bearer_auth(admin.trim())
+                .json(request),
+            &url,
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,1009 @@
+//! The CA's HTTPS API (`ztmesh ca serve`) and its data directory (`ztmesh ca init`).
+//!
+//! Routes: `GET /v1/ca`, `POST /v1/enroll`, `POST /v1/rotate` (mTLS), `GET /v1/crl`,
+//! `POST /v1/revoke` (admin), `POST /v1/tokens` (admin), `POST /v1/announce` (mTLS).
+//! Every state change that matters for security (token use, rotation, revocation) is one
+//! compare-and-swap transaction in the [`CaStore`]; a certificate is signed before the CAS and
+//! dropped unseen if the CAS fails, so a token can never yield two certificates.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine as _;
+use rand::RngCore;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use ztmesh_core::link::PeerAdvert;
+use ztmesh_core::{NodeId, Timestamp, TrustDomain};
+use ztmesh_pki::keyfile::{self, KdfParams, Protection};
+use ztmesh_pki::{
+    CertificateAuthority, EnrollmentToken, IdentityProofDomain, IdentityPublicKey,
+    NodeCertificateRequest, RevocationReason, Serial, TlsKeyPair,
+};
+
+use crate::api_error::{not_found, ApiError, ApiJson};
+use crate::api_types::*;
+use crate::https::ClientAddr;
+use crate::rate_limit::RateLimiter;
+use crate::store::{
+    CaStore, IssueKind, IssuedRecord, RedeemError, RevokeError, RevokeTarget, RotateError,
+};
+use crate::timefmt::{now, rfc3339};
+use crate::tls::{CurrentCertificate, MeshTrust, PresentedCertificate};
+
+/// Largest request body any CA route accepts.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest enrollment-token lifetime an operator may ask for.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
+
+/// How long a signed CRL is valid (nextUpdate - thisUpdate). The CA re-signs at half of it.
+pub const CRL_VALIDITY: Duration = Duration::from_secs(3600);
+
+/// Back-dating of notBefore, so peers with a slightly slow clock accept a new certificate.
+pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// Files of a CA data directory.
+#[derive(Debug, Clone)]
+pub struct CaDir(pub PathBuf);
+
+impl CaDir {
+    /// The CA certificate, PEM (`ca.pem`), for nodes and for `openssl verify -CAfile`.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.0.join("ca.pem")
+    }
+    /// The CA key, encrypted (`ca.key`).
+    pub fn ca_key(&self) -> PathBuf {
+        self.0.join("ca.key")
+    }
+    /// The admin credential (`admin.token`, mode 0600).
+    pub fn admin_token(&self) -> PathBuf {
+        self.0.join("admin.token")
+    }
+    /// The latest CRL, PEM (`crl.pem`), rewritten on every revocation.
+    pub fn crl(&self) -> PathBuf {
+        self.0.join("crl.pem")
+    }
+    /// SQLite state (`state.db`).
+    pub fn state_db(&self) -> PathBuf {
+        self.0.join("state.db")
+    }
+    /// Written by `ca serve` once listening: the bound address (`ca.addr`).
+    pub fn addr_file(&self) -> PathBuf {
+        self.0.join("ca.addr")
+    }
+}
+
+/// Errors of CA set-up and start-up (not of requests).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaError {
+    /// A CA already exists in the directory.
+    #[error("a CA already exists in {0} (refusing to overwrite it)")]
+    AlreadyInitialized(PathBuf),
+    /// No CA in the directory.
+    #[error("no CA in {0}: run `ztmesh ca init` first")]
+    NotInitialized(PathBuf),
+    /// Key or certificate problem (wrong passphrase included).
+    #[error(transparent)]
+    Pki(#[from] ztmesh_pki::PkiError),
+    /// Store problem.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// File problem.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// TLS set-up problem.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Invalid option.
+    #[error("{0}")]
+    Config(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
+    move |source| CaError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `contents` to `path` atomically (temp file, fsync, rename) with mode 0600 on Unix.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // Make the rename itself durable.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// What `ca init` produced.
+#[derive(Debug, Clone)]
+pub struct CaInitReport {
+    /// SHA-256 fingerprint of the CA certificate (pin it in `ztmesh enroll --ca-fingerprint`).
+    pub fingerprint: String,
+    /// Path of the CA certificate.
+    pub ca_cert_path: PathBuf,
+    /// Path of the admin credential.
+    pub admin_token_path: PathBuf,
+}
+
+fn admin_hash(credential: &str) -> String {
+    hex::encode(Sha256::digest(credential.trim().as_bytes()))
+}
+
+/// Creates a CA in `dir`: Ed25519 root key (sealed with `protection`), self-signed certificate,
+/// admin credential, state database and an initial empty CRL.
+pub fn init_ca(
+    dir: &CaDir,
+    trust_domain: TrustDomain,
+    protection: &Protection<'_>,
+    validity: Duration,
+) -> Result<CaInitReport, CaError> {
+    std::fs::create_dir_all(&dir.0).map_err(io_err(&dir.0))?;
+    if dir.ca_key().exists() || dir.ca_cert().exists() {
+        return Err(CaError::AlreadyInitialized(dir.0.clone()));
+    }
+    let now = now();
+    let ca = CertificateAuthority::generate(trust_domain, now, validity)?;
+    let sealed = keyfile::seal(
+        &ca.key_pkcs8_der(),
+        protection,
+        KdfParams::DEFAULT,
+        &mut rand::rngs::OsRng,
+    )?;
+    write_private_file(&dir.ca_key(), sealed.as_bytes()).map_err(io_err(&dir.ca_key()))?;
+    std::fs::write(dir.ca_cert(), ztmesh_pki::cert_der_to_pem(ca.cert_der()))
+        .map_err(io_err(&dir.ca_cert()))?;
+
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let credential = format!("ztadm_{}", hex::encode(secret));
+    write_private_file(&dir.admin_token(), format!("{credential}\n").as_bytes())
+        .map_err(io_err(&dir.admin_token()))?;
+
+    let store = CaStore::open(&dir.state_db())?;
+    store.set_meta("admin_credential_sha256", &admin_hash(&credential))?;
+    store.set_meta("trust_domain", ca.trust_domain().as_str())?;
+    let number = store.next_crl_number()?;
+    sign_and_save_crl(&ca, &store, dir, number, now)?;
+    Ok(CaInitReport {
+        fingerprint: ztmesh_pki::fingerprint_sha256(ca.cert_der()),
+        ca_cert_path: dir.ca_cert(),
+        admin_token_path: dir.admin_token(),
+    })
+}
+
+/// Loads the CA key and certificate from `dir` (the passphrase is checked here).
+pub fn load_ca(
+    dir: &CaDir,
+    protection: &Protection<'_>,
+    allow_plaintext: bool,
+) -> Result<CertificateAuthority, CaError> {
+    if !dir.ca_key().exists() {
+        return Err(CaError::NotInitialized(dir.0.clone()));
+    }
+    let key_text = std::fs::read_to_string(dir.ca_key()).map_err(io_err(&dir.ca_key()))?;
+    let key = keyfile::open(&key_text, protection, allow_plaintext)?;
+    let cert_text = std::fs::read_to_string(dir.ca_cert()).map_err(io_err(&dir.ca_cert()))?;
+    let cert = ztmesh_pki::cert_pem_to_der(&cert_text)?;
+    Ok(CertificateAuthority::from_parts(&cert, &key)?)
+}
+
+fn sign_and_save_crl(
+    ca: &CertificateAuthority,
+    store: &CaStore,
+    dir: &CaDir,
+    number: u64,
+    now: Timestamp,
+) -> Result<Vec<u8>, CaError> {
+    let entries = store.revoked_entries()?;
+    let next_update = now.saturating_add(CRL_VALIDITY);
+    let der = ca.sign_crl(&entries, number, now, next_update)?;
+    store.save_crl(number, &der, now, next_update)?;
+    let pem_text = pem::encode(&pem::Pem::new("X509 CRL", der.clone()));
+    write_private_file(&dir.crl(), pem_text.as_bytes()).map_err(io_err(&dir.crl()))?;
+    Ok(der)
+}
+
+/// Options of `ca serve`.
+#[derive(Debug, Clone)]
+pub struct CaServeOptions {
+    /// Lifetime of issued node certificates.
+    pub cert_lifetime: Duration,
+    /// Enrollment requests a minute per client address.
+    pub rate_limit_rpm: u32,
+    /// Burst allowance of the rate limit.
+    pub rate_limit_burst: u32,
+    /// Gossip fan-out handed to nodes.
+    pub gossip_fanout: u32,
+    /// Extra DNS names / IPs for the CA's TLS certificate (localhost and loopback are always in).
+    pub server_names: Vec<String>,
+    /// Base URL nodes use to reach this CA (for `crl_url`); default `https://<listen addr>`.
+    pub public_url: Option<String>,
+}
+
+impl Default for CaServeOptions {
+    fn default() -> Self {
+        CaServeOptions {
+            cert_lifetime: ztmesh_pki::DEFAULT_CERT_LIFETIME,
+            rate_limit_rpm: 120,
+            rate_limit_burst: 60,
+            gossip_fanout: 3,
+            server_names: Vec::new(),
+            public_url: None,
+        }
+    }
+}
+
+struct CaState {
+    ca: CertificateAuthority,
+    dir: CaDir,
+    store: Arc<CaStore>,
+    trust: Arc<MeshTrust>,
+    limiter: Mutex<RateLimiter>,
+    options: CaServeOptions,
+    public_url: String,
+    admin_hash: String,
+    /// Serializes CRL signing so numbers and files advance together.
+    crl_lock: tokio::sync::Mutex<()>,
+}
+
+/// A running CA service: bind with [`CaService::bind`], then [`CaService::run`].
+pub struct CaService {
+    state: Arc<CaState>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl CaService {
+    /// Loads state from `dir`, binds `listen` and prepares TLS (a fresh endpoint certificate is
+    /// issued by the CA at every start).
+    pub async fn bind(
+        dir: CaDir,
+        ca: CertificateAuthority,
+        listen: SocketAddr,
+        options: CaServeOptions,
+    ) -> Result<Self, CaError> {
+        if options.cert_lifetime < ztmesh_pki::MIN_CERT_LIFETIME {
+            return Err(CaError::Config(format!(
+                "certificate lifetime must be at least {}s",
+                ztmesh_pki::MIN_CERT_LIFETIME.as_secs()
+            )));
+        }
+        let store = Arc::new(CaStore::open(&dir.state_db())?);
+        let admin_hash = store.meta("admin_credential_sha256")?.ok_or_else(|| {
+            CaError::Config("state.db has no admin credential; re-run `ztmesh ca init`".into())
+        })?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(io_err(&dir.0))?;
+        let bound = listener.local_addr().map_err(io_err(&dir.0))?;
+        let now = now();
+        let tls_key = TlsKeyPair::generate()?;
+        let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        if !bound.ip().is_unspecified() {
+            names.push(bound.ip().to_string());
+        }
+        names.extend(options.server_names.iter().cloned());
+        names.sort();
+        names.dedup();
+        let server_cert = ca.issue_server_certificate(
+            &tls_key,
+            &names,
+            Serial::random(&mut rand::rngs::OsRng),
+            now.saturating_sub(CLOCK_SKEW_ALLOWANCE),
+            now.saturating_add(Duration::from_secs(30 * 86_400)),
+        )?;
+        let current = Arc::new(CurrentCertificate::new(
+            vec![server_cert, ca.cert_der().to_vec()],
+            &tls_key.to_pkcs8_der(),
+        )?);
+        let trust = Arc::new(MeshTrust::new(
+            ca.cert_der().to_vec(),
+            ca.trust_domain().clone(),
+        ));
+        if let Some((_, der, _, _)) = store.latest_crl()? {
+            trust.apply_crl(&der)?;
+        }
+        let tls = crate::tls::api_server_config(trust.clone(), current)?;
+        let public_url = options
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{bound}"));
+        let limiter = Mutex::new(RateLimiter::new(
+            options.rate_limit_rpm,
+            options.rate_limit_burst,
+        ));
+        Ok(CaService {
+            state: Arc::new(CaState {
+                ca,
+                dir,
+                store,
+                trust,
+                limiter,
+                options,
+                public_url,
+                admin_hash,
+                crl_lock: tokio::sync::Mutex::new(()),
+            }),
+            listener,
+            tls,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes; also keeps the CRL fresh.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let refresher = tokio::spawn(refresh_crl_forever(self.state.clone()));
+        crate::https::serve(self.listener, self.tls, router(self.state), shutdown).await;
+        refresher.abort();
+    }
+}
+
+fn router(state: Arc<CaState>) -> Router {
+    Router::new()
+        .route("/v1/ca", get(get_ca))
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/rotate", post(rotate))
+        .route("/v1/crl", get(get_crl))
+        .route("/v1/revoke", post(revoke))
+        .route("/v1/tokens", post(create_token))
+        .route("/v1/announce", post(announce))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)
+}
+
+async fn get_ca(State(state): State<Arc<CaState>>) -> Json<CaInfo> {
+    Json(CaInfo {
+        trust_domain: state.ca.trust_domain().to_string(),
+        ca_cert: ztmesh_pki::cert_der_to_pem(state.ca.cert_der()),
+        fingerprint_sha256: ztmesh_pki::fingerprint_sha256(state.ca.cert_der()),
+    })
+}
+
+/// Decodes a CSR given as PEM or as base64 DER.
+pub fn decode_csr(text: &str) -> Result<Vec<u8>, ApiError> {
+    let text = text.trim();
+    if text.starts_with("-----BEGIN") {
+        let block = pem::parse(text)
+            .map_err(|e| ApiError::bad_request("malformed_csr", format!("CSR PEM: {e}")))?;
+        if block.tag() != "CERTIFICATE REQUEST" && block.tag() != "NEW CERTIFICATE REQUEST" {
+            return Err(ApiError::bad_request(
+                "malformed_csr",
+                "expected a CERTIFICATE REQUEST PEM block",
+            ));
+        }
+        Ok(block.into_contents())
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| {
+                ApiError::bad_request("malformed_csr", "csr is neither PEM nor base64 DER")
+            })
+    }
+}
+
+fn decode_b64(text: &str, code: &'static str, what: &str) -> Result<Vec<u8>, ApiError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| ApiError::bad_request(code, format!("{what} is not valid base64")))
+}
+
+fn rate_limited(state: &CaState, client: Option<Extension<ClientAddr>>) -> Result<(), ApiError> {
+    let Some(Extension(ClientAddr(addr))) = client else {
+        return Ok(());
+    };
+    let mut limiter = state.limiter.lock().unwrap_or_else(|p| p.into_inner());
+    limiter.check(addr.ip(), now()).map_err(|wait| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many requests from {}; retry in {}s",
+                addr.ip(),
+                wait.as_secs().max(1)
+            ),
+        )
+    })
+}
+
+async fn enroll(
+    State(state): State<Arc<CaState>>,
+    client: Option<Extension<ClientAddr>>,
+    body: Result<ApiJson<EnrollRequest>, ApiError>,
+) -> Result<(StatusCode, Json<EnrollResponse>), ApiError> {
+    rate_limited(&state, client)?;
+    let ApiJson(request) = body?;
+    let token = EnrollmentToken::parse(&request.token).map_err(|_| {
+        ApiError::bad_request(
+            "malformed_token",
+            "the token is not a ztmesh enrollment token (ztm1_...)",
+        )
+    })?;
+    let csr_der = decode_csr(&request.csr)?;
+    ztmesh_pki::csr_public_key(&csr_der)
+        .map_err(|e| ApiError::bad_request("malformed_csr", e.to_string()))?;
+    let identity_der = decode_b64(
+        &request.identity_key,
+        "malformed_identity_key",
+        "identity_key",
+    )?;
+    let identity = IdentityPublicKey::from_spki_der(&identity_der)
+        .map_err(|e| ApiError::bad_request("malformed_identity_key", e.to_string()))?;
+    let proof = decode_b64(
+        &request.identity_proof,
+        "bad_identity_proof",
+        "identity_proof",
+    )?;
+    identity
+        .verify_proof(IdentityProofDomain::EnrollCsr, &csr_der, &proof)
+        .map_err(|_| {
+            ApiError::bad_request(
+                "bad_identity_proof",
+                "identity_proof does not verify with identity_key over the CSR",
+            )
+        })?;
+    let node_id = identity.node_id();
+    if let Some(claimed) = &request.node_id {
+        let claimed: NodeId = claimed
+            .parse()
+            .map_err(|e| ApiError::bad_request("malformed_node_id", format!("node_id: {e}")))?;
+        if claimed != node_id {
+            return Err(ApiError::bad_request(
+                "node_id_mismatch",
+                format!("node_id {claimed} does not match the identity key ({node_id})"),
+            ));
+        }
+    }
+    if let Some(attestation) = &request.attestation {
+        // No evidence verifier is configured on this CA: refusing is the only honest answer,
+        // since accepting would let a node claim attested status that nobody checked.
+        return Err(ApiError::forbidden(
+            "attestation_unsupported",
+            format!(
+                "this CA has no verifier for attestation type {:?}",
+                attestation.kind
+            ),
+        ));
+    }
+
+    let now = now();
+    let serial = Serial::random(&mut rand::rngs::OsRng);
+    let not_before = now.saturating_sub(CLOCK_SKEW_ALLOWANCE);
+    let not_after = now.saturating_add(state.options.cert_lifetime);
+    let issued = state
+        .ca
+        .issue_node_certificate(&NodeCertificateRequest {
+            csr_der: &csr_der,
+            identity_key: &identity,
+            serial,
+            not_before,
+            not_after,
+        })
+        .map_err(|e| ApiError::bad_request("malformed_csr", e.to_string()))?;
+    let record = IssuedRecord {
+        serial: issued.serial.clone(),
+        node_id,
+        not_before: issued.not_before,
+        not_after: issued.not_after,
+        cert_der: issued.der.clone(),
+        issued_at: now,
+        kind: IssueKind::Enroll,
+    };
+    let store = state.store.clone();
+    let hash = token.hash();
+    let redeemed = blocking(move || store.redeem_token(&hash, now, &record)).await?;
+    redeemed.map_err(|e| match e {
+        RedeemError::Store(e) => ApiError::internal(e),
+        RedeemError::Unknown => ApiError::forbidden("unknown_token", "no such enrollment token"),
+        RedeemError::AlreadyUsed => {
+            ApiError::forbidden("token_used", "this enrollment token was already used")
+        }
+        RedeemError::Expired => {
+            ApiError::forbidden("token_expired", "this enrollment token has expired")
+        }
+        RedeemError::WrongNode => ApiError::forbidden(
+            "token_wrong_node",
+            "this enrollment token is reserved for another node",
+        ),
+        RedeemError::NodeRevoked => ApiError::forbidden(
+            "node_revoked",
+            "this node has been revoked and cannot enroll again",
+        ),
+        #[allow(unreachable_patterns)]
+        other => ApiError::forbidden("policy_refused", other.to_string()),
+    })?;
+    tracing::info!(node = %node_id, serial = %issued.serial, "enrolled node");
+    let store = state.store.clone();
+    let known = blocking(move || store.known_nodes(8))
+        .await?
+        .map_err(ApiError::internal)?;
+    let config = MeshConfig {
+        trust_domain: state.ca.trust_domain().to_string(),
+        bootstrap_peers: known
+            .into_iter()
+            .filter(|n| n.node_id != node_id)
+            .filter_map(|n| n.mesh_addr)
+            .collect(),
+        gossip_fanout: state.options.gossip_fanout,
+        crl_url: format!("{}/v1/crl", state.public_url),
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollResponse {
+            node_id: node_id.to_string(),
+            serial: issued.serial.to_hex(),
+            certificate: ztmesh_pki::cert_der_to_pem(&issued.der),
+            ca_cert: ztmesh_pki::cert_der_to_pem(state.ca.cert_der()),
+            valid_not_before: rfc3339(issued.not_before),
+            valid_not_after: rfc3339(issued.not_after),
+            config,
+        }),
+    ))
+}
+
+/// Judges the client certificate of a request to an mTLS route: 401 when missing or invalid,
+/// 403 when revoked (checked against the store, not just the CRL).
+async fn authenticated_node(
+    state: &CaState,
+    presented: Option<Extension<PresentedCertificate>>,
+) -> Result<ztmesh_pki::NodeCertificate, ApiError> {
+    let Some(Extension(PresentedCertificate(Some(der)))) = presented else {
+        return Err(ApiError::unauthorized(
+            "client_certificate_required",
+            "this route requires the node's mesh certificate (mutual TLS)",
+        ));
+    };
+    let cert = state
+        .trust
+        .verify_ignoring_revocation(&der, now())
+        .map_err(|e| ApiError::unauthorized("invalid_client_certificate", e.to_string()))?;
+    let store = state.store.clone();
+    let (node_id, serial) = (cert.node_id, cert.serial.clone());
+    let revoked = blocking(move || -> Result<bool, crate::store::StoreError> {
+        Ok(store.is_node_revoked(&node_id)? || state_serial_revoked(&store, &serial)?)
+    })
+    .await?
+    .map_err(ApiError::internal)?;
+    if revoked {
+        return Err(ApiError::forbidden(
+            "revoked",
+            format!("node {node_id} (certificate {}) is revoked", cert.serial),
+        ));
+    }
+    Ok(cert)
+}
+
+fn state_serial_revoked(
+    store: &CaStore,
+    serial: &Serial,
+) -> Result<bool, crate::store::StoreError> {
+    Ok(store.revoked_entries()?.iter().any(|e| &e.serial == serial))
+}
+
+async fn rotate(
+    State(state): State<Arc<CaState>>,
+    presented: Option<Extension<PresentedCertificate>>,
+    body: Result<ApiJson<RotateRequest>, ApiError>,
+) -> Result<Json<RotateResponse>, ApiError> {
+    let current = authenticated_node(&state, presented).await?;
+    let ApiJson(request) = body?;
+    let csr_der = decode_csr(&request.csr)?;
+    ztmesh_pki::csr_public_key(&csr_der)
+        .map_err(|e| ApiError::bad_request("malformed_csr", e.to_string()))?;
+    let proof = decode_b64(
+        &request.identity_proof,
+        "bad_identity_proof",
+        "identity_proof",
+    )?;
+    current
+        .identity_key
+        .verify_proof(IdentityProofDomain::RotateCsr, &csr_der, &proof)
+        .map_err(|_| {
+            ApiError::bad_request(
+                "bad_identity_proof",
+                "identity_proof does not verify with the certificate's identity key",
+            )
+        })?;
+    let now = now();
+    let issued = state
+        .ca
+        .issue_node_certificate(&NodeCertificateRequest {
+            csr_der: &csr_der,
+            identity_key: &current.identity_key,
+            serial: Serial::random(&mut rand::rngs::OsRng),
+            not_before: now.saturating_sub(CLOCK_SKEW_ALLOWANCE),
+            not_after: now.saturating_add(state.options.cert_lifetime),
+        })
+        .map_err(|e| ApiError::bad_request("malformed_csr", e.to_string()))?;
+    let record = IssuedRecord {
+        serial: issued.serial.clone(),
+        node_id: current.node_id,
+        not_before: issued.not_before,
+        not_after: issued.not_after,
+        cert_der: issued.der.clone(),
+        issued_at: now,
+        kind: IssueKind::Rotate,
+    };
+    let store = state.store.clone();
+    let presented_serial = current.serial.clone();
+    blocking(move || store.record_rotation(&presented_serial, &record))
+        .await?
+        .map_err(|e| match e {
+            RotateError::Store(e) => ApiError::internal(e),
+            RotateError::UnknownCertificate => ApiError::forbidden(
+                "unknown_certificate",
+                "the presented certificate was not issued by this CA's records",
+            ),
+            RotateError::CertificateRevoked | RotateError::NodeRevoked => {
+                ApiError::forbidden("revoked", "this node is revoked")
+            }
+            #[allow(unreachable_patterns)]
+            other => ApiError::forbidden("policy_refused", other.to_string()),
+        })?;
+    tracing::info!(node = %current.node_id, old = %current.serial, new = %issued.serial, "rotated certificate");
+    Ok(Json(RotateResponse {
+        serial: issued.serial.to_hex(),
+        certificate: ztmesh_pki::cert_der_to_pem(&issued.der),
+        valid_not_before: rfc3339(issued.not_before),
+        valid_not_after: rfc3339(issued.not_after),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct CrlQuery {
+    format: Option<String>,
+}
+
+async fn get_crl(
+    State(state): State<Arc<CaState>>,
+    query: Result<Query<CrlQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request("malformed_query", e.body_text()))?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let pem_wanted = match query.format.as_deref() {
+        Some("pem") => true,
+        Some("der") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "malformed_query",
+                format!("format must be der or pem, not {other:?}"),
+            ))
+        }
+        None => accept.contains("application/x-pem-file") || accept.contains("text/plain"),
+    };
+    let store = state.store.clone();
+    let latest = blocking(move || store.latest_crl())
+        .await?
+        .map_err(ApiError::internal)?;
+    let Some((number, der, _this_update, next_update)) = latest else {
+        return Err(ApiError::internal("no CRL has been signed"));
+    };
+    let etag = format!(
+        "\"crl-{number}-{}\"",
+        if pem_wanted { "pem" } else { "der" }
+    );
+    let max_age = next_update.duration_since(now()).as_secs().min(60);
+    let mut response = if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else if pem_wanted {
+        let text = pem::encode(&pem::Pem::new("X509 CRL", der));
+        ([(header::CONTENT_TYPE, "application/x-pem-file")], text).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "application/pkix-crl")], der).into_response()
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    Ok(response)
+}
+
+fn require_admin(state: &CaState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "admin_credential_required",
+            "this route requires `Authorization: Bearer <admin credential>`",
+        ));
+    };
+    let credential = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "admin_credential_required",
+                "expected `Authorization: Bearer <admin credential>`",
+            )
+        })?;
+    if admin_hash(credential) != state.admin_hash {
+        return Err(ApiError::forbidden(
+            "bad_admin_credential",
+            "the admin credential is not valid",
+        ));
+    }
+    Ok(())
+}
+
+async fn create_token(
+    State(state): State<Arc<CaState>>,
+    headers: HeaderMap,
+    body: Result<ApiJson<TokenRequest>, ApiError>,
+) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
+    require_admin(&state, &headers)?;
+    let ApiJson(request) = body?;
+    let ttl = Duration::from_secs(request.ttl_sec.unwrap_or(3600));
+    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+        return Err(ApiError::bad_request(
+            "invalid_ttl",
+            format!("ttl_sec must be 1..={}", MAX_TOKEN_TTL.as_secs()),
+        ));
+    }
+    let node_id = request
+        .node_id
+        .map(|n| n.parse::<NodeId>())
+        .transpose()
+        .map_err(|e| ApiError::bad_request("malformed_node_id", format!("node_id: {e}")))?;
+    let token = EnrollmentToken::generate(&mut rand::rngs::OsRng);
+    let now = now();
+    let expires_at = now.saturating_add(ttl);
+    let store = state.store.clone();
+    let hash = token.hash();
+    blocking(move || store.insert_token(&hash, now, expires_at, node_id))
+        .await?
+        .map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenResponse {
+            token: token.as_str().to_owned(),
+            expires_at: rfc3339(expires_at),
+        }),
+    ))
+}
+
+async fn revoke(
+    State(state): State<Arc<CaState>>,
+    headers: HeaderMap,
+    body: Result<ApiJson<RevokeRequest>, ApiError>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&state, &headers)?;
+    let ApiJson(request) = body?;
+    let target = match (request.serial, request.node_id) {
+        (Some(serial), None) => RevokeTarget::Serial(
+            Serial::from_hex(&serial)
+                .map_err(|e| ApiError::bad_request("malformed_serial", e.to_string()))?,
+        ),
+        (None, Some(node)) => RevokeTarget::Node(
+            node.parse()
+                .map_err(|e| ApiError::bad_request("malformed_node_id", format!("node_id: {e}")))?,
+        ),
+        _ => {
+            return Err(ApiError::bad_request(
+                "malformed_body",
+                "give exactly one of serial and node_id",
+            ))
+        }
+    };
+    let reason = request.reason.unwrap_or(RevocationReason::Unspecified);
+    let guard = state.crl_lock.lock().await;
+    let store = state.store.clone();
+    let outcome = blocking(move || store.revoke(&target, reason, now()))
+        .await?
+        .map_err(|e| match e {
+            RevokeError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no certificate or node with that identifier",
+            ),
+            RevokeError::Store(e) => ApiError::internal(e),
+            #[allow(unreachable_patterns)]
+            other => ApiError::internal(other),
+        })?;
+    if outcome.newly_revoked.is_empty() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let der = {
+        let state = state.clone();
+        blocking(move || {
+            sign_and_save_crl(
+                &state.ca,
+                &state.store,
+                &state.dir,
+                outcome.crl_number,
+                now(),
+            )
+        })
+        .await?
+        .map_err(ApiError::internal)?
+    };
+    drop(guard);
+    if let Err(error) = state.trust.apply_crl(&der) {
+        tracing::warn!(%error, "could not apply own CRL");
+    }
+    tracing::info!(revoked = ?outcome.newly_revoked, crl_number = outcome.crl_number, "revoked; pushing CRL to nodes");
+    tokio::spawn(push_crl(state.clone(), der));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pushes a CRL to every known node's API so links to revoked nodes close at once; nodes that
+/// miss the push pick it up at their next CRL refresh.
+async fn push_crl(state: Arc<CaState>, der: Vec<u8>) {
+    let store = state.store.clone();
+    let nodes = match tokio::task::spawn_blocking(move || store.known_nodes(1024)).await {
+        Ok(Ok(nodes)) => nodes,
+        _ => return,
+    };
+    let config = match crate::tls::node_api_client_config(state.trust.clone(), None) {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::warn!(%error, "CRL push: TLS config");
+            return;
+        }
+    };
+    let client = match reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::warn!(%error, "CRL push: client");
+            return;
+        }
+    };
+    // Bounded concurrency: at most 16 pushes in flight.
+    use futures::StreamExt;
+    futures::stream::iter(
+        nodes
+            .into_iter()
+            .filter_map(|n| n.api_addr.map(|a| (n.node_id, a))),
+    )
+    .for_each_concurrent(16, |(node, addr)| {
+        let client = client.clone();
+        let der = der.clone();
+        async move {
+            let result = client
+                .post(format!("https://{addr}/v1/crl"))
+                .header(header::CONTENT_TYPE, "application/pkix-crl")
+                .body(der)
+                .send()
+                .await;
+            match result {
+                Ok(r) if r.status().is_success() => tracing::debug!(%node, "CRL pushed"),
+                Ok(r) => tracing::debug!(%node, status = %r.status(), "CRL push refused"),
+                Err(error) => tracing::debug!(%node, %error, "CRL push failed"),
+            }
+        }
+    })
+    .await;
+}
+
+async fn refresh_crl_forever(state: Arc<CaState>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let store = state.store.clone();
+        let Ok(Ok(Some((_, _, this_update, _)))) =
+            tokio::task::spawn_blocking(move || store.latest_crl()).await
+        else {
+            continue;
+        };
+        if now().duration_since(this_update) < CRL_VALIDITY / 2 {
+            continue;
+        }
+        let _guard = state.crl_lock.lock().await;
+        let s = state.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, CaError> {
+            let number = s.store.next_crl_number()?;
+            sign_and_save_crl(&s.ca, &s.store, &s.dir, number, now())
+        })
+        .await;
+        match result {
+            Ok(Ok(der)) => {
+                let _ = state.trust.apply_crl(&der);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "CRL refresh failed"),
+            Err(error) => tracing::warn!(%error, "CRL refresh task failed"),
+        }
+    }
+}
+
+async fn announce(
+    State(state): State<Arc<CaState>>,
+    presented: Option<Extension<PresentedCertificate>>,
+    body: Result<ApiJson<AnnounceRequest>, ApiError>,
+) -> Result<Json<AnnounceResponse>, ApiError> {
+    let cert = authenticated_node(&state, presented).await?;
+    let ApiJson(request) = body?;
+    for addr in [&request.mesh_addr, &request.api_addr]
+        .into_iter()
+        .flatten()
+    {
+        addr.parse::<SocketAddr>().map_err(|_| {
+            ApiError::bad_request(
+                "malformed_addr",
+                format!("{addr:?} is not an ip:port address"),
+            )
+        })?;
+    }
+    let store = state.store.clone();
+    let node_id = cert.node_id;
+    let peers = blocking(
+        move || -> Result<Vec<PeerAdvert>, crate::store::StoreError> {
+            store.announce(
+                &node_id,
+                request.mesh_addr.as_deref(),
+                request.api_addr.as_deref(),
+                now(),
+            )?;
+            Ok(store
+                .known_nodes(64)?
+                .into_iter()
+                .filter(|n| n.node_id != node_id)
+                .filter_map(|n| {
+                    n.mesh_addr.map(|addr| PeerAdvert {
+                        node_id: n.node_id,
+                        addr,
+                    })
+                })
+                .collect())
+        },
+    )
+    .await?
+    .map_err(ApiError::internal)?;
+    Ok(Json(AnnounceResponse { peers }))
+}

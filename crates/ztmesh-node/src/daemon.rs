@@ -1,0 +1,884 @@
+//! The node daemon (`ztmesh run`): mesh links over mutual TLS 1.3, peer exchange, heartbeats,
+//! certificate rotation, CRL refresh, and the node's HTTPS API.
+//!
+//! Task layout (all bounded): one accept loop (a semaphore caps links), one dial loop driven by
+//! the sans-IO [`PeerTable`], one task per link, and one task each for rotation, CRL refresh,
+//! CA announcements and the API server. Shutdown is a watch channel every loop selects on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use zeroize::Zeroizing;
+use ztmesh_core::link::{FrameDecoder, LinkMessage, PeerAdvert};
+use ztmesh_core::{NodeId, Timestamp};
+use ztmesh_pki::keyfile::Protection;
+use ztmesh_pki::{IdentityKey, NodeCertificate, PkiError, Serial, TlsKeyPair};
+
+use crate::ca_client::{CaClient, ClientError};
+use crate::node_dir::{BoundAddrs, NodeConfig, NodeDir, NodeDirError};
+use crate::peer_table::{preferred_link, DialTarget, Direction, PeerTable};
+use crate::store::NodeStore;
+use crate::timefmt::now;
+use crate::tls::{CurrentCertificate, MeshTrust, ALPN_MESH};
+
+/// Protocol version sent in Hello.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Commands queued to one link task; bounded so a stuck link cannot hoard memory.
+const LINK_QUEUE: usize = 64;
+
+/// Time allowed for a TCP connect plus TLS handshake.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often to ask a linked peer for its peers.
+const PEER_EXCHANGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Data directory problem (a wrong passphrase included).
+    #[error(transparent)]
+    Dir(#[from] NodeDirError),
+    /// State database problem.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Certificate problem.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// TLS configuration problem.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// Socket problem.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// CA client set-up.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Inconsistent data directory.
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// Options of `ztmesh run`.
+pub struct RunOptions {
+    /// The node's data directory.
+    pub dir: NodeDir,
+    /// Passphrase of the key files; `None` only for plaintext keys.
+    pub passphrase: Option<Zeroizing<Vec<u8>>>,
+    /// Overrides `listen` of node.toml.
+    pub listen: Option<SocketAddr>,
+    /// Overrides `api_listen` of node.toml.
+    pub api_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+struct CertState {
+    serial: Serial,
+    not_before: Timestamp,
+    not_after: Timestamp,
+}
+
+/// Per-link counters, shared between the link task and the API.
+#[derive(Debug)]
+pub(crate) struct LinkInfo {
+    pub id: u64,
+    pub direction: Direction,
+    pub remote: SocketAddr,
+    pub established: Timestamp,
+    pub peer_cert: Mutex<(Serial, Timestamp)>,
+    pub heartbeats: AtomicU64,
+    pub gaps: AtomicU64,
+}
+
+struct LinkHandle {
+    info: Arc<LinkInfo>,
+    commands: mpsc::Sender<LinkCommand>,
+}
+
+#[derive(Debug)]
+enum LinkCommand {
+    Send(LinkMessage),
+    Close(&'static str),
+}
+
+/// Shared state of a running node.
+pub(crate) struct Node {
+    pub config: NodeConfig,
+    pub node_id: NodeId,
+    pub dir: NodeDir,
+    pub trust: Arc<MeshTrust>,
+    pub current: Arc<CurrentCertificate>,
+    cert_state: RwLock<CertState>,
+    identity: IdentityKey,
+    passphrase: Option<Zeroizing<Vec<u8>>>,
+    links: Mutex<HashMap<NodeId, LinkHandle>>,
+    pub table: Mutex<PeerTable>,
+    pub store: Arc<NodeStore>,
+    ca: CaClient,
+    pub rotations: AtomicU64,
+    pub self_revoked: AtomicBool,
+    next_link_id: AtomicU64,
+    pub mesh_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    connector: TlsConnector,
+    link_slots: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Node {
+    fn protection(&self) -> Protection<'_> {
+        match &self.passphrase {
+            Some(p) => Protection::Passphrase(p),
+            None => Protection::InsecurePlaintext,
+        }
+    }
+
+    pub(crate) fn cert_summary(&self) -> (Serial, Timestamp, Timestamp) {
+        let s = self.cert_state.read().unwrap_or_else(|p| p.into_inner());
+        (s.serial.clone(), s.not_before, s.not_after)
+    }
+
+    pub(crate) fn link_infos(&self) -> HashMap<NodeId, Arc<LinkInfo>> {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, h)| (*id, h.info.clone()))
+            .collect()
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, PeerTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Verifies and applies a CRL (pushed by the CA or fetched), persists it, and closes links
+    /// to peers it revokes. Returns the serials it newly revokes.
+    pub(crate) async fn apply_crl(self: &Arc<Self>, der: &[u8]) -> Result<Vec<Serial>, PkiError> {
+        let (crl, newly) = self.trust.apply_crl(der)?;
+        let store = self.store.clone();
+        let der = der.to_vec();
+        let number = crl.number;
+        match tokio::task::spawn_blocking(move || store.save_crl(number, &der)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not persist CRL"),
+            Err(error) => tracing::warn!(%error, "could not persist CRL"),
+        }
+        let (own_serial, _, _) = self.cert_summary();
+        if self.trust.is_revoked(&own_serial) && !self.self_revoked.swap(true, Ordering::SeqCst) {
+            tracing::error!(serial = %own_serial, "this node's certificate is revoked; peers will refuse it");
+        }
+        self.close_revoked_links();
+        if !newly.is_empty() {
+            tracing::info!(
+                crl_number = number,
+                newly_revoked = newly.len(),
+                "applied CRL"
+            );
+        }
+        Ok(newly)
+    }
+
+    fn close_revoked_links(&self) {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        for (peer, handle) in links.iter() {
+            let serial = handle
+                .info
+                .peer_cert
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+                .clone();
+            if self.trust.is_revoked(&serial) {
+                tracing::warn!(%peer, %serial, "closing link to revoked peer");
+                self.table().handle_revoked(peer);
+                let _ = handle.commands.try_send(LinkCommand::Close("peer revoked"));
+            }
+        }
+    }
+
+    fn broadcast(&self, message: LinkMessage) {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        for handle in links.values() {
+            // A full queue means a stuck link; the heartbeat timeout will close it.
+            let _ = handle.commands.try_send(LinkCommand::Send(message.clone()));
+        }
+    }
+}
+
+/// Runs a node until `shutdown` resolves. Writes `node.addr.json` once listening.
+pub async fn run(
+    options: RunOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let dir = options.dir;
+    let mut config = dir.read_config()?;
+    if let Some(listen) = options.listen {
+        config.listen = listen;
+    }
+    if let Some(api) = options.api_listen {
+        config.api_listen = api;
+    }
+    let allow_plaintext = config.insecure_plaintext_key;
+    let protection = match &options.passphrase {
+        Some(p) => Protection::Passphrase(p),
+        None => Protection::InsecurePlaintext,
+    };
+    let identity = dir.read_identity(&protection, allow_plaintext)?;
+    if identity.public().node_id() != config.node_id {
+        return Err(NodeError::Inconsistent(format!(
+            "identity.key belongs to {}, but node.toml says {}",
+            identity.public().node_id(),
+            config.node_id
+        )));
+    }
+    let (tls_key, cert_der) = dir.read_tls(&protection, allow_plaintext)?;
+    let ca_der = NodeDir::read_cert(&dir.ca_cert())?;
+    let trust = Arc::new(MeshTrust::new(ca_der.clone(), config.trust_domain.clone()));
+    let store = Arc::new(NodeStore::open(&dir.state_db())?);
+    if let Some((_, der)) = store.latest_crl()? {
+        if let Err(error) = trust.apply_crl(&der) {
+            tracing::warn!(%error, "stored CRL not applied");
+        }
+    }
+    let parsed = NodeCertificate::parse(&cert_der)?;
+    let current = Arc::new(CurrentCertificate::new(
+        vec![cert_der.clone()],
+        &tls_key.to_pkcs8_der(),
+    )?);
+    let server_config = crate::tls::mesh_server_config(trust.clone(), current.clone())?;
+    let client_config = crate::tls::mesh_client_config(trust.clone(), current.clone())?;
+    let ca = CaClient::new(&config.ca_url, &ca_der, Some(current.clone()))?;
+
+    let mesh_listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| NodeError::Io {
+            what: format!("binding the mesh listener {}", config.listen),
+            source,
+        })?;
+    let api_listener = TcpListener::bind(config.api_listen)
+        .await
+        .map_err(|source| NodeError::Io {
+            what: format!("binding the API listener {}", config.api_listen),
+            source,
+        })?;
+    let mesh_addr = mesh_listener.local_addr().map_err(|source| NodeError::Io {
+        what: "mesh listener address".into(),
+        source,
+    })?;
+    let api_addr = api_listener.local_addr().map_err(|source| NodeError::Io {
+        what: "API listener address".into(),
+        source,
+    })?;
+
+    let mut table = PeerTable::new(config.node_id, config.max_peers);
+    for addr in &config.bootstrap_peers {
+        table.add_bootstrap(addr);
+    }
+    let t0 = now();
+    for peer in store.peers(config.max_peers * 4)? {
+        table.handle_advert(
+            &PeerAdvert {
+                node_id: peer.node_id,
+                addr: peer.addr,
+            },
+            t0,
+        );
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let node = Arc::new(Node {
+        node_id: config.node_id,
+        link_slots: Arc::new(Semaphore::new(config.max_peers)),
+        config,
+        dir: dir.clone(),
+        trust,
+        current,
+        cert_state: RwLock::new(CertState {
+            serial: parsed.serial.clone(),
+            not_before: parsed.not_before,
+            not_after: parsed.not_after,
+        }),
+        identity,
+        passphrase: options.passphrase,
+        links: Mutex::new(HashMap::new()),
+        table: Mutex::new(table),
+        store,
+        ca,
+        rotations: AtomicU64::new(0),
+        self_revoked: AtomicBool::new(false),
+        next_link_id: AtomicU64::new(1),
+        mesh_addr,
+        api_addr,
+        connector: TlsConnector::from(client_config),
+        shutdown: shutdown_rx,
+    });
+    if node.trust.is_revoked(&parsed.serial) {
+        node.self_revoked.store(true, Ordering::SeqCst);
+        tracing::error!("this node's certificate is revoked");
+    }
+
+    let api_tls = crate::tls::api_server_config(node.trust.clone(), node.current.clone())?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(accept_loop(node.clone(), mesh_listener, server_config));
+    tasks.spawn(dial_loop(node.clone()));
+    tasks.spawn(rotation_loop(node.clone()));
+    tasks.spawn(crl_loop(node.clone()));
+    tasks.spawn(announce_loop(node.clone()));
+    {
+        let node = node.clone();
+        let mut stop = node.shutdown.clone();
+        tasks.spawn(async move {
+            let router = crate::node_api::router(node.clone());
+            crate::https::serve(api_listener, api_tls, router, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        });
+    }
+
+    let addrs = BoundAddrs {
+        node_id: node.node_id,
+        mesh: mesh_addr,
+        api: api_addr,
+        pid: std::process::id(),
+    };
+    let text = serde_json::to_vec_pretty(&addrs).unwrap_or_default();
+    crate::ca_service::write_private_file(&dir.addr_file(), &text).map_err(|source| {
+        NodeError::Io {
+            what: "writing node.addr.json".into(),
+            source,
+        }
+    })?;
+    tracing::info!(node = %node.node_id, mesh = %mesh_addr, api = %api_addr, "node running");
+
+    shutdown.await;
+    let _ = shutdown_tx.send(true);
+    node.broadcast_close();
+    tasks.shutdown().await;
+    Ok(())
+}
+
+impl Node {
+    fn broadcast_close(&self) {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        for handle in links.values() {
+            let _ = handle
+                .commands
+                .try_send(LinkCommand::Close("shutting down"));
+        }
+    }
+}
+
+async fn accept_loop(node: Arc<Node>, listener: TcpListener, config: Arc<rustls::ServerConfig>) {
+    let acceptor = TlsAcceptor::from(config);
+    let mut stop = node.shutdown.clone();
+    loop {
+        let permit = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            p = node.link_slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let (tcp, remote) = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "mesh accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let node = node.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(DIAL_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::info!(%remote, %error, "mesh handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%remote, "mesh handshake timed out");
+                    return;
+                }
+            };
+            let (_, session) = tls.get_ref();
+            // rustls refuses a client that offers only other protocols; one that offers
+            // none completes the handshake, so the protocol is required here, before any frame.
+            if session.alpn_protocol() != Some(ALPN_MESH) {
+                tracing::info!(%remote, "mesh link refused: client did not negotiate ALPN ztmesh/1");
+                return;
+            }
+            let Some(peer_der) = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec())
+            else {
+                return;
+            };
+            let peer = match node.trust.verify_peer(&peer_der, now()) {
+                Ok(peer) => peer,
+                Err(error) => {
+                    tracing::info!(%remote, %error, "mesh link refused");
+                    return;
+                }
+            };
+            run_link(node, tls, peer, Direction::Inbound, remote, None).await;
+        });
+    }
+}
+
+async fn dial_loop(node: Arc<Node>) {
+    let mut stop = node.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        if node.self_revoked.load(Ordering::SeqCst) {
+            continue;
+        }
+        let targets = node.table().poll_dials(now());
+        for target in targets {
+            let node = node.clone();
+            tokio::spawn(async move {
+                if let Err(error) = dial(node.clone(), &target).await {
+                    tracing::debug!(addr = %target.addr, %error, "dial failed");
+                    node.table().handle_dial_failed(&target, now());
+                }
+            });
+        }
+    }
+}
+
+async fn dial(node: Arc<Node>, target: &DialTarget) -> Result<(), String> {
+    let Ok(permit) = node.link_slots.clone().try_acquire_owned() else {
+        return Err("link limit reached".into());
+    };
+    let remote: SocketAddr = match target.addr.parse() {
+        Ok(a) => a,
+        Err(_) => tokio::net::lookup_host(&target.addr)
+            .await
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("address did not resolve")?,
+    };
+    if remote == node.mesh_addr {
+        return Err("refusing to dial our own listener".into());
+    }
+    // Mesh certificates carry no DNS names (peers are identified by NodeId), but TLS needs a
+    // server name to send: the expected NodeId when known.
+    let name = target
+        .expected
+        .map(|id| id.to_string())
+        .unwrap_or_else(|| "mesh.ztmesh.invalid".into());
+    let server_name = rustls::pki_types::ServerName::try_from(name).map_err(|e| e.to_string())?;
+    let connect = async {
+        let tcp = TcpStream::connect(remote)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        node.connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let tls = tokio::time::timeout(DIAL_TIMEOUT, connect)
+        .await
+        .map_err(|_| "timed out".to_string())??;
+    let peer_der = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .ok_or("no peer certificate")?;
+    let peer = node
+        .trust
+        .verify_peer(&peer_der, now())
+        .map_err(|e| e.to_string())?;
+    if peer.node_id == node.node_id {
+        return Err("dialed ourselves".into());
+    }
+    if let Some(expected) = target.expected {
+        if expected != peer.node_id {
+            return Err(format!("expected {expected}, found {}", peer.node_id));
+        }
+    }
+    let dialed = target.addr.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        run_link(node, tls, peer, Direction::Outbound, remote, Some(dialed)).await;
+    });
+    Ok(())
+}
+
+/// Registers a link, resolving duplicates by [`preferred_link`]. Returns false if this link
+/// must be dropped.
+fn register_link(node: &Node, peer: NodeId, handle: LinkHandle) -> bool {
+    let mut links = node.links.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(existing) = links.get(&peer) {
+        if !preferred_link(
+            &node.node_id,
+            &peer,
+            existing.info.direction,
+            handle.info.direction,
+        ) {
+            return false;
+        }
+        let _ = existing
+            .commands
+            .try_send(LinkCommand::Close("replaced by a preferred link"));
+    }
+    links.insert(peer, handle);
+    true
+}
+
+async fn run_link<S>(
+    node: Arc<Node>,
+    stream: S,
+    peer: NodeCertificate,
+    direction: Direction,
+    remote: SocketAddr,
+    dialed: Option<String>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer_id = peer.node_id;
+    if peer_id == node.node_id {
+        return;
+    }
+    let (tx, mut rx) = mpsc::channel(LINK_QUEUE);
+    let info = Arc::new(LinkInfo {
+        id: node.next_link_id.fetch_add(1, Ordering::Relaxed),
+        direction,
+        remote,
+        established: now(),
+        peer_cert: Mutex::new((peer.serial.clone(), peer.not_after)),
+        heartbeats: AtomicU64::new(0),
+        gaps: AtomicU64::new(0),
+    });
+    if !register_link(
+        &node,
+        peer_id,
+        LinkHandle {
+            info: info.clone(),
+            commands: tx,
+        },
+    ) {
+        tracing::debug!(peer = %peer_id, "dropping duplicate link");
+        return;
+    }
+    node.table()
+        .handle_link_up(peer_id, dialed.as_deref(), now());
+    tracing::info!(peer = %peer_id, direction = direction.as_str(), %remote, link = info.id, "link up");
+
+    let reason = drive_link(&node, stream, &peer, &info, &mut rx).await;
+
+    {
+        let mut links = node.links.lock().unwrap_or_else(|p| p.into_inner());
+        if links.get(&peer_id).map(|h| h.info.id) == Some(info.id) {
+            links.remove(&peer_id);
+            node.table().handle_link_down(&peer_id, now());
+        }
+    }
+    tracing::info!(peer = %peer_id, link = info.id, reason, "link down");
+}
+
+async fn write_message<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    message: &LinkMessage,
+) -> Result<(), &'static str> {
+    let frame = message.to_frame().map_err(|_| "could not encode a frame")?;
+    writer.write_all(&frame).await.map_err(|_| "write failed")?;
+    writer.flush().await.map_err(|_| "write failed")
+}
+
+async fn drive_link<S>(
+    node: &Arc<Node>,
+    stream: S,
+    peer: &NodeCertificate,
+    info: &LinkInfo,
+    rx: &mut mpsc::Receiver<LinkCommand>,
+) -> &'static str
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let hello = LinkMessage::Hello {
+        version: PROTOCOL_VERSION,
+        listen_addr: Some(node.mesh_addr.to_string()),
+    };
+    if let Err(reason) = write_message(&mut writer, &hello).await {
+        return reason;
+    }
+    if let Err(reason) = write_message(&mut writer, &LinkMessage::PeerListRequest).await {
+        return reason;
+    }
+    let interval = node.config.heartbeat_interval();
+    // A link with no frame for three heartbeats plus slack is dead.
+    let dead_after = interval * 3 + Duration::from_secs(5);
+    let mut heartbeat = tokio::time::interval(interval);
+    let mut exchange = tokio::time::interval(PEER_EXCHANGE_INTERVAL);
+    let mut stop = node.shutdown.clone();
+    let mut decoder = FrameDecoder::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    let mut seq = 0u64;
+    let mut last_seq = 0u64;
+    let mut last_frame = now();
+    let peer_id = peer.node_id;
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return "shutting down",
+            read = reader.read(&mut buffer) => {
+                let n = match read {
+                    Ok(0) => return "closed by peer",
+                    Ok(n) => n,
+                    Err(_) => return "read failed",
+                };
+                decoder.push(&buffer[..n]);
+                loop {
+                    let message = match decoder.next_message() {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break,
+                        Err(error) => {
+                            tracing::warn!(peer = %peer_id, %error, "malformed frame; closing link");
+                            return "malformed frame";
+                        }
+                    };
+                    last_frame = now();
+                    node.table().handle_seen(&peer_id, last_frame);
+                    match message {
+                        LinkMessage::Hello { listen_addr, .. } => {
+                            if let Some(addr) = listen_addr.and_then(|a| a.parse::<SocketAddr>().ok()) {
+                                // A node listening on a wildcard address is reached at the
+                                // address its link came from.
+                                let addr = if addr.ip().is_unspecified() { SocketAddr::new(info.remote.ip(), addr.port()) } else { addr };
+                                node.table().handle_listen_addr(peer_id, &addr.to_string());
+                                let store = node.store.clone();
+                                let at = last_frame;
+                                tokio::task::spawn_blocking(move || store.upsert_peer(&peer_id, &addr.to_string(), at));
+                            }
+                        }
+                        LinkMessage::Heartbeat { seq: got, .. } => {
+                            info.heartbeats.fetch_add(1, Ordering::Relaxed);
+                            if got > last_seq + 1 {
+                                info.gaps.fetch_add(got - last_seq - 1, Ordering::Relaxed);
+                            }
+                            last_seq = last_seq.max(got);
+                        }
+                        LinkMessage::PeerListRequest => {
+                            let peers: Vec<PeerAdvert> = node.table().connected_adverts().into_iter().filter(|p| p.node_id != peer_id).collect();
+                            if let Err(reason) = write_message(&mut writer, &LinkMessage::PeerList { peers }).await {
+                                return reason;
+                            }
+                        }
+                        LinkMessage::PeerList { peers } => {
+                            let at = now();
+                            let mut table = node.table();
+                            for advert in &peers {
+                                table.handle_advert(advert, at);
+                            }
+                        }
+                        LinkMessage::CertificateUpdate { certificate } => {
+                            match node.trust.verify_peer(&certificate, now()) {
+                                Ok(new) if new.node_id == peer_id => {
+                                    tracing::debug!(peer = %peer_id, serial = %new.serial, "peer rotated its certificate");
+                                    *info.peer_cert.lock().unwrap_or_else(|p| p.into_inner()) = (new.serial, new.not_after);
+                                }
+                                Ok(_) => return "certificate update for another node",
+                                Err(error) => {
+                                    tracing::warn!(peer = %peer_id, %error, "refused certificate update");
+                                    return "invalid certificate update";
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ = heartbeat.tick() => {
+                let t = now();
+                let (serial, not_after) = info.peer_cert.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if node.trust.is_revoked(&serial) {
+                    return "peer revoked";
+                }
+                if not_after <= t {
+                    return "peer certificate expired";
+                }
+                if t.duration_since(last_frame) > dead_after {
+                    return "peer silent";
+                }
+                seq += 1;
+                if let Err(reason) = write_message(&mut writer, &LinkMessage::Heartbeat { seq, sent_at: t }).await {
+                    return reason;
+                }
+            }
+            _ = exchange.tick() => {
+                if let Err(reason) = write_message(&mut writer, &LinkMessage::PeerListRequest).await {
+                    return reason;
+                }
+            }
+            command = rx.recv() => match command {
+                Some(LinkCommand::Send(message)) => {
+                    if let Err(reason) = write_message(&mut writer, &message).await {
+                        return reason;
+                    }
+                }
+                Some(LinkCommand::Close(reason)) => {
+                    let _ = writer.shutdown().await;
+                    return reason;
+                }
+                None => return "link dropped",
+            },
+        }
+    }
+}
+
+async fn rotation_loop(node: Arc<Node>) {
+    let mut stop = node.shutdown.clone();
+    let mut failures = 0u32;
+    loop {
+        let (_, not_before, not_after) = node.cert_summary();
+        let due = ztmesh_pki::renew_at(not_before, not_after);
+        let t = now();
+        if t < due || node.self_revoked.load(Ordering::SeqCst) {
+            // Re-check at least every 5 s so a wall-clock jump is noticed.
+            let wait = due
+                .duration_since(t)
+                .clamp(Duration::from_millis(200), Duration::from_secs(5));
+            tokio::select! {
+                _ = stopped(&mut stop) => return,
+                _ = tokio::time::sleep(wait) => continue,
+            }
+        }
+        match rotate_once(&node).await {
+            Ok(serial) => {
+                failures = 0;
+                node.rotations.fetch_add(1, Ordering::SeqCst);
+                tracing::info!(%serial, "certificate rotated");
+            }
+            Err(error) => {
+                failures += 1;
+                if let ClientError::Refused { status: 403, .. } = &error {
+                    tracing::error!(%error, "the CA refuses to rotate this node's certificate");
+                }
+                let backoff = Duration::from_secs(1u64 << failures.min(5));
+                tracing::warn!(%error, retry_in = ?backoff, "certificate rotation failed");
+                tokio::select! {
+                    _ = stopped(&mut stop) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn rotate_once(node: &Arc<Node>) -> Result<Serial, ClientError> {
+    let key = TlsKeyPair::generate().map_err(NodeDirError::from)?;
+    let answer = node
+        .ca
+        .rotate(
+            &node.identity,
+            &key,
+            &node.node_id,
+            &node.config.trust_domain,
+        )
+        .await?;
+    let der = ztmesh_pki::cert_pem_to_der(&answer.certificate)
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let cert = node
+        .trust
+        .verify_peer(&der, now())
+        .map_err(|e| ClientError::Protocol(format!("rotated certificate: {e}")))?;
+    if cert.node_id != node.node_id || cert.tls_public_key_spki_der != key.public_key_spki_der() {
+        return Err(ClientError::Protocol(
+            "rotated certificate is not for our keys".into(),
+        ));
+    }
+    node.dir
+        .install_certificate(&der, &key, &node.protection())?;
+    node.current
+        .replace(vec![der.clone()], &key.to_pkcs8_der())?;
+    *node.cert_state.write().unwrap_or_else(|p| p.into_inner()) = CertState {
+        serial: cert.serial.clone(),
+        not_before: cert.not_before,
+        not_after: cert.not_after,
+    };
+    let store = node.store.clone();
+    let (serial, nb, na) = (cert.serial.clone(), cert.not_before, cert.not_after);
+    let _ = tokio::task::spawn_blocking(move || {
+        store.record_issuance(&serial, nb, na, "rotate", now())
+    })
+    .await;
+    // Peers learn the new certificate now, so links outlive the old one's expiry.
+    node.broadcast(LinkMessage::CertificateUpdate { certificate: der });
+    Ok(cert.serial)
+}
+
+async fn crl_loop(node: Arc<Node>) {
+    let mut stop = node.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(node.config.crl_refresh_secs));
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        match node.ca.fetch_crl(&node.config.crl_url).await {
+            Ok(der) => match node.apply_crl(&der).await {
+                Ok(_) | Err(PkiError::StaleCrl { .. }) => {}
+                Err(error) => tracing::warn!(%error, "fetched CRL refused"),
+            },
+            Err(error) => tracing::debug!(%error, "CRL fetch failed"),
+        }
+    }
+}
+
+async fn announce_loop(node: Arc<Node>) {
+    let mut stop = node.shutdown.clone();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let request = crate::api_types::AnnounceRequest {
+            mesh_addr: Some(node.mesh_addr.to_string()),
+            api_addr: Some(node.api_addr.to_string()),
+        };
+        match node.ca.announce(&request).await {
+            Ok(answer) => {
+                let t = now();
+                let mut table = node.table();
+                for advert in answer.peers.iter().take(crate::peer_table::MAX_KNOWN_PEERS) {
+                    table.handle_advert(advert, t);
+                }
+                delay = Duration::from_secs(node.config.crl_refresh_secs);
+            }
+            Err(error) => {
+                tracing::debug!(%error, "announce to CA failed");
+                delay = (delay * 2).min(Duration::from_secs(node.config.crl_refresh_secs));
+            }
+        }
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Resolves once shutdown is signalled (or the sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

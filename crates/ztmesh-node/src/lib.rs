@@ -1,0 +1,27 @@
+//! The ztmesh runtime: everything that touches sockets, files, clocks and threads.
+//!
+//! - [`tls`]: rustls configurations and the mesh peer verifier;
+//! - [`https`]: axum over TLS 1.3;
+//! - [`ca_service`] / [`ca_client`]: the CA's HTTPS API and its clients;
+//! - [`daemon`]: the node (`ztmesh run`), with [`peer_table`] as its sans-IO dialing core;
+//! - [`store`]: SQLite state of the CA and of nodes.
+//!
+//! Protocol decisions live in the sans-IO crates (`ztmesh-core`, `ztmesh-pki`) and in
+//! [`peer_table`] / [`rate_limit`]; this crate only moves bytes between them and the world.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api_error;
+pub mod api_types;
+pub mod ca_client;
+pub mod ca_service;
+pub mod daemon;
+pub mod https;
+mod node_api;
+pub mod node_client;
+pub mod node_dir;
+pub mod peer_table;
+pub mod rate_limit;
+pub mod store;
+pub mod timefmt;
+pub mod tls;

@@ -1,0 +1,162 @@
+//! The node's HTTPS API: `GET /v1/mesh/peers` and `GET /v1/status` (mesh client certificate
+//! required), `POST /v1/crl` (a CA-signed CRL pushed by the CA; its signature is its
+//! authentication, so no client certificate is needed).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use ztmesh_pki::PkiError;
+
+use crate::api_error::{not_found, ApiError};
+use crate::api_types::{PeerInfo, PeersResponse, StatusResponse};
+use crate::daemon::Node;
+use crate::timefmt::{now, rfc3339};
+use crate::tls::PresentedCertificate;
+
+/// Largest CRL accepted on the push route.
+pub const MAX_CRL_BYTES: usize = 1024 * 1024;
+
+pub(crate) fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/mesh/peers", get(peers))
+        .route("/v1/status", get(status))
+        .route("/v1/crl", post(push_crl))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_CRL_BYTES))
+        .with_state(node)
+}
+
+fn authenticate(
+    node: &Node,
+    presented: Option<Extension<PresentedCertificate>>,
+) -> Result<(), ApiError> {
+    let Some(Extension(PresentedCertificate(Some(der)))) = presented else {
+        return Err(ApiError::unauthorized(
+            "client_certificate_required",
+            "this route requires a mesh certificate (mutual TLS)",
+        ));
+    };
+    let cert = node
+        .trust
+        .verify_ignoring_revocation(&der, now())
+        .map_err(|e| ApiError::unauthorized("invalid_client_certificate", e.to_string()))?;
+    if node.trust.is_revoked(&cert.serial) {
+        return Err(ApiError::forbidden(
+            "revoked",
+            format!("certificate {} is revoked", cert.serial),
+        ));
+    }
+    Ok(())
+}
+
+async fn peers(
+    State(node): State<Arc<Node>>,
+    presented: Option<Extension<PresentedCertificate>>,
+) -> Result<Json<PeersResponse>, ApiError> {
+    authenticate(&node, presented)?;
+    let links = node.link_infos();
+    let views = node.table.lock().unwrap_or_else(|p| p.into_inner()).peers();
+    let mut peers: Vec<PeerInfo> = views
+        .into_iter()
+        .map(|view| {
+            let link = links.get(&view.node_id);
+            let cert = link.map(|l| {
+                l.peer_cert
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            });
+            PeerInfo {
+                node_id: view.node_id.to_string(),
+                connected: link.is_some(),
+                last_seen: view.last_seen.map(rfc3339),
+                address: view.addr,
+                certificate_expires: cert.as_ref().map(|c| rfc3339(c.1)),
+                certificate_serial: cert.map(|c| c.0.to_hex()),
+                direction: link.map(|l| l.direction.as_str().to_owned()),
+                link_established: link.map(|l| rfc3339(l.established)),
+                link_id: link.map(|l| l.id),
+                heartbeats_received: link
+                    .map(|l| l.heartbeats.load(std::sync::atomic::Ordering::Relaxed))
+                    .unwrap_or(0),
+                heartbeat_gaps: link
+                    .map(|l| l.gaps.load(std::sync::atomic::Ordering::Relaxed))
+                    .unwrap_or(0),
+            }
+        })
+        .collect();
+    peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    Ok(Json(PeersResponse {
+        node_id: node.node_id.to_string(),
+        peers,
+    }))
+}
+
+async fn status(
+    State(node): State<Arc<Node>>,
+    presented: Option<Extension<PresentedCertificate>>,
+) -> Result<Json<StatusResponse>, ApiError> {
+    authenticate(&node, presented)?;
+    let (serial, not_before, not_after) = node.cert_summary();
+    let (crl_number, revoked) = node.trust.crl_state();
+    let links = node.link_infos();
+    let known = node
+        .table
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .peers()
+        .len();
+    Ok(Json(StatusResponse {
+        node_id: node.node_id.to_string(),
+        trust_domain: node.config.trust_domain.to_string(),
+        mesh_addr: node.mesh_addr.to_string(),
+        api_addr: node.api_addr.to_string(),
+        certificate_serial: serial.to_hex(),
+        certificate_not_before: rfc3339(not_before),
+        certificate_not_after: rfc3339(not_after),
+        renew_at: rfc3339(ztmesh_pki::renew_at(not_before, not_after)),
+        rotations: node.rotations.load(std::sync::atomic::Ordering::SeqCst),
+        crl_number,
+        revoked_serials: revoked,
+        self_revoked: node.self_revoked.load(std::sync::atomic::Ordering::SeqCst),
+        peers_connected: links.len(),
+        peers_known: known,
+    }))
+}
+
+/// Accepts a CRL as DER or PEM.
+fn crl_der(body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    if body.starts_with(b"-----BEGIN") {
+        let block = pem::parse(body)
+            .map_err(|e| ApiError::bad_request("malformed_crl", format!("CRL PEM: {e}")))?;
+        if block.tag() != "X509 CRL" {
+            return Err(ApiError::bad_request(
+                "malformed_crl",
+                "expected an X509 CRL PEM block",
+            ));
+        }
+        Ok(block.into_contents())
+    } else {
+        Ok(body.to_vec())
+    }
+}
+
+async fn push_crl(State(node): State<Arc<Node>>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let der = crl_der(&body)?;
+    match node.apply_crl(&der).await {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(PkiError::StaleCrl { got, have }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_crl",
+            format!("CRL number {got} is not newer than {have}"),
+        )),
+        Err(PkiError::MalformedCrl(message)) => {
+            Err(ApiError::bad_request("malformed_crl", message))
+        }
+        Err(error) => Err(ApiError::forbidden("untrusted_crl", error.to_string())),
+    }
+}

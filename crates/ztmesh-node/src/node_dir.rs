@@ -1,0 +1,315 @@
+//! A node's data directory: its documented files and its configuration.
+//!
+//! | file | what |
+//! |---|---|
+//! | `node.toml` | configuration (written by `ztmesh enroll`, editable) |
+//! | `identity.key` | identity key, PKCS#8 sealed with the passphrase |
+//! | `node.key` | TLS key of the current certificate, sealed likewise |
+//! | `node.pem` | current node certificate (PEM) |
+//! | `ca.pem` | mesh CA certificate (PEM), pinned at enrollment |
+//! | `state.db` | SQLite: peers, latest CRL, certificate history |
+//! | `node.addr.json` | written by `ztmesh run` once listening: bound addresses and pid |
+//!
+//! Rotation writes `node.key.new` and `node.pem.new`, then renames the key and then the
+//! certificate. If a crash falls between the two renames, start-up finds a key that does not
+//! match `node.pem` next to a `node.pem.new` that does, and completes the rename.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use ztmesh_core::{NodeId, TrustDomain};
+use ztmesh_pki::keyfile::{self, KdfParams, Protection};
+use ztmesh_pki::{IdentityKey, PkiError, TlsKeyPair};
+
+use crate::ca_service::write_private_file;
+
+/// Node configuration (`node.toml`). Unknown keys are an error, so a typo never silently
+/// leaves a default in force.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id (derived from the identity key; checked at start).
+    pub node_id: NodeId,
+    /// SPIFFE trust domain of the mesh.
+    pub trust_domain: TrustDomain,
+    /// Base URL of the CA API.
+    pub ca_url: String,
+    /// Mesh listener address.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// HTTPS API listener address.
+    #[serde(default = "default_listen")]
+    pub api_listen: SocketAddr,
+    /// Mesh addresses to dial at start.
+    #[serde(default)]
+    pub bootstrap_peers: Vec<String>,
+    /// Gossip fan-out (used by later protocol layers).
+    #[serde(default = "default_fanout")]
+    pub gossip_fanout: u32,
+    /// Where to fetch the CRL.
+    pub crl_url: String,
+    /// Heartbeat interval on every link, milliseconds (100..=60000).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// How often to fetch the CRL, seconds (1..=86400).
+    #[serde(default = "default_crl_refresh")]
+    pub crl_refresh_secs: u64,
+    /// Most mesh links kept at once.
+    #[serde(default = "default_max_peers")]
+    pub max_peers: usize,
+    /// Keys are stored unencrypted (only with `--insecure-plaintext-key`).
+    #[serde(default)]
+    pub insecure_plaintext_key: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+fn default_fanout() -> u32 {
+    3
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_crl_refresh() -> u64 {
+    60
+}
+fn default_max_peers() -> usize {
+    64
+}
+
+impl NodeConfig {
+    /// Checks value ranges that the types do not carry.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(100..=60_000).contains(&self.heartbeat_interval_ms) {
+            return Err("heartbeat_interval_ms must be between 100 and 60000".into());
+        }
+        if !(1..=86_400).contains(&self.crl_refresh_secs) {
+            return Err("crl_refresh_secs must be between 1 and 86400".into());
+        }
+        if !(1..=1024).contains(&self.max_peers) {
+            return Err("max_peers must be between 1 and 1024".into());
+        }
+        if !self.ca_url.starts_with("https://") {
+            return Err("ca_url must be an https:// URL".into());
+        }
+        Ok(())
+    }
+
+    /// Heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+}
+
+/// Errors reading or writing a node directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeDirError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// Which file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// `node.toml` is not valid.
+    #[error("{path}: {message}")]
+    Config {
+        /// Which file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Key or certificate problem (a wrong passphrase included).
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The directory holds no enrolled node.
+    #[error("{0} holds no enrolled node: run `ztmesh enroll` first")]
+    NotEnrolled(PathBuf),
+    /// The directory already holds an enrolled node.
+    #[error("{0} already holds an enrolled node (refusing to overwrite it)")]
+    AlreadyEnrolled(PathBuf),
+}
+
+/// Paths and file operations of one node directory.
+#[derive(Debug, Clone)]
+pub struct NodeDir(pub PathBuf);
+
+impl NodeDir {
+    /// `node.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.0.join("node.toml")
+    }
+    /// `identity.key`.
+    pub fn identity_key(&self) -> PathBuf {
+        self.0.join("identity.key")
+    }
+    /// `node.key`.
+    pub fn tls_key(&self) -> PathBuf {
+        self.0.join("node.key")
+    }
+    /// `node.pem`.
+    pub fn cert(&self) -> PathBuf {
+        self.0.join("node.pem")
+    }
+    /// `ca.pem`.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.0.join("ca.pem")
+    }
+    /// `state.db`.
+    pub fn state_db(&self) -> PathBuf {
+        self.0.join("state.db")
+    }
+    /// `node.addr.json`.
+    pub fn addr_file(&self) -> PathBuf {
+        self.0.join("node.addr.json")
+    }
+
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeDirError + '_ {
+        move |source| NodeDirError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Reads and validates `node.toml`.
+    pub fn read_config(&self) -> Result<NodeConfig, NodeDirError> {
+        let path = self.config();
+        if !path.exists() {
+            return Err(NodeDirError::NotEnrolled(self.0.clone()));
+        }
+        let text = std::fs::read_to_string(&path).map_err(Self::io(&path))?;
+        let config: NodeConfig = toml::from_str(&text).map_err(|e| NodeDirError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|message| NodeDirError::Config { path, message })?;
+        Ok(config)
+    }
+
+    /// Writes `node.toml`.
+    pub fn write_config(&self, config: &NodeConfig) -> Result<(), NodeDirError> {
+        let path = self.config();
+        let text = toml::to_string_pretty(config).map_err(|e| NodeDirError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        write_private_file(&path, text.as_bytes()).map_err(Self::io(&path))
+    }
+
+    /// Seals and writes a key file.
+    pub fn write_key(
+        &self,
+        path: &Path,
+        pkcs8_der: &[u8],
+        protection: &Protection<'_>,
+    ) -> Result<(), NodeDirError> {
+        let sealed = keyfile::seal(
+            pkcs8_der,
+            protection,
+            KdfParams::DEFAULT,
+            &mut rand::rngs::OsRng,
+        )?;
+        write_private_file(path, sealed.as_bytes()).map_err(Self::io(path))
+    }
+
+    /// Reads and opens a key file.
+    pub fn read_key(
+        &self,
+        path: &Path,
+        protection: &Protection<'_>,
+        allow_plaintext: bool,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, NodeDirError> {
+        let text = std::fs::read_to_string(path).map_err(Self::io(path))?;
+        Ok(keyfile::open(&text, protection, allow_plaintext)?)
+    }
+
+    /// Reads the identity key.
+    pub fn read_identity(
+        &self,
+        protection: &Protection<'_>,
+        allow_plaintext: bool,
+    ) -> Result<IdentityKey, NodeDirError> {
+        let der = self.read_key(&self.identity_key(), protection, allow_plaintext)?;
+        Ok(IdentityKey::from_pkcs8_der(&der)?)
+    }
+
+    /// Reads a PEM certificate file as DER.
+    pub fn read_cert(path: &Path) -> Result<Vec<u8>, NodeDirError> {
+        let text = std::fs::read_to_string(path).map_err(Self::io(path))?;
+        Ok(ztmesh_pki::cert_pem_to_der(&text)?)
+    }
+
+    /// Installs a new certificate and its key: `.new` files first, then key and certificate
+    /// renamed in that order (see the module docs for crash recovery).
+    pub fn install_certificate(
+        &self,
+        cert_der: &[u8],
+        key: &TlsKeyPair,
+        protection: &Protection<'_>,
+    ) -> Result<(), NodeDirError> {
+        let key_new = self.tls_key().with_extension("key.new");
+        let cert_new = self.cert().with_extension("pem.new");
+        self.write_key(&key_new, &key.to_pkcs8_der(), protection)?;
+        write_private_file(&cert_new, ztmesh_pki::cert_der_to_pem(cert_der).as_bytes())
+            .map_err(Self::io(&cert_new))?;
+        std::fs::rename(&key_new, self.tls_key()).map_err(Self::io(&key_new))?;
+        std::fs::rename(&cert_new, self.cert()).map_err(Self::io(&cert_new))?;
+        if let Ok(d) = std::fs::File::open(&self.0) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Reads the current TLS key and certificate, finishing an interrupted install first.
+    pub fn read_tls(
+        &self,
+        protection: &Protection<'_>,
+        allow_plaintext: bool,
+    ) -> Result<(TlsKeyPair, Vec<u8>), NodeDirError> {
+        let key = TlsKeyPair::from_pkcs8_der(&self.read_key(
+            &self.tls_key(),
+            protection,
+            allow_plaintext,
+        )?)?;
+        let cert = Self::read_cert(&self.cert())?;
+        let parsed = ztmesh_pki::NodeCertificate::parse(&cert)?;
+        if parsed.tls_public_key_spki_der == key.public_key_spki_der() {
+            return Ok((key, cert));
+        }
+        let cert_new = self.cert().with_extension("pem.new");
+        if cert_new.exists() {
+            let pending = Self::read_cert(&cert_new)?;
+            if ztmesh_pki::NodeCertificate::parse(&pending)?.tls_public_key_spki_der
+                == key.public_key_spki_der()
+            {
+                tracing::warn!("completing a certificate installation interrupted by a crash");
+                std::fs::rename(&cert_new, self.cert()).map_err(Self::io(&cert_new))?;
+                return Ok((key, pending));
+            }
+        }
+        Err(NodeDirError::Config {
+            path: self.tls_key(),
+            message: "node.key does not match node.pem".into(),
+        })
+    }
+}
+
+/// Bound addresses written to `node.addr.json` once a node listens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BoundAddrs {
+    /// NodeId.
+    pub node_id: NodeId,
+    /// Mesh listener.
+    pub mesh: SocketAddr,
+    /// API listener.
+    pub api: SocketAddr,
+    /// Process id.
+    pub pid: u32,
+}

@@ -1,0 +1,584 @@
+//! `ztmesh`: the command line and daemon entry point. Thin by design: it parses arguments,
+//! reads secrets from where the operator said, and calls the libraries.
+#![forbid(unsafe_code)]
+
+/// Prints a line to stdout. A closed pipe (`ztmesh peers | head`) ends the process quietly
+/// with success instead of panicking, like other Unix tools.
+macro_rules! out {
+    () => { $crate::emit(String::new()) };
+    ($($arg:tt)*) => { $crate::emit(format!($($arg)*)) };
+}
+
+mod bench;
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
+use ztmesh_node::api_types::{RevokeRequest, TokenRequest};
+use ztmesh_node::ca_client::{self, CaClient, EnrollOptions};
+use ztmesh_node::ca_service::{self, CaDir, CaServeOptions};
+use ztmesh_node::daemon::{self, RunOptions};
+use ztmesh_node::node_client::NodeApiClient;
+use ztmesh_node::node_dir::NodeDir;
+use ztmesh_node::timefmt::parse_duration;
+use ztmesh_pki::keyfile::Protection;
+use ztmesh_pki::RevocationReason;
+
+/// ztmesh: a zero-trust overlay mesh.
+#[derive(Parser, Debug)]
+#[command(name = "ztmesh", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mesh certificate authority: create it, serve its API.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// One-time enrollment tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Enroll a new node with a one-time token.
+    Enroll(EnrollArgs),
+    /// Run a node daemon.
+    Run(RunArgs),
+    /// Show a running node's status.
+    Status(NodeQueryArgs),
+    /// Show a running node's peers.
+    Peers(NodeQueryArgs),
+    /// Revoke a certificate or a whole node, mesh-wide.
+    Revoke(RevokeArgs),
+    /// Start a CA and a few nodes on loopback and show enrollment, rotation and revocation.
+    Demo(demo::DemoArgs),
+    /// Benchmarks that print ratios against a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create a CA: root key (encrypted), certificate (ca.pem), admin credential, state.
+    Init(CaInitArgs),
+    /// Serve the CA's HTTPS API (enroll, rotate, CRL, revoke, tokens).
+    Serve(CaServeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Mint a one-time enrollment token (printed once; the CA keeps only its hash).
+    Create(TokenCreateArgs),
+}
+
+/// Where a secret key's passphrase comes from.
+#[derive(Args, Debug, Clone)]
+struct PassphraseArgs {
+    /// File holding the key passphrase (first line). Otherwise ZTMESH_PASSPHRASE is used.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// Store/read keys unencrypted. Only for throwaway test setups.
+    #[arg(long)]
+    insecure_plaintext_key: bool,
+}
+
+#[derive(Args, Debug)]
+struct CaInitArgs {
+    /// SPIFFE trust domain of the mesh (e.g. prod.example.org).
+    #[arg(long)]
+    trust_domain: String,
+    /// Directory for the CA's files.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Validity of the CA certificate (e.g. 3650d).
+    #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+    validity: Duration,
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
+}
+
+#[derive(Args, Debug)]
+struct CaServeArgs {
+    /// Directory created by `ztmesh ca init`.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Lifetime of issued node certificates (at least 60s).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_lifetime: Duration,
+    /// Enrollment requests per minute per client address.
+    #[arg(long, default_value_t = 120)]
+    rate_limit_rpm: u32,
+    /// Burst allowance of the enrollment rate limit.
+    #[arg(long, default_value_t = 60)]
+    rate_limit_burst: u32,
+    /// Extra DNS name or IP for the CA's TLS certificate (repeatable).
+    #[arg(long = "san", value_name = "NAME")]
+    server_names: Vec<String>,
+    /// URL nodes use to reach this CA (default https://<listen address>).
+    #[arg(long)]
+    public_url: Option<String>,
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
+}
+
+/// How an admin command reaches the CA.
+#[derive(Args, Debug)]
+struct CaAccessArgs {
+    /// A CA data directory on this machine: its ca.pem, admin.token and bound address are used.
+    #[arg(long, value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
+    /// CA URL (default: the address in <ca-dir>/ca.addr).
+    #[arg(long)]
+    ca_url: Option<String>,
+    /// CA certificate (default <ca-dir>/ca.pem).
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Admin credential file (default <ca-dir>/admin.token).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct TokenCreateArgs {
+    #[command(flatten)]
+    access: CaAccessArgs,
+    /// Token lifetime.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Reserve the token for one NodeId.
+    #[arg(long)]
+    node_id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct RevokeArgs {
+    #[command(flatten)]
+    access: CaAccessArgs,
+    /// Serial (hex) of one certificate.
+    #[arg(long, conflicts_with = "node_id", required_unless_present = "node_id")]
+    serial: Option<String>,
+    /// A node: all its certificates, and it may never enroll again.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// unspecified, key_compromise, cessation_of_operation or superseded.
+    #[arg(long, default_value = "unspecified", value_parser = parse_reason)]
+    reason: RevocationReason,
+}
+
+#[derive(Args, Debug)]
+struct EnrollArgs {
+    /// CA URL, e.g. https://127.0.0.1:8443.
+    #[arg(long)]
+    ca_url: String,
+    /// SHA-256 fingerprint of the CA certificate (as printed by `ztmesh ca init`).
+    #[arg(long)]
+    ca_fingerprint: String,
+    /// The one-time token.
+    #[arg(long)]
+    token: String,
+    /// Directory for the node's files.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Mesh listener address written to node.toml.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// API listener address written to node.toml.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    api_listen: SocketAddr,
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The node's data directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Override the mesh listener of node.toml.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Override the API listener of node.toml.
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
+}
+
+#[derive(Args, Debug)]
+struct NodeQueryArgs {
+    /// The node's data directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    passphrase: PassphraseArgs,
+}
+
+fn parse_reason(text: &str) -> Result<RevocationReason, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("unknown reason {text:?}: use unspecified, key_compromise, cessation_of_operation or superseded"))
+}
+
+/// Reads the passphrase: `--passphrase-file`, else ZTMESH_PASSPHRASE; `None` with
+/// `--insecure-plaintext-key`.
+fn passphrase(args: &PassphraseArgs) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    if args.insecure_plaintext_key {
+        return Ok(None);
+    }
+    let text = if let Some(path) = &args.passphrase_file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading passphrase file {}", path.display()))?,
+        );
+        Zeroizing::new(text.lines().next().unwrap_or("").to_owned())
+    } else if let Ok(text) = std::env::var("ZTMESH_PASSPHRASE") {
+        Zeroizing::new(text)
+    } else {
+        bail!("a key passphrase is required: pass --passphrase-file FILE or set ZTMESH_PASSPHRASE (or --insecure-plaintext-key for throwaway setups)");
+    };
+    if text.is_empty() {
+        bail!("the key passphrase is empty");
+    }
+    Ok(Some(Zeroizing::new(text.as_bytes().to_vec())))
+}
+
+fn protection(secret: &Option<Zeroizing<Vec<u8>>>) -> Protection<'_> {
+    match secret {
+        Some(p) => Protection::Passphrase(p),
+        None => Protection::InsecurePlaintext,
+    }
+}
+
+fn emit(mut line: String) {
+    use std::io::Write;
+    line.push('\n');
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout
+        .write_all(line.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ZTMESH_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Ca(CaCommand::Init(args)) => ca_init(args),
+        Command::Ca(CaCommand::Serve(args)) => ca_serve(args).await,
+        Command::Token(TokenCommand::Create(args)) => token_create(args).await,
+        Command::Enroll(args) => enroll(args).await,
+        Command::Run(args) => run(args).await,
+        Command::Status(args) => status(args).await,
+        Command::Peers(args) => peers(args).await,
+        Command::Revoke(args) => revoke(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Bench(command) => bench::run(command).await,
+    }
+}
+
+fn ca_init(args: CaInitArgs) -> Result<()> {
+    let trust_domain = args
+        .trust_domain
+        .parse()
+        .map_err(|e| anyhow!("--trust-domain: {e}"))?;
+    let secret = passphrase(&args.passphrase)?;
+    let report = ca_service::init_ca(
+        &CaDir(args.data_dir.clone()),
+        trust_domain,
+        &protection(&secret),
+        args.validity,
+    )?;
+    out!("CA created in {}", args.data_dir.display());
+    out!("  certificate:      {}", report.ca_cert_path.display());
+    out!("  admin credential: {}", report.admin_token_path.display());
+    out!("  fingerprint:      {}", report.fingerprint);
+    out!(
+        "Nodes enroll with: ztmesh enroll --ca-fingerprint {} ...",
+        report.fingerprint
+    );
+    Ok(())
+}
+
+async fn ca_serve(args: CaServeArgs) -> Result<()> {
+    let dir = CaDir(args.data_dir.clone());
+    let secret = passphrase(&args.passphrase)?;
+    let ca = ca_service::load_ca(
+        &dir,
+        &protection(&secret),
+        args.passphrase.insecure_plaintext_key,
+    )?;
+    let options = CaServeOptions {
+        cert_lifetime: args.cert_lifetime,
+        rate_limit_rpm: args.rate_limit_rpm,
+        rate_limit_burst: args.rate_limit_burst,
+        gossip_fanout: 3,
+        server_names: args.server_names,
+        public_url: args.public_url,
+    };
+    let service = ca_service::CaService::bind(dir.clone(), ca, args.listen, options).await?;
+    let addr = service.local_addr()?;
+    ca_service::write_private_file(&dir.addr_file(), addr.to_string().as_bytes())?;
+    eprintln!("CA serving on https://{addr}");
+    service.run(shutdown_signal()).await;
+    Ok(())
+}
+
+/// Resolves how to reach the CA for admin commands: URL, CA certificate and admin credential.
+fn ca_access(access: &CaAccessArgs) -> Result<(String, Vec<u8>, Zeroizing<String>)> {
+    let dir = access.ca_dir.as_ref().map(|d| CaDir(d.clone()));
+    let url = match (&access.ca_url, &dir) {
+        (Some(url), _) => url.clone(),
+        (None, Some(dir)) => {
+            let addr = std::fs::read_to_string(dir.addr_file()).with_context(|| {
+                format!(
+                    "{} (is `ztmesh ca serve` running? or pass --ca-url)",
+                    dir.addr_file().display()
+                )
+            })?;
+            format!("https://{}", addr.trim())
+        }
+        (None, None) => bail!("give --ca-url or --ca-dir"),
+    };
+    let cert_path = match (&access.ca_cert, &dir) {
+        (Some(p), _) => p.clone(),
+        (None, Some(dir)) => dir.ca_cert(),
+        (None, None) => bail!("give --ca-cert or --ca-dir"),
+    };
+    let token_path = match (&access.admin_token_file, &dir) {
+        (Some(p), _) => p.clone(),
+        (None, Some(dir)) => dir.admin_token(),
+        (None, None) => bail!("give --admin-token-file or --ca-dir"),
+    };
+    let cert = NodeDir::read_cert(&cert_path)?;
+    let admin = Zeroizing::new(
+        std::fs::read_to_string(&token_path)
+            .with_context(|| format!("reading admin credential {}", token_path.display()))?
+            .trim()
+            .to_owned(),
+    );
+    Ok((url, cert, admin))
+}
+
+async fn token_create(args: TokenCreateArgs) -> Result<()> {
+    let (url, cert, admin) = ca_access(&args.access)?;
+    let client = CaClient::new(&url, &cert, None)?;
+    let answer = client
+        .create_token(
+            &admin,
+            &TokenRequest {
+                ttl_sec: Some(args.ttl.as_secs()),
+                node_id: args.node_id,
+            },
+        )
+        .await?;
+    out!("{}", answer.token);
+    eprintln!("expires {}", answer.expires_at);
+    Ok(())
+}
+
+async fn revoke(args: RevokeArgs) -> Result<()> {
+    let (url, cert, admin) = ca_access(&args.access)?;
+    let client = CaClient::new(&url, &cert, None)?;
+    let what = args
+        .serial
+        .clone()
+        .map(|s| format!("certificate {s}"))
+        .or(args.node_id.clone().map(|n| format!("node {n}")));
+    client
+        .revoke(
+            &admin,
+            &RevokeRequest {
+                serial: args.serial,
+                node_id: args.node_id,
+                reason: Some(args.reason),
+            },
+        )
+        .await?;
+    out!("revoked {}", what.unwrap_or_default());
+    Ok(())
+}
+
+async fn enroll(args: EnrollArgs) -> Result<()> {
+    let secret = passphrase(&args.passphrase)?;
+    let outcome = ca_client::enroll(
+        &NodeDir(args.data_dir.clone()),
+        EnrollOptions {
+            ca_url: &args.ca_url,
+            ca_fingerprint: &args.ca_fingerprint,
+            token: &args.token,
+            protection: protection(&secret),
+            listen: args.listen,
+            api_listen: args.api_listen,
+        },
+    )
+    .await?;
+    out!("enrolled node {}", outcome.config.node_id);
+    out!(
+        "  certificate {} valid until {}",
+        outcome.serial,
+        outcome.valid_not_after
+    );
+    out!("  data dir    {}", args.data_dir.display());
+    out!(
+        "Start it with: ztmesh run --data-dir {}",
+        args.data_dir.display()
+    );
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let secret = passphrase(&args.passphrase)?;
+    daemon::run(
+        RunOptions {
+            dir: NodeDir(args.data_dir),
+            passphrase: secret,
+            listen: args.listen,
+            api_listen: args.api_listen,
+        },
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+fn node_client(args: &NodeQueryArgs) -> Result<NodeApiClient> {
+    let secret = passphrase(&args.passphrase)?;
+    Ok(NodeApiClient::from_dir(
+        &NodeDir(args.data_dir.clone()),
+        &protection(&secret),
+    )?)
+}
+
+async fn status(args: NodeQueryArgs) -> Result<()> {
+    let client = node_client(&args)?;
+    let status = client.status().await?;
+    let peers = client.peers().await?;
+    if args.json {
+        out!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "status": status, "peers": peers.peers })
+            )?
+        );
+        return Ok(());
+    }
+    out!("node          {}", status.node_id);
+    out!("trust domain  {}", status.trust_domain);
+    out!("mesh / api    {} / {}", status.mesh_addr, status.api_addr);
+    out!(
+        "certificate   {} (valid {} .. {}, renews {})",
+        status.certificate_serial,
+        status.certificate_not_before,
+        status.certificate_not_after,
+        status.renew_at
+    );
+    out!("rotations     {}", status.rotations);
+    out!(
+        "CRL           number {} ({} revoked)",
+        status
+            .crl_number
+            .map(|n| n.to_string())
+            .unwrap_or("-".into()),
+        status.revoked_serials
+    );
+    if status.self_revoked {
+        out!("REVOKED       this node's certificate is revoked");
+    }
+    out!(
+        "peers         {} connected, {} known",
+        status.peers_connected,
+        status.peers_known
+    );
+    print_peers(&peers.peers);
+    Ok(())
+}
+
+async fn peers(args: NodeQueryArgs) -> Result<()> {
+    let client = node_client(&args)?;
+    let peers = client.peers().await?;
+    if args.json {
+        out!("{}", serde_json::to_string_pretty(&peers)?);
+    } else {
+        print_peers(&peers.peers);
+    }
+    Ok(())
+}
+
+fn print_peers(peers: &[ztmesh_node::api_types::PeerInfo]) {
+    out!(
+        "{:<34} {:<10} {:<22} {:<21} {:<21}",
+        "NODE",
+        "STATE",
+        "ADDRESS",
+        "LAST SEEN",
+        "CERT EXPIRES"
+    );
+    for p in peers {
+        out!(
+            "{:<34} {:<10} {:<22} {:<21} {:<21}",
+            p.node_id,
+            if p.connected { "connected" } else { "down" },
+            p.address.as_deref().unwrap_or("-"),
+            p.last_seen.as_deref().unwrap_or("-"),
+            p.certificate_expires.as_deref().unwrap_or("-"),
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! Test harness: real `ztmesh` processes on loopback, each in its own temporary directory.
+//! Waits are event-driven (poll a condition with a generous deadline), never fixed sleeps.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Passphrase of every key file in tests.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ztmesh")
+}
+
+/// Runs a CLI command to completion.
+pub fn ztmesh(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("ZTMESH_PASSPHRASE", PASSPHRASE)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ztmesh")
+}
+
+/// Runs a CLI command that must succeed; returns stdout.
+pub fn ztmesh_ok(args: &[&str]) -> String {
+    let out = ztmesh(args);
+    assert!(
+        out.status.success(),
+        "ztmesh {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8 stdout")
+}
+
+/// Polls `probe` every 100 ms until it returns true; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !probe() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A long-running child process, killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `ztmesh args…` with logs to `log`.
+    pub fn spawn(name: &str, args: &[&str], log: PathBuf) -> Proc {
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin())
+            .args(args)
+            .env("ZTMESH_PASSPHRASE", PASSPHRASE)
+            .env("ZTMESH_LOG", "info,ztmesh_node=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn ztmesh");
+        Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The process log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with the log) if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited with {status}:\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A CA: `ca init` + `ca serve` on a loopback port.
+pub struct TestCa {
+    pub dir: PathBuf,
+    pub addr: String,
+    pub url: String,
+    pub fingerprint: String,
+    pub proc: Option<Proc>,
+}
+
+impl TestCa {
+    /// Initializes a CA in `root/ca` and serves it with extra `serve_args`.
+    pub fn start(root: &Path, serve_args: &[&str]) -> TestCa {
+        let dir = root.join("ca");
+        let init = ztmesh_ok(&[
+            "ca",
+            "init",
+            "--trust-domain",
+            "test.ztmesh",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ]);
+        let fingerprint = init
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("fingerprint:"))
+            .expect("fingerprint line")
+            .trim()
+            .to_owned();
+        let mut ca = TestCa {
+            dir,
+            addr: String::new(),
+            url: String::new(),
+            fingerprint,
+            proc: None,
+        };
+        ca.serve("127.0.0.1:0", serve_args);
+        ca
+    }
+
+    /// Starts `ca serve` on `listen` and waits for it to bind.
+    pub fn serve(&mut self, listen: &str, serve_args: &[&str]) {
+        let addr_file = self.dir.join("ca.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let mut args = vec![
+            "ca",
+            "serve",
+            "--data-dir",
+            self.dir.to_str().unwrap(),
+            "--listen",
+            listen,
+        ];
+        args.extend_from_slice(serve_args);
+        let mut proc = Proc::spawn("ca", &args, self.dir.join("serve.log"));
+        wait_until("the CA to listen", Duration::from_secs(30), || {
+            proc.assert_running();
+            addr_file.exists()
+        });
+        self.addr = std::fs::read_to_string(&addr_file)
+            .unwrap()
+            .trim()
+            .to_owned();
+        self.url = format!("https://{}", self.addr);
+        self.proc = Some(proc);
+    }
+
+    /// Kills the CA (SIGKILL) and serves it again on the same address.
+    pub fn restart(&mut self, serve_args: &[&str]) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+        let addr = self.addr.clone();
+        self.serve(&addr, serve_args);
+    }
+
+    /// Mints a token through the CLI.
+    pub fn token(&self, extra: &[&str]) -> String {
+        let mut args = vec!["token", "create", "--ca-dir", self.dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        ztmesh_ok(&args).trim().to_owned()
+    }
+
+    /// The admin credential.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// DER of the CA certificate.
+    pub fn ca_der(&self) -> Vec<u8> {
+        ztmesh_pki::cert_pem_to_der(&std::fs::read_to_string(self.dir.join("ca.pem")).unwrap())
+            .unwrap()
+    }
+
+    /// Enrolls a node into `root/name` (not started).
+    pub fn enroll(&self, root: &Path, name: &str) -> TestNode {
+        let dir = root.join(name);
+        let token = self.token(&[]);
+        ztmesh_ok(&[
+            "enroll",
+            "--ca-url",
+            &self.url,
+            "--ca-fingerprint",
+            &self.fingerprint,
+            "--token",
+            &token,
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ]);
+        let config = std::fs::read_to_string(dir.join("node.toml")).unwrap();
+        let node_id = config
+            .lines()
+            .find_map(|l| l.strip_prefix("node_id = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
+        // Fast heartbeats so tests notice things quickly.
+        set_config(&dir, "heartbeat_interval_ms", "200");
+        TestNode {
+            name: name.to_owned(),
+            dir,
+            node_id,
+            proc: None,
+        }
+    }
+}
+
+/// Replaces `key = …` in a node's node.toml.
+pub fn set_config(dir: &Path, key: &str, value: &str) {
+    let path = dir.join("node.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut found = false;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.starts_with(&format!("{key} =")) {
+                found = true;
+                format!("{key} = {value}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    assert!(found, "no key {key} in node.toml");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+}
+
+/// An enrolled node, optionally running.
+pub struct TestNode {
+    pub name: String,
+    pub dir: PathBuf,
+    pub node_id: String,
+    pub proc: Option<Proc>,
+}
+
+impl TestNode {
+    /// Starts `ztmesh run` and waits until it listens.
+    pub fn start(&mut self) {
+        let addr_file = self.dir.join("node.addr.json");
+        let _ = std::fs::remove_file(&addr_file);
+        let mut proc = Proc::spawn(
+            &self.name,
+            &["run", "--data-dir", self.dir.to_str().unwrap()],
+            self.dir.join("run.log"),
+        );
+        wait_until(
+            &format!("{} to listen", self.name),
+            Duration::from_secs(30),
+            || {
+                proc.assert_running();
+                addr_file.exists()
+            },
+        );
+        self.proc = Some(proc);
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// The bound addresses (`node.addr.json`).
+    pub fn addrs(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.dir.join("node.addr.json")).unwrap())
+            .unwrap()
+    }
+
+    /// Mesh listener address.
+    pub fn mesh_addr(&self) -> String {
+        self.addrs()["mesh"].as_str().unwrap().to_owned()
+    }
+
+    /// API listener address.
+    pub fn api_addr(&self) -> String {
+        self.addrs()["api"].as_str().unwrap().to_owned()
+    }
+
+    /// `ztmesh peers --json`.
+    pub fn peers(&self) -> serde_json::Value {
+        serde_json::from_str(&ztmesh_ok(&[
+            "peers",
+            "--json",
+            "--data-dir",
+            self.dir.to_str().unwrap(),
+        ]))
+        .unwrap()
+    }
+
+    /// `ztmesh status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&ztmesh_ok(&[
+            "status",
+            "--json",
+            "--data-dir",
+            self.dir.to_str().unwrap(),
+        ]))
+        .unwrap()
+    }
+
+    /// Whether a link to `peer` is up now.
+    pub fn connected_to(&self, peer: &str) -> bool {
+        self.peers()["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["node_id"] == peer && p["connected"] == true)
+    }
+
+    /// Number of links up.
+    pub fn connected_count(&self) -> usize {
+        self.peers()["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["connected"] == true)
+            .count()
+    }
+}
+
+/// Waits until every node has a link to every other.
+pub fn wait_full_mesh(nodes: &[&TestNode], timeout: Duration) {
+    wait_until("a full mesh", timeout, || {
+        nodes.iter().all(|n| n.connected_count() == nodes.len() - 1)
+    });
+}
