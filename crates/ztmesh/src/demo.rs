@@ -395,7 +395,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
 
     // 6. Rotation
-    demo.step("waiting for automatic rotation at 2/3 of the certificate lifetime (about 40 s after enrollment)…");
+    demo.step("waiting for automatic rotation at 2/3 of the 60 s certificate lifetime…");
     let mut serials_before = Vec::new();
     for node in survivors {
         serials_before.push(

@@ -1,0 +1,52 @@
+//! The README's first command must keep working: `ztmesh demo` runs a real mesh and exits 0.
+mod common;
+
+use std::process::{Command, Stdio};
+
+#[test]
+fn demo_runs_to_a_summary_with_three_nodes() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("demo");
+    let out = Command::new(common::bin())
+        .args(["demo", "--nodes", "3", "--dir", dir.to_str().unwrap()])
+        .env_remove("ZTMESH_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "a token used twice is refused",
+        "full mesh",
+        "closed their links to node-3",
+        "refused",
+        "rotated",
+        "Summary",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "demo output lacks {expected:?}:\n{stdout}"
+        );
+    }
+    // The demo's state is real: a CA database, node databases and PEM files on disk.
+    assert!(dir.join("ca/state.db").exists());
+    assert!(dir.join("node-1/state.db").exists());
+    assert!(dir.join("node-1/node.pem").exists());
+}
+
+#[test]
+fn demo_refuses_bad_flags() {
+    for args in [
+        &["demo", "--nodes", "1"][..],
+        &["demo", "--nodes", "x"],
+        &["demo", "--bogus"],
+    ] {
+        let out = Command::new(common::bin()).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(!out.stderr.is_empty(), "{args:?} should say why");
+    }
+}
