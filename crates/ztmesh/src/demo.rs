@@ -189,30 +189,38 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let admin_client = CaClient::new(&ca_url, &ca_der, None)?;
 
     // 2. Enrollment
-    let mut nodes = Vec::new();
-    for i in 1..=n {
-        let token = admin_client
-            .create_token(
-                &admin,
-                &TokenRequest {
-                    ttl_sec: Some(600),
-                    node_id: None,
+    let enroll = |dir: NodeDir, token: String| {
+        let ca_url = ca_url.clone();
+        let fingerprint = report.fingerprint.clone();
+        let pass = pass_bytes.clone();
+        async move {
+            ca_client::enroll(
+                &dir,
+                EnrollOptions {
+                    ca_url: &ca_url,
+                    ca_fingerprint: &fingerprint,
+                    token: &token,
+                    protection: Protection::Passphrase(&pass),
+                    listen: ([127, 0, 0, 1], 0).into(),
+                    api_listen: ([127, 0, 0, 1], 0).into(),
                 },
             )
-            .await?;
+            .await
+        }
+    };
+    let mint = |ttl: u64| {
+        let request = TokenRequest {
+            ttl_sec: Some(ttl),
+            node_id: None,
+        };
+        let (client, admin) = (admin_client.clone(), admin.clone());
+        async move { client.create_token(&admin, &request).await }
+    };
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        let token = mint(600).await?;
         let dir = NodeDir(root.join(format!("node-{i}")));
-        let outcome = ca_client::enroll(
-            &dir,
-            EnrollOptions {
-                ca_url: &ca_url,
-                ca_fingerprint: &report.fingerprint,
-                token: &token.token,
-                protection: Protection::Passphrase(&pass_bytes),
-                listen: "127.0.0.1:0".parse()?,
-                api_listen: "127.0.0.1:0".parse()?,
-            },
-        )
-        .await?;
+        let outcome = enroll(dir.clone(), token.token).await?;
         let node_id = outcome.config.node_id.to_string();
         demo.step(&format!(
             "node-{i} enrolled with a one-time token: {node_id} (serial {}…)",
@@ -227,40 +235,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         });
     }
     // Tokens are single-use: show it.
-    let reused = admin_client
-        .create_token(
-            &admin,
-            &TokenRequest {
-                ttl_sec: Some(60),
-                node_id: None,
-            },
-        )
-        .await?;
-    let probe_dir = NodeDir(root.join("probe"));
-    let first = ca_client::enroll(
-        &probe_dir,
-        EnrollOptions {
-            ca_url: &ca_url,
-            ca_fingerprint: &report.fingerprint,
-            token: &reused.token,
-            protection: Protection::Passphrase(&pass_bytes),
-            listen: "127.0.0.1:0".parse()?,
-            api_listen: "127.0.0.1:0".parse()?,
-        },
-    )
-    .await;
-    let second = ca_client::enroll(
-        &NodeDir(root.join("probe-2")),
-        EnrollOptions {
-            ca_url: &ca_url,
-            ca_fingerprint: &report.fingerprint,
-            token: &reused.token,
-            protection: Protection::Passphrase(&pass_bytes),
-            listen: "127.0.0.1:0".parse()?,
-            api_listen: "127.0.0.1:0".parse()?,
-        },
-    )
-    .await;
+    let reused = mint(60).await?.token;
+    let first = enroll(NodeDir(root.join("probe")), reused.clone()).await;
+    let second = enroll(NodeDir(root.join("probe-2")), reused).await;
     match (first, second) {
         (Ok(_), Err(error)) => demo.step(&format!("a token used twice is refused: {error}")),
         (a, b) => bail!(
