@@ -273,16 +273,31 @@ impl NodeDir {
         protection: &Protection<'_>,
         allow_plaintext: bool,
     ) -> Result<(TlsKeyPair, Vec<u8>), NodeDirError> {
-        let key = TlsKeyPair::from_pkcs8_der(&self.read_key(
-            &self.tls_key(),
-            protection,
-            allow_plaintext,
-        )?)?;
-        let cert = Self::read_cert(&self.cert())?;
-        let parsed = ztmesh_pki::NodeCertificate::parse(&cert)?;
-        if parsed.tls_public_key_spki_der == key.public_key_spki_der() {
-            return Ok((key, cert));
-        }
+        // A running daemon may be installing a rotated certificate (two renames) while this
+        // reads, e.g. for `ztmesh status`. Both files are read back to back, before the slow key
+        // decryption, and a mismatch is read again (the decryption in between gives the install
+        // time to finish) before it is taken for an install interrupted by a crash.
+        let mut attempts = 0;
+        let key = loop {
+            let key_path = self.tls_key();
+            let key_text = std::fs::read_to_string(&key_path).map_err(Self::io(&key_path))?;
+            let cert_path = self.cert();
+            let cert_text = std::fs::read_to_string(&cert_path).map_err(Self::io(&cert_path))?;
+            let key = TlsKeyPair::from_pkcs8_der(&keyfile::open(
+                &key_text,
+                protection,
+                allow_plaintext,
+            )?)?;
+            let cert = ztmesh_pki::cert_pem_to_der(&cert_text)?;
+            let parsed = ztmesh_pki::NodeCertificate::parse(&cert)?;
+            if parsed.tls_public_key_spki_der == key.public_key_spki_der() {
+                return Ok((key, cert));
+            }
+            attempts += 1;
+            if attempts == 3 {
+                break key;
+            }
+        };
         let cert_new = self.cert().with_extension("pem.new");
         if cert_new.exists() {
             let pending = Self::read_cert(&cert_new)?;

@@ -334,6 +334,11 @@ pub fn mesh_server_config(
         .with_client_cert_verifier(Arc::new(MeshPeerVerifier::new(trust, ClientAuth::Required)))
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![ALPN_MESH.to_vec()];
+    // No session resumption: a resumed TLS 1.3 session skips the certificate verifier and
+    // replays the peer certificate of the original handshake, so a peer revoked (or rotated)
+    // since would complete the handshake. Every mesh handshake verifies the peer afresh.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -352,6 +357,9 @@ pub fn mesh_client_config(
         )))
         .with_client_cert_resolver(cert);
     config.alpn_protocols = vec![ALPN_MESH.to_vec()];
+    // No resumption (see `mesh_server_config`): always a full handshake with the current
+    // certificates on both sides.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
