@@ -28,7 +28,7 @@ use ztmesh_pki::{
     NodeCertificateRequest, RevocationReason, Serial, TlsKeyPair,
 };
 
-use crate::api_error::{not_found, ApiError, ApiJson};
+use crate::api_error::{method_not_allowed, not_found, ApiError, ApiJson};
 use crate::api_types::*;
 use crate::https::ClientAddr;
 use crate::rate_limit::RateLimiter;
@@ -383,6 +383,7 @@ fn router(state: Arc<CaState>) -> Router {
         .route("/v1/revoke", post(revoke))
         .route("/v1/tokens", post(create_token))
         .route("/v1/announce", post(announce))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

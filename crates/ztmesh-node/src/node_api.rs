@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use ztmesh_pki::PkiError;
 
-use crate::api_error::{not_found, ApiError};
+use crate::api_error::{method_not_allowed, not_found, ApiError};
 use crate::api_types::{PeerInfo, PeersResponse, StatusResponse};
 use crate::daemon::Node;
 use crate::timefmt::{now, rfc3339};
@@ -25,6 +26,7 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/v1/mesh/peers", get(peers))
         .route("/v1/status", get(status))
         .route("/v1/crl", post(push_crl))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_CRL_BYTES))
         .with_state(node)
@@ -145,7 +147,19 @@ fn crl_der(body: &[u8]) -> Result<Vec<u8>, ApiError> {
     }
 }
 
-async fn push_crl(State(node): State<Arc<Node>>, body: Bytes) -> Result<StatusCode, ApiError> {
+async fn push_crl(
+    State(node): State<Arc<Node>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    // Answer an oversized or unreadable body with the JSON error body, like every route.
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            rejection.body_text(),
+        ),
+        _ => ApiError::bad_request("malformed_crl", rejection.body_text()),
+    })?;
     let der = crl_der(&body)?;
     match node.apply_crl(&der).await {
         Ok(_) => Ok(StatusCode::NO_CONTENT),
