@@ -116,3 +116,22 @@ pub async fn method_not_allowed() -> ApiError {
         "this route does not support that method",
     )
 }
+
+/// The verified certificate of a client on an mTLS route: 401 `client_certificate_required`
+/// when none was presented, 401 `invalid_client_certificate` when it does not chain to the mesh
+/// CA, is out of validity or breaks the node profile. Revocation is the caller's check, since
+/// the CA and nodes consult different sources (the CA's store, a node's CRL).
+pub fn verified_client(
+    trust: &crate::tls::MeshTrust,
+    presented: Option<axum::Extension<crate::tls::PresentedCertificate>>,
+) -> Result<ztmesh_pki::NodeCertificate, ApiError> {
+    let Some(axum::Extension(crate::tls::PresentedCertificate(Some(der)))) = presented else {
+        return Err(ApiError::unauthorized(
+            "client_certificate_required",
+            "this route requires a mesh certificate (mutual TLS)",
+        ));
+    };
+    trust
+        .verify_ignoring_revocation(&der, crate::timefmt::now())
+        .map_err(|e| ApiError::unauthorized("invalid_client_certificate", e.to_string()))
+}

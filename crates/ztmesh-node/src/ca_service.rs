@@ -592,16 +592,7 @@ async fn authenticated_node(
     state: &CaState,
     presented: Option<Extension<PresentedCertificate>>,
 ) -> Result<ztmesh_pki::NodeCertificate, ApiError> {
-    let Some(Extension(PresentedCertificate(Some(der)))) = presented else {
-        return Err(ApiError::unauthorized(
-            "client_certificate_required",
-            "this route requires the node's mesh certificate (mutual TLS)",
-        ));
-    };
-    let cert = state
-        .trust
-        .verify_ignoring_revocation(&der, now())
-        .map_err(|e| ApiError::unauthorized("invalid_client_certificate", e.to_string()))?;
+    let cert = crate::api_error::verified_client(&state.trust, presented)?;
     let store = state.store.clone();
     let (node_id, serial) = (cert.node_id, cert.serial.clone());
     let revoked = blocking(move || -> Result<bool, crate::store::StoreError> {

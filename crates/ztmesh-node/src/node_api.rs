@@ -15,7 +15,7 @@ use ztmesh_pki::PkiError;
 use crate::api_error::{method_not_allowed, not_found, ApiError};
 use crate::api_types::{PeerInfo, PeersResponse, StatusResponse};
 use crate::daemon::Node;
-use crate::timefmt::{now, rfc3339};
+use crate::timefmt::rfc3339;
 use crate::tls::PresentedCertificate;
 
 /// Largest CRL accepted on the push route.
@@ -36,16 +36,7 @@ fn authenticate(
     node: &Node,
     presented: Option<Extension<PresentedCertificate>>,
 ) -> Result<(), ApiError> {
-    let Some(Extension(PresentedCertificate(Some(der)))) = presented else {
-        return Err(ApiError::unauthorized(
-            "client_certificate_required",
-            "this route requires a mesh certificate (mutual TLS)",
-        ));
-    };
-    let cert = node
-        .trust
-        .verify_ignoring_revocation(&der, now())
-        .map_err(|e| ApiError::unauthorized("invalid_client_certificate", e.to_string()))?;
+    let cert = crate::api_error::verified_client(&node.trust, presented)?;
     if node.trust.is_revoked(&cert.serial) {
         return Err(ApiError::forbidden(
             "revoked",
