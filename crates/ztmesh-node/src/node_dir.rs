@@ -328,3 +328,115 @@ pub struct BoundAddrs {
     /// Process id.
     pub pid: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use ztmesh_core::Timestamp;
+    use ztmesh_pki::{CertificateAuthority, IdentityKey, NodeCertificateRequest, Serial};
+
+    fn issue(ca: &CertificateAuthority, identity: &IdentityKey, key: &TlsKeyPair) -> Vec<u8> {
+        let now = Timestamp::from_unix_secs(1_800_000_000);
+        let csr = key
+            .csr_der(&identity.public().node_id(), ca.trust_domain())
+            .unwrap();
+        ca.issue_node_certificate(&NodeCertificateRequest {
+            csr_der: &csr,
+            identity_key: &identity.public(),
+            serial: Serial::random(&mut rand::rngs::OsRng),
+            not_before: now,
+            not_after: now.saturating_add(Duration::from_secs(3600)),
+        })
+        .unwrap()
+        .der
+    }
+
+    /// A crash between renaming `node.key.new` and `node.pem.new` leaves the new key beside the
+    /// old certificate; reading the directory must finish the installation, not fail.
+    #[test]
+    fn read_tls_completes_an_installation_interrupted_between_the_renames() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = NodeDir(temp.path().to_owned());
+        let protection = Protection::InsecurePlaintext;
+        let ca = CertificateAuthority::generate(
+            "test.ztmesh".parse().unwrap(),
+            Timestamp::from_unix_secs(1_700_000_000),
+            Duration::from_secs(400 * 86_400 * 10),
+        )
+        .unwrap();
+        let identity = IdentityKey::generate(&mut rand::rngs::OsRng);
+        let (old_key, new_key) = (
+            TlsKeyPair::generate().unwrap(),
+            TlsKeyPair::generate().unwrap(),
+        );
+        let (old_cert, new_cert) = (
+            issue(&ca, &identity, &old_key),
+            issue(&ca, &identity, &new_key),
+        );
+        dir.install_certificate(&old_cert, &old_key, &protection)
+            .unwrap();
+
+        // Simulate the crash: both .new files written, only the key renamed.
+        dir.write_key(&dir.tls_key(), &new_key.to_pkcs8_der(), &protection)
+            .unwrap();
+        let pending = dir.cert().with_extension("pem.new");
+        std::fs::write(&pending, ztmesh_pki::cert_der_to_pem(&new_cert)).unwrap();
+
+        let (key, cert) = dir.read_tls(&protection, true).unwrap();
+        assert_eq!(cert, new_cert);
+        assert_eq!(key.public_key_spki_der(), new_key.public_key_spki_der());
+        assert!(
+            !pending.exists(),
+            "the pending certificate was moved into place"
+        );
+        assert_eq!(NodeDir::read_cert(&dir.cert()).unwrap(), new_cert);
+    }
+
+    #[test]
+    fn read_tls_refuses_a_key_that_matches_nothing() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = NodeDir(temp.path().to_owned());
+        let protection = Protection::InsecurePlaintext;
+        let ca = CertificateAuthority::generate(
+            "test.ztmesh".parse().unwrap(),
+            Timestamp::from_unix_secs(1_700_000_000),
+            Duration::from_secs(4000 * 86_400),
+        )
+        .unwrap();
+        let identity = IdentityKey::generate(&mut rand::rngs::OsRng);
+        let key = TlsKeyPair::generate().unwrap();
+        dir.install_certificate(&issue(&ca, &identity, &key), &key, &protection)
+            .unwrap();
+        let stray = TlsKeyPair::generate().unwrap();
+        dir.write_key(&dir.tls_key(), &stray.to_pkcs8_der(), &protection)
+            .unwrap();
+        assert!(matches!(
+            dir.read_tls(&protection, true),
+            Err(NodeDirError::Config { .. })
+        ));
+    }
+
+    #[test]
+    fn config_ranges_and_unknown_keys_are_refused() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = NodeDir(temp.path().to_owned());
+        let good = "node_id = \"xj4bnp4pahh6uqkbidpf3lrceoyagynd\"\ntrust_domain = \"t.test\"\nca_url = \"https://127.0.0.1:1\"\ncrl_url = \"https://127.0.0.1:1/v1/crl\"\n";
+        std::fs::write(dir.config(), good).unwrap();
+        assert!(dir.read_config().is_ok());
+        for bad in [
+            format!("{good}heartbeat_interval_ms = 5\n"),
+            format!("{good}crl_refresh_secs = 0\n"),
+            format!("{good}max_peers = 0\n"),
+            format!("{good}bogus = 1\n"),
+            good.replace("https://127.0.0.1:1\"\ncrl", "http://127.0.0.1:1\"\ncrl"),
+            good.replace("xj4b", "XJ4B"),
+        ] {
+            std::fs::write(dir.config(), &bad).unwrap();
+            assert!(
+                matches!(dir.read_config(), Err(NodeDirError::Config { .. })),
+                "{bad}"
+            );
+        }
+    }
+}
