@@ -873,18 +873,10 @@ mod tests {
             }]
         );
         let conn = lock(&store.connection);
-        let mode: String = conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "wal");
-        let synchronous: i64 = conn
-            .pragma_query_value(None, "synchronous", |r| r.get(0))
-            .unwrap();
-        assert_eq!(synchronous, 2, "2 is FULL");
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, SCHEMA.supported_version());
+        assert_eq!(
+            crate::store::assert_durable(&conn),
+            SCHEMA.supported_version()
+        );
     }
 
     #[test]

@@ -228,6 +228,22 @@ pub(crate) fn lock(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Test check shared by both stores: the connection is in WAL mode with `synchronous=FULL`
+/// (what every acknowledged write relies on). Returns the schema version.
+#[cfg(test)]
+pub(crate) fn assert_durable(conn: &Connection) -> i64 {
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let synchronous: i64 = conn
+        .pragma_query_value(None, "synchronous", |r| r.get(0))
+        .unwrap();
+    assert_eq!(synchronous, 2, "2 is FULL");
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,14 +265,7 @@ mod tests {
     fn pragmas_are_set_on_every_connection() {
         let dir = tempfile::TempDir::new().unwrap();
         let conn = open_database(&dir.path().join("t.db"), &TEST_SCHEMA).unwrap();
-        let mode: String = conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
-        assert_eq!(mode, "wal");
-        let synchronous: i64 = conn
-            .pragma_query_value(None, "synchronous", |r| r.get(0))
-            .unwrap();
-        assert_eq!(synchronous, 2, "2 is FULL");
+        assert_durable(&conn);
         let foreign_keys: i64 = conn
             .pragma_query_value(None, "foreign_keys", |r| r.get(0))
             .unwrap();
