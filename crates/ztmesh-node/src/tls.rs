@@ -134,6 +134,14 @@ fn to_rustls_error(error: PkiError) -> rustls::Error {
     rustls::Error::InvalidCertificate(kind)
 }
 
+/// Every config here is TLS 1.3 only, so a TLS 1.2 signature check is unreachable; should it
+/// ever be reached, refuse rather than trust.
+fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::PeerIncompatible(
+        rustls::PeerIncompatible::Tls12NotOffered,
+    ))
+}
+
 /// How strictly a server judges client certificates at handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -196,10 +204,7 @@ impl ClientCertVerifier for MeshPeerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // Unreachable with TLS 1.3-only configs; refuse rather than trust.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -239,9 +244,7 @@ impl ServerCertVerifier for MeshPeerVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -477,9 +480,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
