@@ -81,6 +81,20 @@ pub enum LinkMessage {
         #[serde(with = "serde_bytes")]
         certificate: Vec<u8>,
     },
+    /// A gossip frame (signed message, digest or want list), encoded and parsed by the gossip
+    /// core; the link only carries the bytes.
+    Gossip {
+        /// The gossip core's own encoding.
+        #[serde(with = "serde_bytes")]
+        frame: Vec<u8>,
+    },
+    /// A delay-tolerant networking frame (a BPv7 bundle or a hop acknowledgement), encoded and
+    /// parsed by the DTN core.
+    Bundle {
+        /// The DTN core's own encoding.
+        #[serde(with = "serde_bytes")]
+        frame: Vec<u8>,
+    },
 }
 
 impl LinkMessage {

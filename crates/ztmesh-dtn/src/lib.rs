@@ -1,0 +1,3 @@
+//! ztmesh-dtn.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]

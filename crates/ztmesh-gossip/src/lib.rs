@@ -1,0 +1,3 @@
+//! ztmesh-gossip.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]

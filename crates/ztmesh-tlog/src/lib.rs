@@ -1,0 +1,3 @@
+//! ztmesh-tlog.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
