@@ -19,6 +19,14 @@ use crate::{
     TlsKeyPair, IDENTITY_KEY_EXTENSION_OID,
 };
 
+/// The public key of a CA certificate (DER) as an envelope signer: what every node uses to check
+/// CA-signed gossip (revocation records). Only Ed25519 CAs sign envelopes.
+pub fn ca_envelope_key(ca_cert_der: &[u8]) -> Result<IdentityPublicKey, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(ca_cert_der)
+        .map_err(|e| PkiError::MalformedCertificate(format!("CA certificate: {e}")))?;
+    IdentityPublicKey::from_spki_der(cert.public_key().raw)
+}
+
 /// The mesh root CA (Ed25519).
 pub struct CertificateAuthority {
     trust_domain: TrustDomain,
@@ -179,6 +187,26 @@ impl CertificateAuthority {
     /// DER of the CA certificate.
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
+    }
+
+    /// Signs the to-be-signed bytes of a COSE_Sign1 envelope made by the CA (revocation
+    /// records). The envelope's external AAD carries the domain label; a Sig_structure can never
+    /// parse as a certificate, CSR or CRL body, so these signatures cannot be replayed as those.
+    pub fn sign_envelope(&self, to_be_signed: &[u8]) -> Result<[u8; 64], PkiError> {
+        use rcgen::SigningKey;
+        let signature = self
+            .key
+            .sign(to_be_signed)
+            .map_err(|e| PkiError::Internal(format!("CA envelope signature: {e}")))?;
+        signature
+            .try_into()
+            .map_err(|_| PkiError::Internal("CA envelope signature is not 64 bytes".into()))
+    }
+
+    /// The CA's public key as a signer of envelopes; its NodeId names the CA as the origin of
+    /// the gossip messages it signs.
+    pub fn envelope_key(&self) -> Result<IdentityPublicKey, PkiError> {
+        ca_envelope_key(&self.cert_der)
     }
 
     /// PKCS#8 DER of the CA key; the caller encrypts it before it touches disk.
@@ -412,6 +440,24 @@ mod tests {
         OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER, OID_X509_EXT_BASIC_CONSTRAINTS,
         OID_X509_EXT_KEY_USAGE, OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
     };
+
+    #[test]
+    fn envelope_signatures_verify_with_the_key_read_from_the_ca_certificate() {
+        use ed25519_dalek::Verifier;
+        let ca = ca();
+        let key = ca_envelope_key(ca.cert_der()).unwrap();
+        assert_eq!(key, ca.envelope_key().unwrap());
+        let signature = ca.sign_envelope(b"Signature1 test").unwrap();
+        let signature = ed25519_dalek::Signature::from_bytes(&signature);
+        key.verifying_key()
+            .verify(b"Signature1 test", &signature)
+            .unwrap();
+        assert!(key
+            .verifying_key()
+            .verify(b"Signature1 tesT", &signature)
+            .is_err());
+        assert!(ca_envelope_key(b"not a certificate").is_err());
+    }
 
     fn parse(der: &[u8]) -> X509Certificate<'_> {
         let (rest, cert) = x509_parser::parse_x509_certificate(der).unwrap();

@@ -66,6 +66,14 @@ impl IdentityKey {
         IdentityPublicKey(self.0.verifying_key())
     }
 
+    /// Signs the to-be-signed bytes of a COSE_Sign1 envelope (its Sig_structure). The
+    /// envelope's external AAD carries the object kind's domain label, and a Sig_structure
+    /// always starts with the CBOR array header and the text "Signature1", so these signatures
+    /// can never be confused with [`IdentityKey::sign_proof`] messages.
+    pub fn sign_envelope(&self, to_be_signed: &[u8]) -> [u8; 64] {
+        self.0.sign(to_be_signed).to_bytes()
+    }
+
     /// Signs `label || 0x00 || message` for the given purpose.
     pub fn sign_proof(&self, domain: IdentityProofDomain, message: &[u8]) -> [u8; 64] {
         self.0.sign(&proof_message(domain, message)).to_bytes()
@@ -101,6 +109,11 @@ impl IdentityPublicKey {
             // As for PKCS#8: a fixed algorithm identifier and 32 bytes always encode.
             .expect("Ed25519 SPKI encoding is infallible")
             .into_vec()
+    }
+
+    /// The Ed25519 verifying key, for envelopes signed by [`IdentityKey::sign_envelope`].
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.0
     }
 
     /// The self-certifying NodeId of this key.

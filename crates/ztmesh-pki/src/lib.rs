@@ -24,7 +24,7 @@ mod time_conv;
 mod tls_key;
 mod token;
 
-pub use ca::{CertificateAuthority, IssuedCertificate, NodeCertificateRequest};
+pub use ca::{ca_envelope_key, CertificateAuthority, IssuedCertificate, NodeCertificateRequest};
 pub use certificate::{verify_node_certificate, NodeCertificate, IDENTITY_KEY_EXTENSION_OID};
 pub use crl::{Crl, RevocationReason, RevokedEntry};
 pub use error::PkiError;
