@@ -8,6 +8,7 @@
 
 pub mod link;
 mod node_id;
+pub mod signed;
 mod time;
 mod trust_domain;
 
