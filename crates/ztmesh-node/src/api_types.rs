@@ -225,4 +225,26 @@ pub struct StatusResponse {
     pub peers_connected: usize,
     /// Peers known.
     pub peers_known: usize,
+    /// Gossip counters since start.
+    #[serde(default)]
+    pub gossip: GossipCounters,
+}
+
+/// Gossip counters of a node (since it started).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GossipCounters {
+    /// Messages accepted and delivered (own and received).
+    pub delivered: u64,
+    /// Copies of messages already seen.
+    pub duplicates: u64,
+    /// Messages or frames refused (bad signature, unknown or revoked origin, expired, ...).
+    pub refused: u64,
+    /// Messages pushed on to peers.
+    pub forwarded: u64,
+    /// Messages pulled by anti-entropy.
+    pub pulled: u64,
+    /// Frames dropped by per-peer rate limits.
+    pub rate_limited: u64,
+    /// Frames dropped on full per-peer queues.
+    pub queue_dropped: u64,
 }

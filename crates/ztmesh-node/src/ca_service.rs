@@ -250,6 +250,9 @@ pub struct CaServeOptions {
     pub server_names: Vec<String>,
     /// Base URL nodes use to reach this CA (for `crl_url`); default `https://<listen addr>`.
     pub public_url: Option<String>,
+    /// How many nodes receive a revocation directly; 0 = every known node. The signed record
+    /// reaches the rest by gossip, and every node's periodic CRL fetch is the last resort.
+    pub revocation_push: usize,
 }
 
 impl Default for CaServeOptions {
@@ -261,6 +264,7 @@ impl Default for CaServeOptions {
             gossip_fanout: 3,
             server_names: Vec::new(),
             public_url: None,
+            revocation_push: 0,
         }
     }
 }
@@ -867,19 +871,74 @@ async fn revoke(
     if let Err(error) = state.trust.apply_crl(&der) {
         tracing::warn!(%error, "could not apply own CRL");
     }
-    tracing::info!(revoked = ?outcome.newly_revoked, crl_number = outcome.crl_number, "revoked; pushing CRL to nodes");
-    tokio::spawn(push_crl(state.clone(), der));
+    let record = match revocation_record(&state.ca, &der, outcome.revoked_node) {
+        Ok(record) => Some(record),
+        Err(error) => {
+            tracing::warn!(%error, "could not sign the revocation record; pushing the CRL only");
+            None
+        }
+    };
+    tracing::info!(revoked = ?outcome.newly_revoked, crl_number = outcome.crl_number, "revoked; pushing the revocation to nodes");
+    tokio::spawn(push_crl(state.clone(), der, record));
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Pushes a CRL to every known node's API so links to revoked nodes close at once; nodes that
-/// miss the push pick it up at their next CRL refresh.
-async fn push_crl(state: Arc<CaState>, der: Vec<u8>) {
+/// How long a revocation record travels in gossip (nodes also fetch the CRL periodically).
+const REVOCATION_RECORD_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The CA-signed gossip message that carries a new CRL (and the node it bans, if any) through
+/// the mesh. Its origin is the CA's own NodeId; nodes accept the revocation kind from no one else.
+pub fn revocation_record(
+    ca: &CertificateAuthority,
+    crl_der: &[u8],
+    revoked_node: Option<NodeId>,
+) -> Result<Vec<u8>, String> {
+    let origin = ca.envelope_key().map_err(|e| e.to_string())?.node_id();
+    let body = ztmesh_gossip::kinds::RevocationRecord {
+        crl: crl_der.to_vec(),
+        revoked_nodes: revoked_node.into_iter().collect(),
+    }
+    .encode()
+    .map_err(|e| e.to_string())?;
+    let created_at = now();
+    let mut failure = None;
+    let signed = ztmesh_gossip::UnsignedMessage {
+        origin,
+        kind: ztmesh_gossip::MessageKind::Revocation,
+        body,
+        created_at,
+        expires_at: created_at.saturating_add(REVOCATION_RECORD_TTL),
+        hop_limit: 16,
+    }
+    .sign(None, |tbs| match ca.sign_envelope(tbs) {
+        Ok(signature) => signature,
+        Err(error) => {
+            failure = Some(error.to_string());
+            [0; 64]
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(signed),
+    }
+}
+
+/// Pushes a revocation to known nodes' APIs so links to revoked nodes close at once: the signed
+/// record (which nodes then gossip) to `revocation_push` random nodes or all, the bare CRL where
+/// a node refuses the record. Nodes that miss both pick the CRL up at their next refresh.
+async fn push_crl(state: Arc<CaState>, der: Vec<u8>, record: Option<Vec<u8>>) {
     let store = state.store.clone();
-    let nodes = match tokio::task::spawn_blocking(move || store.known_nodes(1024)).await {
+    let mut nodes = match tokio::task::spawn_blocking(move || store.known_nodes(1024)).await {
         Ok(Ok(nodes)) => nodes,
         _ => return,
     };
+    nodes.retain(|n| n.api_addr.is_some());
+    if state.options.revocation_push > 0 && record.is_some() {
+        use rand::seq::SliceRandom;
+        nodes.shuffle(&mut rand::thread_rng());
+        nodes.truncate(state.options.revocation_push);
+    }
     let config = match crate::tls::node_api_client_config(state.trust.clone(), None) {
         Ok(c) => c,
         Err(error) => {
@@ -908,7 +967,26 @@ async fn push_crl(state: Arc<CaState>, der: Vec<u8>) {
     .for_each_concurrent(16, |(node, addr)| {
         let client = client.clone();
         let der = der.clone();
+        let record = record.clone();
         async move {
+            if let Some(record) = record {
+                let result = client
+                    .post(format!("https://{addr}/v1/revocations"))
+                    .header(header::CONTENT_TYPE, "application/cose")
+                    .body(record)
+                    .send()
+                    .await;
+                match result {
+                    Ok(r) if r.status().is_success() => {
+                        tracing::debug!(%node, "revocation record pushed");
+                        return;
+                    }
+                    Ok(r) => {
+                        tracing::debug!(%node, status = %r.status(), "revocation record refused")
+                    }
+                    Err(error) => tracing::debug!(%node, %error, "revocation record push failed"),
+                }
+            }
             let result = client
                 .post(format!("https://{addr}/v1/crl"))
                 .header(header::CONTENT_TYPE, "application/pkix-crl")

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -18,10 +19,15 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use zeroize::Zeroizing;
 use ztmesh_core::link::{FrameDecoder, LinkMessage, PeerAdvert};
 use ztmesh_core::{NodeId, Timestamp};
+use ztmesh_gossip::kinds::PeerExchange;
+use ztmesh_gossip::{GossipError, MessageId, MessageKind, UnsignedMessage};
 use ztmesh_pki::keyfile::Protection;
 use ztmesh_pki::{IdentityKey, NodeCertificate, PkiError, Serial, TlsKeyPair};
 
 use crate::ca_client::{CaClient, ClientError};
+use crate::dtn_driver::{Command as DtnCommand, DtnHandle};
+use crate::events::{EventHub, NodeEvent};
+use crate::gossip_driver::{consequence, gossip_config, Consequence, Drained, GossipDriver};
 use crate::node_dir::{BoundAddrs, NodeConfig, NodeDir, NodeDirError};
 use crate::peer_table::{preferred_link, DialTarget, Direction, PeerTable};
 use crate::store::NodeStore;
@@ -31,8 +37,18 @@ use crate::tls::{CurrentCertificate, MeshTrust, ALPN_MESH};
 /// Protocol version sent in Hello.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Commands queued to one link task; bounded so a stuck link cannot hoard memory.
-const LINK_QUEUE: usize = 64;
+/// Commands queued to one link task; bounded so a stuck link cannot hoard memory. A gossip
+/// frame dropped on a full queue is recovered by anti-entropy; a bundle by its retry.
+const LINK_QUEUE: usize = 256;
+
+/// How often a node gossips its own mesh address (peer exchange beyond direct neighbours).
+const PEER_ADVERT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a node's own address advertisement stays in the mesh.
+const PEER_ADVERT_TTL: Duration = Duration::from_secs(120);
+
+/// Hop limit of messages this node originates.
+const GOSSIP_HOP_LIMIT: u8 = 16;
 
 /// Time allowed for a TCP connect plus TLS handshake.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,6 +139,14 @@ pub(crate) struct Node {
     pub current: Arc<CurrentCertificate>,
     cert_state: RwLock<CertState>,
     identity: IdentityKey,
+    /// The gossip core and the membership view it verifies origins against.
+    pub(crate) gossip: GossipDriver,
+    /// The bundle router thread.
+    pub(crate) dtn: DtnHandle,
+    /// Events for local applications (`GET /v1/events`, `ztmesh watch`).
+    pub(crate) events: EventHub,
+    /// SHA-256 of `api.token`, the bearer credential of local applications.
+    pub(crate) api_token_hash: [u8; 32],
     passphrase: Option<Zeroizing<Vec<u8>>>,
     links: Mutex<HashMap<NodeId, LinkHandle>>,
     pub table: Mutex<PeerTable>,
@@ -207,6 +231,125 @@ impl Node {
                 let _ = handle.commands.try_send(LinkCommand::Close("peer revoked"));
             }
         }
+    }
+
+    /// Queues `message` on the link to `peer`, if there is one. A full queue drops it: gossip
+    /// recovers by anti-entropy, bundles by their retry.
+    pub(crate) fn send_to(&self, peer: &NodeId, message: LinkMessage) -> bool {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        match links.get(peer) {
+            Some(handle) => handle.commands.try_send(LinkCommand::Send(message)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Acts on what the gossip core produced: frames to links, delivered messages to their
+    /// consumers.
+    pub(crate) fn dispatch_gossip(self: &Arc<Self>, drained: Drained) {
+        for transmit in drained.transmits {
+            self.send_to(
+                &transmit.to,
+                LinkMessage::Gossip {
+                    frame: transmit.frame,
+                },
+            );
+        }
+        for message in drained.delivered {
+            match consequence(&message) {
+                Consequence::Anomaly(anomaly) => {
+                    tracing::info!(id = %anomaly.id, origin = %anomaly.origin, indicator = %anomaly.indicator, score = anomaly.risk_score, "anomaly signature received");
+                    self.events.emit(NodeEvent::Anomaly(anomaly));
+                }
+                Consequence::Revocation(record) => {
+                    self.gossip.revoke_nodes(&record.revoked_nodes);
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        match node.apply_crl(&record.crl).await {
+                            Ok(_) | Err(PkiError::StaleCrl { .. }) => {}
+                            Err(error) => {
+                                tracing::warn!(%error, "CRL in a CA-signed revocation record not applied");
+                            }
+                        }
+                        // Links are closed by node id too, in case the record arrived before
+                        // this node ever saw the revoked serials.
+                        node.close_links_to(&record.revoked_nodes, "peer revoked");
+                        let (crl_number, _) = node.trust.crl_state();
+                        node.events.emit(NodeEvent::Revocation {
+                            nodes: record.revoked_nodes.iter().map(|n| n.to_string()).collect(),
+                            crl_number: crl_number.unwrap_or(0),
+                        });
+                    });
+                }
+                Consequence::PeerAddress { node, addr } => {
+                    if node != self.node_id {
+                        self.table().handle_advert(
+                            &PeerAdvert {
+                                node_id: node,
+                                addr,
+                            },
+                            now(),
+                        );
+                    }
+                }
+                Consequence::BundleReceipt { from, bundle_id } => {
+                    self.dtn.send(DtnCommand::Receipt { from, bundle_id });
+                }
+                Consequence::Nothing => {}
+            }
+        }
+    }
+
+    fn close_links_to(&self, nodes: &[NodeId], reason: &'static str) {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        for node in nodes {
+            if let Some(handle) = links.get(node) {
+                self.table().handle_revoked(node);
+                let _ = handle.commands.try_send(LinkCommand::Close(reason));
+            }
+        }
+    }
+
+    /// Signs a gossip message of this node (identity key; its current certificate rides along
+    /// so receivers many hops away can check it).
+    pub(crate) fn sign_gossip(
+        &self,
+        kind: MessageKind,
+        body: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Vec<u8>, GossipError> {
+        let created_at = now();
+        UnsignedMessage {
+            origin: self.node_id,
+            kind,
+            body,
+            created_at,
+            expires_at: created_at.saturating_add(ttl),
+            hop_limit: GOSSIP_HOP_LIMIT,
+        }
+        .sign(Some(self.current.leaf_der()), |tbs| {
+            self.identity.sign_envelope(tbs)
+        })
+    }
+
+    /// Signs and publishes a message of this node.
+    pub(crate) fn publish_own(
+        self: &Arc<Self>,
+        kind: MessageKind,
+        body: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<MessageId, GossipError> {
+        let cose = self.sign_gossip(kind, body, ttl)?;
+        self.publish_signed(cose)
+    }
+
+    /// Publishes an already signed message (own, or submitted over the API).
+    pub(crate) fn publish_signed(
+        self: &Arc<Self>,
+        cose: Vec<u8>,
+    ) -> Result<MessageId, GossipError> {
+        let (result, drained) = self.gossip.publish(cose, now());
+        self.dispatch_gossip(drained);
+        result
     }
 
     fn broadcast(&self, message: LinkMessage) {
@@ -298,8 +441,22 @@ pub async fn run(
         );
     }
 
+    let gossip = GossipDriver::new(
+        config.node_id,
+        gossip_config(config.gossip_fanout),
+        trust.clone(),
+    )?;
+    let api_token = dir.ensure_api_token()?;
+    let api_token_hash: [u8; 32] = sha2::Sha256::digest(api_token.as_bytes()).into();
+
+    let (dtn, dtn_commands, router) = crate::dtn_driver::prepare(config.node_id, &dir.state_db())?;
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let node = Arc::new(Node {
+        dtn,
+        gossip,
+        events: EventHub::default(),
+        api_token_hash,
         node_id: config.node_id,
         link_slots: Arc::new(Semaphore::new(config.max_peers)),
         config,
@@ -330,6 +487,13 @@ pub async fn run(
         tracing::error!("this node's certificate is revoked");
     }
 
+    crate::dtn_driver::start(Arc::downgrade(&node), dtn_commands, router).map_err(|source| {
+        NodeError::Io {
+            what: "starting the bundle router thread".into(),
+            source,
+        }
+    })?;
+
     let api_tls = crate::tls::api_server_config(node.trust.clone(), node.current.clone())?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(accept_loop(node.clone(), mesh_listener, server_config));
@@ -337,6 +501,8 @@ pub async fn run(
     tasks.spawn(rotation_loop(node.clone()));
     tasks.spawn(crl_loop(node.clone()));
     tasks.spawn(announce_loop(node.clone()));
+    tasks.spawn(gossip_loop(node.clone()));
+    tasks.spawn(advert_loop(node.clone()));
     {
         let node = node.clone();
         let mut stop = node.shutdown.clone();
@@ -586,6 +752,9 @@ async fn run_link<S>(
     }
     node.table()
         .handle_link_up(peer_id, dialed.as_deref(), now());
+    let drained = node.gossip.link_up(peer_id, now());
+    node.dispatch_gossip(drained);
+    node.dtn.send(DtnCommand::LinkUp(peer_id));
     tracing::info!(peer = %peer_id, direction = direction.as_str(), %remote, link = info.id, "link up");
 
     let reason = drive_link(&node, stream, &peer, &info, &mut rx).await;
@@ -595,6 +764,8 @@ async fn run_link<S>(
         if links.get(&peer_id).map(|h| h.info.id) == Some(info.id) {
             links.remove(&peer_id);
             node.table().handle_link_down(&peer_id, now());
+            node.gossip.link_down(&peer_id);
+            node.dtn.send(DtnCommand::LinkDown(peer_id));
         }
     }
     tracing::info!(peer = %peer_id, link = info.id, reason, "link down");
@@ -694,6 +865,16 @@ where
                             for advert in &peers {
                                 table.handle_advert(advert, at);
                             }
+                        }
+                        LinkMessage::Gossip { frame } => {
+                            let (result, drained) = node.gossip.handle_frame(peer_id, &frame, now());
+                            if let Err(error) = result {
+                                tracing::debug!(peer = %peer_id, %error, "gossip frame refused");
+                            }
+                            node.dispatch_gossip(drained);
+                        }
+                        LinkMessage::Bundle { frame } => {
+                            node.dtn.send(DtnCommand::Frame(peer_id, frame));
                         }
                         LinkMessage::CertificateUpdate { certificate } => {
                             match node.trust.verify_peer(&certificate, now()) {
@@ -874,6 +1055,53 @@ async fn announce_loop(node: Arc<Node>) {
         tokio::select! {
             _ = stopped(&mut stop) => return,
             _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Drives the gossip core's timers (anti-entropy rounds, expiry).
+async fn gossip_loop(node: Arc<Node>) {
+    let mut stop = node.shutdown.clone();
+    loop {
+        let wait = match node.gossip.poll_timeout() {
+            Some(at) => {
+                Duration::from_millis(at.as_unix_millis().saturating_sub(now().as_unix_millis()))
+            }
+            None => Duration::from_secs(1),
+        };
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
+            _ = node.gossip.wake.notified() => continue,
+        }
+        let drained = node.gossip.handle_timeout(now());
+        node.dispatch_gossip(drained);
+    }
+}
+
+/// Gossips this node's own mesh address, so nodes beyond its neighbours can dial it.
+async fn advert_loop(node: Arc<Node>) {
+    let mut stop = node.shutdown.clone();
+    let mut tick = tokio::time::interval(PEER_ADVERT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        if node.self_revoked.load(Ordering::SeqCst) {
+            continue;
+        }
+        let published = PeerExchange {
+            addr: node.mesh_addr.to_string(),
+        }
+        .encode()
+        .map_err(|e| e.to_string())
+        .and_then(|body| {
+            node.publish_own(MessageKind::PeerExchange, body, PEER_ADVERT_TTL)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(error) = published {
+            tracing::debug!(%error, "could not publish the peer advertisement");
         }
     }
 }

@@ -26,13 +26,30 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         .route("/v1/mesh/peers", get(peers))
         .route("/v1/status", get(status))
         .route("/v1/crl", post(push_crl))
+        .route("/v1/mesh/gossip", post(crate::local_api::post_gossip))
+        .route("/v1/revocations", post(crate::local_api::post_revocation))
+        .route(
+            "/v1/anomalies",
+            post(crate::local_api::post_anomaly).get(crate::local_api::list_anomalies),
+        )
+        .route("/v1/events", get(crate::local_api::events))
+        .route(
+            "/v1/bundles",
+            post(crate::local_api::post_bundle)
+                .get(crate::local_api::list_bundles)
+                .layer(DefaultBodyLimit::max(crate::local_api::MAX_BUNDLE_BODY)),
+        )
+        .route(
+            "/v1/bundles/{id}",
+            get(crate::local_api::get_bundle).delete(crate::local_api::delete_bundle),
+        )
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_CRL_BYTES))
         .with_state(node)
 }
 
-fn authenticate(
+pub(crate) fn authenticate(
     node: &Node,
     presented: Option<Extension<PresentedCertificate>>,
 ) -> Result<(), ApiError> {
@@ -118,6 +135,18 @@ async fn status(
         self_revoked: node.self_revoked.load(std::sync::atomic::Ordering::SeqCst),
         peers_connected: links.len(),
         peers_known: known,
+        gossip: {
+            let stats = node.gossip.stats();
+            crate::api_types::GossipCounters {
+                delivered: stats.delivered,
+                duplicates: stats.duplicates,
+                refused: stats.refused,
+                forwarded: stats.forwarded,
+                pulled: stats.pulled,
+                rate_limited: stats.rate_limited,
+                queue_dropped: stats.queue_dropped,
+            }
+        },
     }))
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ztmesh_pki::keyfile::Protection;
 
 use crate::api_types::{PeersResponse, StatusResponse};
-use crate::ca_client::{http_client, send_json, ClientError};
+use crate::ca_client::{http_client, send, send_json, ClientError};
 use crate::node_dir::{BoundAddrs, NodeDir, NodeDirError};
 use crate::tls::{CurrentCertificate, MeshTrust};
 
@@ -47,5 +47,171 @@ impl NodeApiClient {
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
         let url = format!("{}/v1/status", self.base);
         send_json(self.client.get(&url), &url).await
+    }
+}
+
+/// A local application's connection to its node's API: authenticated by `api.token`, never by
+/// the node's keys, so no passphrase is needed. The node's server certificate is checked
+/// against the mesh CA in the data directory.
+pub struct LocalApiClient {
+    client: reqwest::Client,
+    streaming: reqwest::Client,
+    base: String,
+    token: zeroize::Zeroizing<String>,
+}
+
+impl LocalApiClient {
+    /// Reads `node.toml`, `ca.pem`, `api.token` and the address the running daemon wrote.
+    pub fn from_dir(dir: &NodeDir) -> Result<Self, ClientError> {
+        let config = dir.read_config()?;
+        let addr_path = dir.addr_file();
+        let text = std::fs::read_to_string(&addr_path).map_err(|source| NodeDirError::Io {
+            path: addr_path.clone(),
+            source,
+        })?;
+        let addrs: BoundAddrs = serde_json::from_str(&text)
+            .map_err(|e| ClientError::Protocol(format!("{}: {e}", addr_path.display())))?;
+        let token = zeroize::Zeroizing::new(dir.read_api_token()?);
+        let ca = NodeDir::read_cert(&dir.ca_cert())?;
+        let trust = Arc::new(MeshTrust::new(ca, config.trust_domain));
+        let tls = crate::tls::node_api_client_config(trust, None)?;
+        // The event stream stays open for as long as the caller listens, so its client has a
+        // connect timeout only.
+        let streaming = reqwest::Client::builder()
+            .use_preconfigured_tls(tls.clone())
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(LocalApiClient {
+            client: http_client(tls)?,
+            streaming,
+            base: format!("https://{}", addrs.api),
+            token,
+        })
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        request.bearer_auth(self.token.as_str())
+    }
+
+    /// `POST /v1/anomalies`.
+    pub async fn publish_anomaly(
+        &self,
+        request: &crate::local_api::PublishAnomalyRequest,
+    ) -> Result<crate::local_api::PublishResponse, ClientError> {
+        let url = format!("{}/v1/anomalies", self.base);
+        send_json(self.authorized(self.client.post(&url)).json(request), &url).await
+    }
+
+    /// `GET /v1/anomalies`.
+    pub async fn anomalies(&self) -> Result<crate::local_api::AnomaliesResponse, ClientError> {
+        let url = format!("{}/v1/anomalies", self.base);
+        send_json(self.authorized(self.client.get(&url)), &url).await
+    }
+
+    /// `POST /v1/bundles`.
+    pub async fn send_bundle(
+        &self,
+        request: &crate::local_api::SendBundleRequest,
+    ) -> Result<crate::local_api::SendBundleResponse, ClientError> {
+        let url = format!("{}/v1/bundles", self.base);
+        send_json(self.authorized(self.client.post(&url)).json(request), &url).await
+    }
+
+    /// `GET /v1/bundles`.
+    pub async fn bundles(
+        &self,
+        queued: bool,
+    ) -> Result<crate::local_api::BundleListResponse, ClientError> {
+        let url = format!("{}/v1/bundles?queued={queued}", self.base);
+        send_json(self.authorized(self.client.get(&url)), &url).await
+    }
+
+    /// `GET /v1/bundles/{id}`.
+    pub async fn bundle(&self, id: &str) -> Result<crate::local_api::BundleContent, ClientError> {
+        let url = format!("{}/v1/bundles/{id}", self.base);
+        send_json(self.authorized(self.client.get(&url)), &url).await
+    }
+
+    /// `DELETE /v1/bundles/{id}`.
+    pub async fn delete_bundle(&self, id: &str) -> Result<(), ClientError> {
+        let url = format!("{}/v1/bundles/{id}", self.base);
+        send(self.authorized(self.client.delete(&url)), &url).await?;
+        Ok(())
+    }
+
+    /// `GET /v1/events`: calls `on_event` for every event until it returns `false` or the
+    /// stream ends.
+    pub async fn watch(
+        &self,
+        mut on_event: impl FnMut(crate::events::NodeEvent) -> bool,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}/v1/events", self.base);
+        let mut response = send(self.authorized(self.streaming.get(&url)), &url).await?;
+        let mut parser = SseParser::default();
+        loop {
+            let chunk = response.chunk().await.map_err(|e| ClientError::Transport {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+            let Some(chunk) = chunk else {
+                return Ok(());
+            };
+            for data in parser.push(&chunk)? {
+                let event: crate::events::NodeEvent = serde_json::from_str(&data)
+                    .map_err(|e| ClientError::Protocol(format!("event {data:?}: {e}")))?;
+                if !on_event(event) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Most bytes of one server-sent event; a longer one is a protocol error, not a memory sink.
+const MAX_SSE_EVENT: usize = 256 * 1024;
+
+/// Splits a server-sent event stream into the `data` of each event.
+#[derive(Default)]
+struct SseParser {
+    buffer: Vec<u8>,
+}
+
+impl SseParser {
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, ClientError> {
+        self.buffer.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&block);
+            let data: Vec<&str> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if !data.is_empty() {
+                out.push(data.join("\n"));
+            }
+        }
+        if self.buffer.len() > MAX_SSE_EVENT {
+            return Err(ClientError::Protocol("server-sent event too large".into()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_parser_joins_split_chunks_and_skips_comments() {
+        let mut parser = SseParser::default();
+        assert!(parser.push(b"event: a\ndata: {\"x\"").unwrap().is_empty());
+        let got = parser
+            .push(b":1}\n\n: keep-alive\n\nevent: b\ndata: 2\n\n")
+            .unwrap();
+        assert_eq!(got, vec!["{\"x\":1}".to_owned(), "2".to_owned()]);
+        assert!(parser.push(&vec![b'x'; MAX_SSE_EVENT + 1]).is_err());
     }
 }

@@ -176,6 +176,43 @@ impl NodeDir {
         }
     }
 
+    /// `api.token`: the bearer credential of local applications (publish, bundles, events).
+    pub fn api_token(&self) -> PathBuf {
+        self.0.join("api.token")
+    }
+
+    /// Reads the local API token, creating it (32 random bytes, mode 0600) when missing. Local
+    /// applications use it instead of the node's keys, so they never see key material.
+    pub fn ensure_api_token(&self) -> Result<String, NodeDirError> {
+        let path = self.api_token();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => return Ok(text.trim().to_owned()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(NodeDirError::Io {
+                    path,
+                    source: error,
+                })
+            }
+        }
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        let token = format!(
+            "ztl1_{}",
+            data_encoding::BASE32_NOPAD.encode(&bytes).to_lowercase()
+        );
+        write_private_file(&path, token.as_bytes()).map_err(Self::io(&path))?;
+        Ok(token)
+    }
+
+    /// Reads the local API token written by `ztmesh run`.
+    pub fn read_api_token(&self) -> Result<String, NodeDirError> {
+        let path = self.api_token();
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_owned())
+            .map_err(Self::io(&path))
+    }
+
     /// Reads and validates `node.toml`.
     pub fn read_config(&self) -> Result<NodeConfig, NodeDirError> {
         let path = self.config();

@@ -2,16 +2,38 @@
 
 use std::collections::BTreeSet;
 
-/// `(METHOD, path)` pairs from `.route("/path", get(..).post(..))` calls in router source.
+/// `(METHOD, path)` pairs from `.route("/path", get(..).post(..))` calls in router source; a
+/// call may span several lines (its parentheses are balanced to find its end).
 fn routes_in_source(source: &str) -> BTreeSet<(String, String)> {
     let mut routes = BTreeSet::new();
-    for line in source.lines().map(str::trim) {
-        let Some(rest) = line.strip_prefix(".route(\"") else {
+    let mut rest = source;
+    while let Some(start) = rest.find(".route(") {
+        let call = &rest[start + ".route(".len()..];
+        let mut depth = 1usize;
+        let mut end = call.len();
+        for (i, c) in call.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let call = &call[..end];
+        rest = &rest[start + ".route(".len() + end..];
+        let Some(call) = call.trim_start().strip_prefix('"') else {
             continue;
         };
-        let Some((path, handlers)) = rest.split_once('"') else {
+        let Some((path, handlers)) = call.split_once('"') else {
             continue;
         };
+        // Layers applied to a route are not handlers.
+        let handlers = handlers.split(".layer(").next().unwrap_or("");
         for method in ["get", "post", "put", "delete", "patch"] {
             if handlers.contains(&format!("{method}(")) {
                 routes.insert((method.to_owned(), path.to_owned()));
@@ -50,6 +72,7 @@ fn routes_in_openapi(yaml: &str) -> BTreeSet<(String, String)> {
 fn openapi_lists_exactly_the_served_routes() {
     let mut served = routes_in_source(include_str!("../src/ca_service.rs"));
     served.extend(routes_in_source(include_str!("../src/node_api.rs")));
+    served.extend(routes_in_source(include_str!("../src/witness_service.rs")));
     let documented = routes_in_openapi(include_str!("../../../docs/openapi.yaml"));
     assert!(
         served.len() >= 10,

@@ -9,8 +9,10 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::emit(format!($($arg)*)) };
 }
 
+mod app;
 mod bench;
 mod demo;
+mod witness_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +58,19 @@ enum Command {
     Peers(NodeQueryArgs),
     /// Revoke a certificate or a whole node, mesh-wide.
     Revoke(RevokeArgs),
+    /// Publish signed gossip through a running node (the node signs).
+    #[command(subcommand)]
+    Publish(app::PublishCommand),
+    /// List the unexpired anomaly signatures a running node holds.
+    Anomalies(app::AnomaliesArgs),
+    /// Stream a running node's events: anomaly signatures, bundles, revocations.
+    Watch(app::WatchArgs),
+    /// Delay-tolerant bundles: send, list, get.
+    #[command(subcommand)]
+    Bundle(app::BundleCommand),
+    /// Transparency-log witness: cosign checkpoints of trusted logs (C2SP tlog-witness).
+    #[command(subcommand)]
+    Witness(witness_cmd::WitnessCommand),
     /// Start a CA and a few nodes on loopback and show enrollment, rotation and revocation.
     Demo(demo::DemoArgs),
     /// Benchmarks that print ratios against a baseline measured in the same run.
@@ -126,6 +141,10 @@ struct CaServeArgs {
     /// URL nodes use to reach this CA (default https://<listen address>).
     #[arg(long)]
     public_url: Option<String>,
+    /// Push each revocation directly to this many random nodes and let gossip carry it to the
+    /// rest (0 = push to every known node).
+    #[arg(long, default_value_t = 0)]
+    revocation_push: usize,
     #[command(flatten)]
     passphrase: PassphraseArgs,
 }
@@ -331,6 +350,11 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Status(args) => status(args).await,
         Command::Peers(args) => peers(args).await,
         Command::Revoke(args) => revoke(args).await,
+        Command::Publish(command) => app::publish(command).await,
+        Command::Watch(args) => app::watch(args).await,
+        Command::Anomalies(args) => app::anomalies(args).await,
+        Command::Bundle(command) => app::bundle(command).await,
+        Command::Witness(command) => witness_cmd::run(command).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(command) => bench::run(command).await,
     }
@@ -374,6 +398,7 @@ async fn ca_serve(args: CaServeArgs) -> Result<()> {
         gossip_fanout: 3,
         server_names: args.server_names,
         public_url: args.public_url,
+        revocation_push: args.revocation_push,
     };
     let service = ca_service::CaService::bind(dir.clone(), ca, args.listen, options).await?;
     let addr = service.local_addr()?;

@@ -198,6 +198,8 @@ pub struct RevokeOutcome {
     pub crl_number: u64,
     /// All revoked entries after the call, for signing the next CRL.
     pub entries: Vec<RevokedEntry>,
+    /// The node banned as a whole by this call (a node target not revoked before).
+    pub revoked_node: Option<NodeId>,
 }
 
 /// Why a revocation failed. Nothing was changed when this is returned.
@@ -450,6 +452,7 @@ impl CaStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(StoreError::from)?;
         let mut changed = false;
+        let mut revoked_node = None;
         let candidates: Vec<Serial> = match target {
             RevokeTarget::Serial(serial) => {
                 let known: bool = tx
@@ -485,6 +488,7 @@ impl CaStore {
                         )
                         .map_err(StoreError::from)?;
                         changed = true;
+                        revoked_node = Some(*node_id);
                     }
                 }
                 let mut statement = tx
@@ -533,6 +537,7 @@ impl CaStore {
             newly_revoked,
             crl_number,
             entries,
+            revoked_node,
         })
     }
 

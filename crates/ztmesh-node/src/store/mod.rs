@@ -12,8 +12,10 @@
 //!
 //! All methods block on disk I/O; async callers run them in `spawn_blocking`.
 
+mod bundle_store;
 mod ca_store;
 mod node_store;
+mod witness_store;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -21,11 +23,13 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, TransactionBehavior};
 use ztmesh_core::Timestamp;
 
+pub use bundle_store::SqliteBundleStore;
 pub use ca_store::{
     CaStore, IssueKind, IssuedRecord, KnownNode, RedeemError, RevokeError, RevokeOutcome,
     RevokeTarget, RotateError, SavedCrl, TokenInfo,
 };
 pub use node_store::{Issuance, NodeStore, StoredPeer, DEFAULT_PEER_CAPACITY};
+pub use witness_store::WitnessStore;
 
 /// How long a connection waits for another connection's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

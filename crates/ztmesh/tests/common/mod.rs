@@ -14,9 +14,26 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ztmesh")
 }
 
+/// `ztmesh`, or `ip netns exec NS ztmesh` for a node living in a network namespace.
+pub fn command_in(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns, bin()]);
+            command
+        }
+        None => Command::new(bin()),
+    }
+}
+
 /// Runs a CLI command to completion.
 pub fn ztmesh(args: &[&str]) -> Output {
-    Command::new(bin())
+    ztmesh_in(None, args)
+}
+
+/// Runs a CLI command to completion, inside `netns` when given.
+pub fn ztmesh_in(netns: Option<&str>, args: &[&str]) -> Output {
+    command_in(netns)
         .args(args)
         .env("ZTMESH_PASSPHRASE", PASSPHRASE)
         .stdin(Stdio::null())
@@ -26,7 +43,12 @@ pub fn ztmesh(args: &[&str]) -> Output {
 
 /// Runs a CLI command that must succeed; returns stdout.
 pub fn ztmesh_ok(args: &[&str]) -> String {
-    let out = ztmesh(args);
+    ztmesh_ok_in(None, args)
+}
+
+/// Runs a CLI command that must succeed, inside `netns` when given; returns stdout.
+pub fn ztmesh_ok_in(netns: Option<&str>, args: &[&str]) -> String {
+    let out = ztmesh_in(netns, args);
     assert!(
         out.status.success(),
         "ztmesh {args:?} failed: {}\n{}",
@@ -58,8 +80,17 @@ pub struct Proc {
 impl Proc {
     /// Starts `ztmesh args…` with logs to `log`.
     pub fn spawn(name: &str, args: &[&str], log: PathBuf) -> Proc {
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin())
+        Proc::spawn_in(None, name, args, log)
+    }
+
+    /// Starts `ztmesh args…` inside `netns` (when given) with logs to `log`.
+    pub fn spawn_in(netns: Option<&str>, name: &str, args: &[&str], log: PathBuf) -> Proc {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = command_in(netns)
             .args(args)
             .env("ZTMESH_PASSPHRASE", PASSPHRASE)
             .env("ZTMESH_LOG", "info,ztmesh_node=debug")
@@ -112,6 +143,11 @@ pub struct TestCa {
 impl TestCa {
     /// Initializes a CA in `root/ca` and serves it with extra `serve_args`.
     pub fn start(root: &Path, serve_args: &[&str]) -> TestCa {
+        TestCa::start_at(root, "127.0.0.1:0", serve_args)
+    }
+
+    /// Initializes a CA in `root/ca` and serves it on `listen` with extra `serve_args`.
+    pub fn start_at(root: &Path, listen: &str, serve_args: &[&str]) -> TestCa {
         let dir = root.join("ca");
         let init = ztmesh_ok(&[
             "ca",
@@ -134,7 +170,7 @@ impl TestCa {
             fingerprint,
             proc: None,
         };
-        ca.serve("127.0.0.1:0", serve_args);
+        ca.serve(listen, serve_args);
         ca
     }
 
@@ -196,9 +232,14 @@ impl TestCa {
 
     /// Enrolls a node into `root/name` (not started).
     pub fn enroll(&self, root: &Path, name: &str) -> TestNode {
+        self.enroll_with(root, name, &[])
+    }
+
+    /// Enrolls a node into `root/name` with extra `enroll` arguments (not started).
+    pub fn enroll_with(&self, root: &Path, name: &str, extra: &[&str]) -> TestNode {
         let dir = root.join(name);
         let token = self.token(&[]);
-        ztmesh_ok(&[
+        let mut args = vec![
             "enroll",
             "--ca-url",
             &self.url,
@@ -208,7 +249,9 @@ impl TestCa {
             &token,
             "--data-dir",
             dir.to_str().unwrap(),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        ztmesh_ok(&args);
         let config = std::fs::read_to_string(dir.join("node.toml")).unwrap();
         let node_id = config
             .lines()
@@ -223,6 +266,7 @@ impl TestCa {
             dir,
             node_id,
             proc: None,
+            netns: None,
         }
     }
 }
@@ -253,6 +297,8 @@ pub struct TestNode {
     pub dir: PathBuf,
     pub node_id: String,
     pub proc: Option<Proc>,
+    /// The network namespace the node runs in (multi-host tests); `None` = this host.
+    pub netns: Option<String>,
 }
 
 impl TestNode {
@@ -260,7 +306,8 @@ impl TestNode {
     pub fn start(&mut self) {
         let addr_file = self.dir.join("node.addr.json");
         let _ = std::fs::remove_file(&addr_file);
-        let mut proc = Proc::spawn(
+        let mut proc = Proc::spawn_in(
+            self.netns.as_deref(),
             &self.name,
             &["run", "--data-dir", self.dir.to_str().unwrap()],
             self.dir.join("run.log"),
@@ -299,26 +346,28 @@ impl TestNode {
         self.addrs()["api"].as_str().unwrap().to_owned()
     }
 
+    /// Runs `ztmesh <args> --data-dir <dir>` beside the node (in its namespace); must succeed.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--data-dir", self.dir.to_str().unwrap()]);
+        ztmesh_ok_in(self.netns.as_deref(), &all)
+    }
+
+    /// Runs `ztmesh <args> --data-dir <dir>` beside the node; returns the raw output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--data-dir", self.dir.to_str().unwrap()]);
+        ztmesh_in(self.netns.as_deref(), &all)
+    }
+
     /// `ztmesh peers --json`.
     pub fn peers(&self) -> serde_json::Value {
-        serde_json::from_str(&ztmesh_ok(&[
-            "peers",
-            "--json",
-            "--data-dir",
-            self.dir.to_str().unwrap(),
-        ]))
-        .unwrap()
+        serde_json::from_str(&self.cli_ok(&["peers", "--json"])).unwrap()
     }
 
     /// `ztmesh status --json`.
     pub fn status(&self) -> serde_json::Value {
-        serde_json::from_str(&ztmesh_ok(&[
-            "status",
-            "--json",
-            "--data-dir",
-            self.dir.to_str().unwrap(),
-        ]))
-        .unwrap()
+        serde_json::from_str(&self.cli_ok(&["status", "--json"])).unwrap()
     }
 
     /// Whether a link to `peer` is up now.

@@ -1,0 +1,329 @@
+//! Moves bytes between the sans-IO gossip core and the node: frames from links in, frames to
+//! links out, delivered messages to their consumers (local applications, the revocation set,
+//! the peer table, the bundle router), and a timer for anti-entropy.
+//!
+//! The core sits behind one mutex that is never held across an `.await`: every entry point
+//! takes the lock, feeds the core, drains its outputs into a [`Drained`] value, releases the
+//! lock, and only then acts on the outputs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use ed25519_dalek::VerifyingKey;
+use rand::SeedableRng;
+use sha2::{Digest, Sha256};
+use ztmesh_core::{NodeId, Timestamp};
+use ztmesh_gossip::kinds::{AnomalySignature, BundleReceipt, PeerExchange, RevocationRecord};
+use ztmesh_gossip::{
+    Gossip, GossipConfig, GossipError, GossipEvent, Membership, MessageId, MessageKind,
+    OriginRefusal, Transmit, VerifiedMessage,
+};
+use ztmesh_pki::{IdentityPublicKey, Serial};
+
+use crate::events::AnomalyEvent;
+use crate::timefmt::rfc3339;
+use crate::tls::MeshTrust;
+
+/// Most verified origin certificates remembered; the cache is emptied when full (a miss only
+/// costs one certificate verification).
+const CERT_CACHE: usize = 4096;
+
+/// Most nodes remembered as revoked by CA-signed records.
+const MAX_REVOKED_NODES: usize = 65_536;
+
+#[derive(Debug, Clone)]
+struct CachedCertificate {
+    node_id: NodeId,
+    key: VerifyingKey,
+    serial: Serial,
+    not_before: Timestamp,
+    not_after: Timestamp,
+}
+
+/// Who may sign what, as this node sees it: the mesh CA signs revocation records; members
+/// (holders of a CA-issued, unrevoked node certificate carried in the message) sign the rest.
+pub(crate) struct NodeMembership {
+    trust: Arc<MeshTrust>,
+    ca: IdentityPublicKey,
+    ca_origin: NodeId,
+    certificates: HashMap<[u8; 32], CachedCertificate>,
+    revoked: HashSet<NodeId>,
+}
+
+impl NodeMembership {
+    pub(crate) fn new(trust: Arc<MeshTrust>) -> Result<Self, ztmesh_pki::PkiError> {
+        let ca = ztmesh_pki::ca_envelope_key(trust.ca_cert_der())?;
+        Ok(NodeMembership {
+            ca_origin: ca.node_id(),
+            ca,
+            trust,
+            certificates: HashMap::new(),
+            revoked: HashSet::new(),
+        })
+    }
+
+    fn mark_revoked(&mut self, node: NodeId) {
+        if self.revoked.len() < MAX_REVOKED_NODES {
+            self.revoked.insert(node);
+        }
+    }
+}
+
+impl Membership for NodeMembership {
+    fn resolve_origin(
+        &mut self,
+        origin: &NodeId,
+        kind: MessageKind,
+        certificate: Option<&[u8]>,
+        at: Timestamp,
+    ) -> Result<VerifyingKey, OriginRefusal> {
+        if *origin == self.ca_origin {
+            return match kind {
+                MessageKind::Revocation => Ok(self.ca.verifying_key()),
+                _ => Err(OriginRefusal::KindNotAllowed),
+            };
+        }
+        // Only the CA removes members; a node cannot revoke another.
+        if kind == MessageKind::Revocation {
+            return Err(OriginRefusal::KindNotAllowed);
+        }
+        if self.revoked.contains(origin) {
+            return Err(OriginRefusal::Revoked);
+        }
+        let certificate = certificate.ok_or(OriginRefusal::Unknown)?;
+        let hash: [u8; 32] = Sha256::digest(certificate).into();
+        let cached = match self.certificates.get(&hash) {
+            Some(cached) => cached.clone(),
+            None => {
+                let parsed = self
+                    .trust
+                    .verify_ignoring_revocation(certificate, at)
+                    .map_err(|e| OriginRefusal::BadCertificate(e.to_string()))?;
+                let cached = CachedCertificate {
+                    node_id: parsed.node_id,
+                    key: parsed.identity_key.verifying_key(),
+                    serial: parsed.serial,
+                    not_before: parsed.not_before,
+                    not_after: parsed.not_after,
+                };
+                if self.certificates.len() >= CERT_CACHE {
+                    self.certificates.clear();
+                }
+                self.certificates.insert(hash, cached.clone());
+                cached
+            }
+        };
+        if cached.node_id != *origin {
+            return Err(OriginRefusal::BadCertificate(
+                "the certificate names another node".into(),
+            ));
+        }
+        if at < cached.not_before || at >= cached.not_after {
+            return Err(OriginRefusal::BadCertificate(
+                "the certificate was not valid when the message was created".into(),
+            ));
+        }
+        if self.trust.is_revoked(&cached.serial) {
+            return Err(OriginRefusal::Revoked);
+        }
+        Ok(cached.key)
+    }
+}
+
+struct Inner {
+    gossip: Gossip<rand::rngs::StdRng>,
+    membership: NodeMembership,
+}
+
+/// What the core produced during one call, acted on after the lock is released.
+#[derive(Default)]
+pub(crate) struct Drained {
+    pub transmits: Vec<Transmit>,
+    pub delivered: Vec<VerifiedMessage>,
+}
+
+/// The node's gossip core and its membership view.
+pub(crate) struct GossipDriver {
+    inner: Mutex<Inner>,
+    /// Poked whenever the core's next timeout may have moved earlier.
+    pub wake: tokio::sync::Notify,
+}
+
+impl GossipDriver {
+    pub(crate) fn new(
+        local: NodeId,
+        config: GossipConfig,
+        trust: Arc<MeshTrust>,
+    ) -> Result<Self, ztmesh_pki::PkiError> {
+        let membership = NodeMembership::new(trust)?;
+        Ok(GossipDriver {
+            inner: Mutex::new(Inner {
+                gossip: Gossip::new(local, config, rand::rngs::StdRng::from_entropy()),
+                membership,
+            }),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn drain(inner: &mut Inner) -> Drained {
+        let mut out = Drained::default();
+        while let Some(t) = inner.gossip.poll_transmit() {
+            out.transmits.push(t);
+        }
+        while let Some(event) = inner.gossip.poll_event() {
+            match event {
+                GossipEvent::Delivered(message) => out.delivered.push(message),
+                GossipEvent::Refused { from, reason } => {
+                    tracing::debug!(from = ?from.map(|f| f.to_string()), %reason, "gossip refused");
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    pub(crate) fn link_up(&self, peer: NodeId, now: Timestamp) -> Drained {
+        let mut inner = self.lock();
+        inner.gossip.handle_link_up(peer, now);
+        let out = Self::drain(&mut inner);
+        drop(inner);
+        self.wake.notify_one();
+        out
+    }
+
+    pub(crate) fn link_down(&self, peer: &NodeId) {
+        self.lock().gossip.handle_link_down(peer);
+    }
+
+    pub(crate) fn handle_frame(
+        &self,
+        from: NodeId,
+        frame: &[u8],
+        now: Timestamp,
+    ) -> (Result<(), GossipError>, Drained) {
+        let mut inner = self.lock();
+        let Inner { gossip, membership } = &mut *inner;
+        let result = gossip.handle_frame(from, frame, now, membership);
+        let out = Self::drain(&mut inner);
+        (result, out)
+    }
+
+    pub(crate) fn publish(
+        &self,
+        cose: Vec<u8>,
+        now: Timestamp,
+    ) -> (Result<MessageId, GossipError>, Drained) {
+        let mut inner = self.lock();
+        let Inner { gossip, membership } = &mut *inner;
+        let result = gossip.publish(cose, now, membership);
+        let out = Self::drain(&mut inner);
+        drop(inner);
+        self.wake.notify_one();
+        (result, out)
+    }
+
+    pub(crate) fn handle_timeout(&self, now: Timestamp) -> Drained {
+        let mut inner = self.lock();
+        inner.gossip.handle_timeout(now);
+        Self::drain(&mut inner)
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<Timestamp> {
+        self.lock().gossip.poll_timeout()
+    }
+
+    /// A CA-signed record revoked these nodes: refuse and purge their messages.
+    pub(crate) fn revoke_nodes(&self, nodes: &[NodeId]) {
+        let mut inner = self.lock();
+        for node in nodes {
+            inner.membership.mark_revoked(*node);
+            inner.gossip.handle_revoked(*node);
+        }
+    }
+
+    /// Stored, unexpired anomaly signatures, newest first, at most `limit`.
+    pub(crate) fn anomalies(&self, limit: usize) -> Vec<AnomalyEvent> {
+        let inner = self.lock();
+        let mut found: Vec<AnomalyEvent> = inner
+            .gossip
+            .messages()
+            .filter(|m| m.kind == MessageKind::Anomaly)
+            .filter_map(anomaly_event)
+            .collect();
+        found.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        found.truncate(limit);
+        found
+    }
+
+    /// The kind of a stored message.
+    pub(crate) fn message_kind(&self, id: &MessageId) -> Option<MessageKind> {
+        self.lock().gossip.message(id).map(|m| m.kind)
+    }
+
+    pub(crate) fn stats(&self) -> ztmesh_gossip::GossipStats {
+        self.lock().gossip.stats()
+    }
+}
+
+/// The application view of a verified anomaly message (`None` if its body does not decode,
+/// which the core already refuses at receipt).
+pub(crate) fn anomaly_event(message: &VerifiedMessage) -> Option<AnomalyEvent> {
+    let body = AnomalySignature::decode(&message.body).ok()?;
+    Some(AnomalyEvent {
+        id: message.id.to_string(),
+        origin: message.origin.to_string(),
+        created_at: rfc3339(message.created_at),
+        expires_at: rfc3339(message.expires_at),
+        event_sha256: hex::encode(body.event_sha256),
+        indicator: body.indicator,
+        risk_score: body.risk_score,
+        rule_id: body.rule_id,
+        metadata: body.metadata,
+    })
+}
+
+/// What a delivered message means to the node.
+pub(crate) enum Consequence {
+    Anomaly(AnomalyEvent),
+    Revocation(RevocationRecord),
+    PeerAddress { node: NodeId, addr: String },
+    BundleReceipt { from: NodeId, bundle_id: String },
+    Nothing,
+}
+
+/// Decodes a delivered message into what the node must do with it.
+pub(crate) fn consequence(message: &VerifiedMessage) -> Consequence {
+    match message.kind {
+        MessageKind::Anomaly => anomaly_event(message)
+            .map(Consequence::Anomaly)
+            .unwrap_or(Consequence::Nothing),
+        MessageKind::Revocation => RevocationRecord::decode(&message.body)
+            .map(Consequence::Revocation)
+            .unwrap_or(Consequence::Nothing),
+        MessageKind::PeerExchange => PeerExchange::decode(&message.body)
+            .map(|p| Consequence::PeerAddress {
+                node: message.origin,
+                addr: p.addr,
+            })
+            .unwrap_or(Consequence::Nothing),
+        MessageKind::BundleReceipt => BundleReceipt::decode(&message.body)
+            .map(|r| Consequence::BundleReceipt {
+                from: message.origin,
+                bundle_id: r.bundle_id,
+            })
+            .unwrap_or(Consequence::Nothing),
+        _ => Consequence::Nothing,
+    }
+}
+
+/// The node's gossip settings from its config.
+pub(crate) fn gossip_config(fanout: u32) -> GossipConfig {
+    GossipConfig {
+        fanout: fanout as usize,
+        ..GossipConfig::default()
+    }
+}
