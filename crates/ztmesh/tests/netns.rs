@@ -111,8 +111,9 @@ impl Hosts {
                 how = "tc netem".into();
                 continue;
             }
+            // Only what arrives over the veth: the node's API on loopback stays reliable.
             let rules = format!(
-                "table inet ztloss {{\n chain input {{\n  type filter hook input priority 0;\n  numgen random mod 100 < {percent} drop\n }}\n}}\n"
+                "table inet ztloss {{\n chain input {{\n  type filter hook input priority 0;\n  iifname \"{veth}\" numgen random mod 100 < {percent} drop\n }}\n}}\n"
             );
             let mut child = Command::new("ip")
                 .args(["netns", "exec", ns, "nft", "-f", "-"])
