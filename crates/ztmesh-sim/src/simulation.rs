@@ -306,17 +306,13 @@ impl Simulation {
     /// its bundle store (durable), identity key and revocation list remain. Its links die, so
     /// frames in flight to or from it are lost.
     pub fn crash(&mut self, node: usize) -> Result<(), SimError> {
-        self.check_node(node)?;
+        self.check_running(node)?;
         let target = &mut self.nodes[node];
         let state = std::mem::replace(&mut target.state, NodeState::Crashed(MemoryStore::new()));
-        let store = match state {
-            NodeState::Running(cores) => cores.router.into_store(),
-            NodeState::Crashed(store) => {
-                target.state = NodeState::Crashed(store);
-                return Err(SimError::Crashed(node));
-            }
-        };
-        target.state = NodeState::Crashed(store);
+        if let NodeState::Running(cores) = state {
+            // Only the store outlives the process.
+            target.state = NodeState::Crashed(cores.router.into_store());
+        }
         target.timer = None;
         self.record(b"crash", &[node as u64], &[]);
         self.refresh_node_links(node);
@@ -488,10 +484,10 @@ impl Simulation {
             if done(self) {
                 return Ok(self.now.duration_since(started));
             }
-            if !self.queue.next_time().is_some_and(|t| t <= deadline) {
-                break;
-            }
-            self.step();
+            match self.queue.next_time() {
+                Some(next) if next <= deadline => self.step(),
+                _ => break,
+            };
         }
         self.now = self.now.max(deadline);
         if done(self) {
@@ -590,7 +586,8 @@ impl Simulation {
         self.messages.get(id)?.first_delivery.get(&node).copied()
     }
 
-    /// Every gossip frame that carried a message, in sending order.
+    /// Every gossip frame that carried a message, in sending order. Kept for the whole run (a
+    /// few dozen bytes a frame), as tests need the history to assert on.
     pub fn message_frames(&self) -> &[MessageFrame] {
         &self.message_frames
     }
@@ -616,6 +613,12 @@ impl Simulation {
     /// no longer counts as linked), over all incarnations.
     pub fn gossip_frame_errors(&self, node: usize) -> u64 {
         self.nodes.get(node).map_or(0, |n| n.gossip_frame_errors)
+    }
+
+    /// DTN refusal events `node` reported (bundles not taken: store full, expired, ...), over
+    /// all incarnations.
+    pub fn dtn_refusals(&self, node: usize) -> u64 {
+        self.nodes.get(node).map_or(0, |n| n.dtn_refusals)
     }
 
     /// Broken invariants recorded so far (always empty when they panic).
@@ -812,8 +815,7 @@ impl Simulation {
     /// What the node runtime does with a delivered message, plus the simulator's bookkeeping.
     fn on_delivered(&mut self, node: usize, message: VerifiedMessage) {
         let now = self.now;
-        let target = &mut self.nodes[node];
-        if target.revoked.contains(&message.origin) {
+        if self.nodes[node].revoked.contains(&message.origin) {
             self.violate(Violation::DeliveredFromRevoked {
                 node,
                 id: message.id,
