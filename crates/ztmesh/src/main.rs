@@ -11,6 +11,8 @@ macro_rules! out {
 
 mod app;
 mod bench;
+mod bench_core;
+mod bench_mesh;
 mod demo;
 mod witness_cmd;
 
