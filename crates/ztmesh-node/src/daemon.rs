@@ -47,6 +47,13 @@ const PEER_ADVERT_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a node's own address advertisement stays in the mesh.
 const PEER_ADVERT_TTL: Duration = Duration::from_secs(120);
 
+/// How often a node gossips a health report (its uptime and links), the input of uptime
+/// accounting on the other nodes.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(15);
+
+/// How long a health report stays in the mesh.
+const HEALTH_TTL: Duration = Duration::from_secs(60);
+
 /// Hop limit of messages this node originates.
 const GOSSIP_HOP_LIMIT: u8 = 16;
 
@@ -1079,16 +1086,37 @@ async fn gossip_loop(node: Arc<Node>) {
     }
 }
 
-/// Gossips this node's own mesh address, so nodes beyond its neighbours can dial it.
+/// Gossips this node's own mesh address (so nodes beyond its neighbours can dial it) and a
+/// periodic health report.
 async fn advert_loop(node: Arc<Node>) {
     let mut stop = node.shutdown.clone();
     let mut tick = tokio::time::interval(PEER_ADVERT_INTERVAL);
+    let mut health = tokio::time::interval(HEALTH_INTERVAL);
+    let started = std::time::Instant::now();
+    let mut seq = 0u64;
     loop {
-        tokio::select! {
+        let advert = tokio::select! {
             _ = stopped(&mut stop) => return,
-            _ = tick.tick() => {}
-        }
+            _ = tick.tick() => true,
+            _ = health.tick() => false,
+        };
         if node.self_revoked.load(Ordering::SeqCst) {
+            continue;
+        }
+        if !advert {
+            seq += 1;
+            let report = ztmesh_gossip::kinds::Health {
+                seq,
+                uptime_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                links: u32::try_from(node.link_infos().len()).unwrap_or(u32::MAX),
+            };
+            let published = report.encode().map_err(|e| e.to_string()).and_then(|body| {
+                node.publish_own(MessageKind::Health, body, HEALTH_TTL)
+                    .map_err(|e| e.to_string())
+            });
+            if let Err(error) = published {
+                tracing::debug!(%error, "could not publish the health report");
+            }
             continue;
         }
         let published = PeerExchange {
