@@ -3,7 +3,7 @@
 //! the peer table, the bundle router), and a timer for anti-entropy.
 //!
 //! The core sits behind one mutex that is never held across an `.await`: every entry point
-//! takes the lock, feeds the core, drains its outputs into a [`Drained`] value, releases the
+//! takes the lock, feeds the core, drains its outputs into a `Drained` value, releases the
 //! lock, and only then acts on the outputs.
 
 use std::collections::{HashMap, HashSet};
@@ -42,7 +42,7 @@ struct CachedCertificate {
 
 /// Who may sign what, as this node sees it: the mesh CA signs revocation records; members
 /// (holders of a CA-issued, unrevoked node certificate carried in the message) sign the rest.
-pub(crate) struct NodeMembership {
+pub struct NodeMembership {
     trust: Arc<MeshTrust>,
     ca: IdentityPublicKey,
     ca_origin: NodeId,
@@ -51,7 +51,10 @@ pub(crate) struct NodeMembership {
 }
 
 impl NodeMembership {
-    pub(crate) fn new(trust: Arc<MeshTrust>) -> Result<Self, ztmesh_pki::PkiError> {
+    /// Membership as seen through `trust`: its CA signs revocation records, and holders of
+    /// certificates it issued sign the rest. Fails if the CA certificate is malformed or its key
+    /// is not Ed25519.
+    pub fn new(trust: Arc<MeshTrust>) -> Result<Self, ztmesh_pki::PkiError> {
         let ca = ztmesh_pki::ca_envelope_key(trust.ca_cert_der())?;
         Ok(NodeMembership {
             ca_origin: ca.node_id(),

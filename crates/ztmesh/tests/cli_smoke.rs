@@ -43,6 +43,78 @@ fn bench_handshake_prints_a_ratio_against_the_baseline() {
     assert!(out.contains("handshakes/s"));
 }
 
+/// The ratios (last word of each line containing `label`) that `out` prints, each finite and
+/// positive.
+fn ratios(out: &str, label: &str) -> Vec<f64> {
+    let ratios: Vec<f64> = out
+        .lines()
+        .filter(|l| l.contains(label))
+        .map(|l| l.split_whitespace().last().unwrap().parse().unwrap())
+        .collect();
+    assert!(!ratios.is_empty(), "no {label:?} line in:\n{out}");
+    for ratio in &ratios {
+        assert!(ratio.is_finite() && *ratio > 0.0, "{ratio} in:\n{out}");
+    }
+    ratios
+}
+
+#[test]
+fn bench_gossip_prints_a_ratio_against_raw_verification() {
+    let out = ztmesh_ok(&["bench", "gossip", "--messages", "50", "--rounds", "1"]);
+    ratios(&out, "ratio validated / raw");
+    assert!(out.contains("messages/s") && out.contains("verifications/s"));
+    assert!(out.contains("overhead 1 - ratio"), "{out}");
+}
+
+#[test]
+fn bench_dtn_prints_a_ratio_per_payload_size() {
+    let out = ztmesh_ok(&["bench", "dtn", "--bundles", "10"]);
+    assert_eq!(ratios(&out, "ratio router / baseline").len(), 2, "{out}");
+    assert!(out.contains("1 KiB") && out.contains("64 KiB"), "{out}");
+    assert!(out.contains("accepts/s") && out.contains("inserts/s"));
+}
+
+#[test]
+fn bench_mesh_reports_latencies_of_gossip_revocation_and_relayed_bundles() {
+    let out = ztmesh_ok(&[
+        "bench",
+        "mesh",
+        "--nodes",
+        "4",
+        "--messages",
+        "3",
+        "--revocations",
+        "1",
+        "--bundles",
+        "2",
+    ]);
+    for line in [
+        "baseline: publish → event on its own node (3)",
+        "publish → event on each other node (9)",
+        "revoke call → revocation event on each node (3)",
+        "revoke call → peer list shows the link closed (3)",
+        "baseline: direct send → destination's event (2)",
+        "destination restarted → event, via the relay (2)",
+    ] {
+        let found = out
+            .lines()
+            .find(|l| l.contains(line))
+            .unwrap_or_else(|| panic!("no {line:?} line in:\n{out}"));
+        assert!(found.contains(" ms   p99 "), "{found}");
+    }
+    for ratio in [
+        "ratio each-node p50 / baseline p50",
+        "ratio relayed p50 / direct p50",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(ratio))
+            .unwrap_or_else(|| panic!("no {ratio:?} line in:\n{out}"));
+        let value: f64 = line.split_whitespace().last().unwrap().parse().unwrap();
+        assert!(value.is_finite() && value > 0.0, "{line}");
+    }
+}
+
 #[test]
 fn cli_answers_bad_input_with_a_message_and_non_zero_exit() {
     let root = tempfile::tempdir().unwrap();
