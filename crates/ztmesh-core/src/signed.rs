@@ -345,6 +345,30 @@ impl Opened {
         &self.envelope.signature
     }
 
+    /// The Sig_structure (RFC 9052 §4.4) `["Signature1", protected, external_aad, payload]`,
+    /// serialized straight from the received protected-header bytes and payload: the same bytes
+    /// as `coset`'s `tbs_data`, without building an intermediate value tree (this runs once per
+    /// gossip message received, beside the signature check itself).
+    fn to_be_signed(&self) -> Result<Vec<u8>, SignedError> {
+        let protected = self
+            .envelope
+            .protected
+            .original_data
+            .as_deref()
+            .ok_or_else(|| SignedError::Malformed("protected header bytes were not kept".into()))?;
+        let payload = self.envelope.payload.as_deref().unwrap_or_default();
+        let structure = (
+            "Signature1",
+            serde_bytes::Bytes::new(protected),
+            serde_bytes::Bytes::new(self.label.as_bytes()),
+            serde_bytes::Bytes::new(payload),
+        );
+        let mut out = Vec::with_capacity(protected.len() + payload.len() + self.label.len() + 24);
+        ciborium::into_writer(&structure, &mut out)
+            .map_err(|e| SignedError::Encode(e.to_string()))?;
+        Ok(out)
+    }
+
     /// Verifies the signature under `key` and the label given to [`open`], over the Sig_structure
     /// rebuilt from the protected header bytes as received.
     pub fn verify(&self, key: &VerifyingKey) -> Result<(), SignedError> {
@@ -357,7 +381,7 @@ impl Opened {
         }
         let signature = Signature::from_slice(&self.envelope.signature)
             .map_err(|_| SignedError::BadSignature)?;
-        let tbs = self.envelope.tbs_data(self.label.as_bytes());
+        let tbs = self.to_be_signed()?;
         key.verify_strict(&tbs, &signature)
             .map_err(|_| SignedError::BadSignature)
     }
@@ -373,6 +397,20 @@ mod tests {
 
     fn key(seed: u8) -> SigningKey {
         SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn the_signed_bytes_equal_cosets_sig_structure() {
+        for payload in [&b""[..], b"x", &[7u8; 300], &[1u8; 70_000]] {
+            let bytes = signed(payload, Some(vec![0x30, 0x03, 1, 2, 3]));
+            let opened = open(&bytes, LABEL, usize::MAX).unwrap();
+            assert_eq!(
+                opened.to_be_signed().unwrap(),
+                opened.envelope.tbs_data(LABEL.as_bytes()),
+                "payload of {} bytes",
+                payload.len()
+            );
+        }
     }
 
     fn signed(payload: &[u8], certificate: Option<Vec<u8>>) -> Vec<u8> {

@@ -882,9 +882,7 @@ pub fn router(witness: Arc<Witness>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         // One semaphore shared by every route: the bound is on the whole witness.
-        .layer(GlobalConcurrencyLimitLayer::new(
-            MAX_CONCURRENT_REQUESTS + 10,
-        ))
+        .layer(GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS))
         .with_state(witness)
 }
 
@@ -1288,6 +1286,17 @@ mod tests {
         let mut witness = witness(&dir, &log);
         let inside = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        /// Opens the gate when dropped, also when an assertion fails: the runtime waits for
+        /// its blocking threads at shutdown, so a shut gate would hang the test.
+        struct OpenOnDrop(Arc<(Mutex<bool>, Condvar)>);
+        impl Drop for OpenOnDrop {
+            fn drop(&mut self) {
+                let (open, opened) = &*self.0;
+                *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                opened.notify_all();
+            }
+        }
+        let opener = OpenOnDrop(gate.clone());
         let (hook_inside, hook_gate) = (inside.clone(), gate.clone());
         witness.set_before_swap(Arc::new(move |_: &AcceptedCheckpoint| {
             hook_inside.fetch_add(1, Ordering::SeqCst);
@@ -1315,8 +1324,7 @@ mod tests {
         // The one over the bound waits outside; give it time to (wrongly) get in.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(inside.load(Ordering::SeqCst), MAX_CONCURRENT_REQUESTS);
-        *gate.0.lock().unwrap() = true;
-        gate.1.notify_all();
+        drop(opener);
         let mut statuses = Vec::new();
         for request in requests {
             statuses.push(request.await.unwrap().0);

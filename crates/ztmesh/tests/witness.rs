@@ -493,12 +493,14 @@ fn no_rollback_after_sigkill_and_restart() {
     witness.cosign(&log.body(10, 12), &log.note_at(12));
 }
 
-/// Two conflicting checkpoints for the same old head, sent at the same moment, again and
-/// again: forks of one head, and two honest sizes where committing the smaller one after the
-/// larger would roll the head back. Each time at most one is cosigned, the other learns the
-/// winner's size, and the head never goes back.
+/// Conflicting checkpoints for the same old head, sent at the same moment, round after round:
+/// forks of one head, and honest checkpoints of different sizes (where committing a smaller
+/// one after a larger one would roll the head back). Each round at most one is cosigned, every
+/// other request learns the winner's size, and the head never goes back.
 #[test]
 fn racing_conflicting_checkpoints_get_at_most_one_cosignature() {
+    const ROUNDS: u64 = 60;
+    const RACERS: u64 = 4;
     let root = tempdir();
     let mut log = TestLog::new(ORIGIN, 1);
     log.grow(1, "event");
@@ -506,29 +508,33 @@ fn racing_conflicting_checkpoints_get_at_most_one_cosignature() {
     witness.cosign(&log.body(0, 1), &log.note_at(1));
 
     let mut head = log;
-    for round in 0..24u64 {
+    for round in 0..ROUNDS {
         let size = head.tree.size();
-        let (a, b) = if round % 2 == 0 {
-            (
-                head.fork(size, &format!("a{round}"), 1),
-                head.fork(size, &format!("b{round}"), 1),
-            )
-        } else {
-            (head.fork(size, "next", 1), head.fork(size, "next", 3))
-        };
-        let bodies = [a.body(size, a.tree.size()), b.body(size, b.tree.size())];
-        let barrier = Barrier::new(2);
+        let candidates: Vec<TestLog> = (0..RACERS)
+            .map(|i| {
+                if round % 2 == 0 {
+                    head.fork(size, &format!("fork {round}.{i}"), 1)
+                } else {
+                    head.fork(size, "next", i + 1)
+                }
+            })
+            .collect();
+        let barrier = Barrier::new(candidates.len());
         let replies: Vec<Reply> = std::thread::scope(|scope| {
-            let handles: Vec<_> = bodies
+            let handles: Vec<_> = candidates
                 .iter()
-                .map(|body| {
+                .map(|candidate| {
                     let (barrier, witness) = (&barrier, &witness);
+                    let request = request_bytes(
+                        "POST",
+                        "/add-checkpoint",
+                        &candidate.body(size, candidate.tree.size()),
+                    );
                     scope.spawn(move || {
                         let mut stream = TcpStream::connect(&witness.addr).unwrap();
                         stream
                             .set_read_timeout(Some(Duration::from_secs(60)))
                             .unwrap();
-                        let request = request_bytes("POST", "/add-checkpoint", body);
                         barrier.wait();
                         stream.write_all(&request).unwrap();
                         let mut raw = Vec::new();
@@ -539,27 +545,32 @@ fn racing_conflicting_checkpoints_get_at_most_one_cosignature() {
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        let winners: Vec<usize> = (0..2).filter(|&i| replies[i].status == 200).collect();
+        let winners: Vec<usize> = (0..replies.len())
+            .filter(|&i| replies[i].status == 200)
+            .collect();
         assert!(
             winners.len() <= 1,
-            "round {round}: both cosigned: {replies:?}"
+            "round {round}: {} cosigned: {replies:?}",
+            winners.len()
         );
-        // Both were valid against the same head, so one of them must win.
+        // All were valid against the same head, so one of them must win.
         assert_eq!(winners.len(), 1, "round {round}: {replies:?}");
-        let (winner, loser) = if winners[0] == 0 { (a, 1) } else { (b, 0) };
-        witness.check_cosignature(
-            &replies[winners[0]].body,
-            &winner.note_at(winner.tree.size()),
-        );
-        assert_eq!(replies[loser].status, 409, "round {round}: {replies:?}");
-        assert_eq!(replies[loser].body, format!("{}\n", winner.tree.size()));
-        let known = witness.known_size(&winner);
-        assert_eq!(known, winner.tree.size(), "round {round}");
+        let winner = &candidates[winners[0]];
+        let winner_size = winner.tree.size();
+        witness.check_cosignature(&replies[winners[0]].body, &winner.note_at(winner_size));
+        for (i, reply) in replies.iter().enumerate() {
+            if i != winners[0] {
+                assert_eq!(reply.status, 409, "round {round}: {replies:?}");
+                assert_eq!(reply.body, format!("{winner_size}\n"), "round {round}");
+            }
+        }
+        let known = witness.known_size(winner);
+        assert_eq!(known, winner_size, "round {round}");
         assert!(
             known > size,
             "round {round}: the head went from {size} to {known}"
         );
-        head = winner;
+        head = candidates.into_iter().nth(winners[0]).unwrap();
     }
 }
 
@@ -678,4 +689,20 @@ fn plaintext_key_only_with_the_flag() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not encrypted"));
+    // With the flag it serves.
+    let mut proc = Proc::spawn(
+        "witness",
+        &[
+            "witness",
+            "serve",
+            "--data-dir",
+            data_dir,
+            "--insecure-plaintext-key",
+        ],
+        dir.join("serve.log"),
+    );
+    wait_until("the witness to listen", Duration::from_secs(30), || {
+        proc.assert_running();
+        dir.join("witness.addr").exists()
+    });
 }
