@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::VerifyingKey;
 use rand::SeedableRng;
-use sha2::{Digest, Sha256};
 use ztmesh_core::{NodeId, Timestamp};
 use ztmesh_gossip::kinds::{AnomalySignature, BundleReceipt, PeerExchange, RevocationRecord};
 use ztmesh_gossip::{
@@ -46,7 +45,9 @@ pub struct NodeMembership {
     trust: Arc<MeshTrust>,
     ca: IdentityPublicKey,
     ca_origin: NodeId,
-    certificates: HashMap<[u8; 32], CachedCertificate>,
+    /// Keyed by the certificate bytes themselves: a map lookup costs far less than hashing
+    /// every message's certificate with SHA-256, and equal bytes are the same certificate.
+    certificates: HashMap<Vec<u8>, CachedCertificate>,
     revoked: HashSet<NodeId>,
 }
 
@@ -94,8 +95,7 @@ impl Membership for NodeMembership {
             return Err(OriginRefusal::Revoked);
         }
         let certificate = certificate.ok_or(OriginRefusal::Unknown)?;
-        let hash: [u8; 32] = Sha256::digest(certificate).into();
-        let cached = match self.certificates.get(&hash) {
+        let cached = match self.certificates.get(certificate) {
             Some(cached) => cached.clone(),
             None => {
                 let parsed = self
@@ -112,7 +112,8 @@ impl Membership for NodeMembership {
                 if self.certificates.len() >= CERT_CACHE {
                     self.certificates.clear();
                 }
-                self.certificates.insert(hash, cached.clone());
+                self.certificates
+                    .insert(certificate.to_vec(), cached.clone());
                 cached
             }
         };

@@ -73,7 +73,11 @@ fn a_bundle_to_an_offline_node_waits_and_is_delivered_once_when_it_returns() {
     let file = root.path().join("report.bin");
     std::fs::write(&file, &data).unwrap();
     let out = send(&nodes[0], &nodes[2], &file, "10m");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(
         queued_count(&nodes[0]) >= 4,
@@ -116,7 +120,13 @@ fn a_bundle_to_an_offline_node_waits_and_is_delivered_once_when_it_returns() {
     // Bad input: a file that is not there, a destination that is not a NodeId.
     let missing = send(&nodes[0], &nodes[2], &root.path().join("nope"), "1m");
     assert!(!missing.status.success());
-    let bad = nodes[0].cli(&["bundle", "send", "--to", "not-a-node", file.to_str().unwrap()]);
+    let bad = nodes[0].cli(&[
+        "bundle",
+        "send",
+        "--to",
+        "not-a-node",
+        file.to_str().unwrap(),
+    ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("malformed_destination"));
 }
@@ -136,7 +146,11 @@ fn a_relay_delivers_a_bundle_after_the_sender_is_gone() {
     let file = root.path().join("note.bin");
     std::fs::write(&file, &data).unwrap();
     let out = send(&sender, &destination, &file, "10m");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     wait_until("the relay to take a copy", Duration::from_secs(30), || {
         queued_count(&relay) >= 1
@@ -150,15 +164,19 @@ fn a_relay_delivers_a_bundle_after_the_sender_is_gone() {
         || delivered(&destination).contains_key(&id),
     );
     assert_eq!(delivered(&destination)[&id], 1);
-    wait_until("the receipt to free the relay", Duration::from_secs(60), || {
-        queued_count(&relay) == 0
-    });
+    wait_until(
+        "the receipt to free the relay",
+        Duration::from_secs(60),
+        || queued_count(&relay) == 0,
+    );
     // The sender comes back with its own copy: the receipt (pulled by anti-entropy) frees it,
     // and the destination does not get it twice.
     sender.start();
-    wait_until("the sender to free its copy", Duration::from_secs(60), || {
-        queued_count(&sender) == 0
-    });
+    wait_until(
+        "the sender to free its copy",
+        Duration::from_secs(60),
+        || queued_count(&sender) == 0,
+    );
     assert_eq!(delivered(&destination)[&id], 1);
 }
 
@@ -237,7 +255,10 @@ fn sigkill_of_sender_and_relay_at_random_points_loses_and_duplicates_nothing() {
             for (file, data) in &files {
                 let out = send(&sender, &destination, file, "30m");
                 if out.status.success() {
-                    let id = String::from_utf8(out.stdout.clone()).unwrap().trim().to_owned();
+                    let id = String::from_utf8(out.stdout.clone())
+                        .unwrap()
+                        .trim()
+                        .to_owned();
                     accepted.insert(id, data.clone());
                 } else {
                     refused += 1;
