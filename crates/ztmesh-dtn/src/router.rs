@@ -342,8 +342,10 @@ impl<S: BundleStore> Router<S> {
             pieces.push((HeldBundle::new(&piece, bytes.len(), None, now), bytes));
         }
         self.check_room(pieces.len() as u64, bytes_total)?;
-        self.reserve_creation(creation)?;
-        self.store.insert_held(&pieces).map_err(DtnError::store)?;
+        self.store
+            .insert_local(creation, &pieces)
+            .map_err(DtnError::store)?;
+        self.last_creation = Some(creation);
         self.note_expiry(bundle.primary.expires_at());
         for (record, _) in pieces {
             self.held.insert(record.key, record);

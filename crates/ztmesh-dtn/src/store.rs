@@ -153,6 +153,18 @@ pub trait BundleStore {
     /// older value is ignored.
     fn reserve_creation(&mut self, creation: CreationTimestamp) -> Result<(), Self::Error>;
 
+    /// Reserves `creation` and stores the pieces of a bundle the local application just handed
+    /// over, all or none. The default makes two durable writes; a store that can do both in one
+    /// transaction (one fsync instead of two) should.
+    fn insert_local(
+        &mut self,
+        creation: CreationTimestamp,
+        pieces: &[(HeldBundle, Vec<u8>)],
+    ) -> Result<(), Self::Error> {
+        self.reserve_creation(creation)?;
+        self.insert_held(pieces)
+    }
+
     /// The newest creation timestamp reserved so far.
     fn last_creation(&self) -> Result<Option<CreationTimestamp>, Self::Error>;
 

@@ -232,45 +232,78 @@ fn tombstone(tx: &Transaction<'_>, id: &str, until: Timestamp) -> Result<(), Sto
     Ok(())
 }
 
+/// Stores held pieces (and the acks they arrived with) inside `tx`; pieces already held stay.
+fn insert_held(tx: &Transaction<'_>, pieces: &[(HeldBundle, Vec<u8>)]) -> Result<(), StoreError> {
+    let mut insert = tx.prepare(
+        "INSERT INTO dtn_held (bundle_id, frag_offset, source, destination, expires_at,
+                 is_fragment, total_adu_len, payload_len, received_from, received_at, size,
+                 bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (bundle_id, frag_offset) DO NOTHING",
+    )?;
+    let mut ack = tx.prepare(
+        "INSERT INTO dtn_held_acks (bundle_id, frag_offset, peer) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+    )?;
+    for (record, bytes) in pieces {
+        let (id, offset) = key_to_sql(&record.key)?;
+        let inserted = insert.execute(params![
+            id,
+            offset,
+            record.source.to_string(),
+            record.destination.to_string(),
+            timestamp_to_sql(record.expires_at, "held expires_at")?,
+            i64::from(record.is_fragment),
+            count_to_sql(record.total_adu_len, "total ADU length")?,
+            count_to_sql(record.payload_len, "payload length")?,
+            record.received_from.map(|peer| peer.to_string()),
+            timestamp_to_sql(record.received_at, "held received_at")?,
+            count_to_sql(bytes.len() as u64, "held size")?,
+            bytes,
+        ])?;
+        if inserted == 1 {
+            for peer in &record.acked_by {
+                ack.execute(params![id, offset, peer.to_string()])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records `creation` as the newest local creation timestamp inside `tx`, unless a newer one
+/// is already recorded.
+fn reserve_creation(tx: &Transaction<'_>, creation: CreationTimestamp) -> Result<(), StoreError> {
+    let time = count_to_sql(creation.dtn_time_ms, "creation time")?;
+    let seq = count_to_sql(creation.seq, "creation sequence number")?;
+    let last = read_last_creation(tx)?;
+    if last.is_some_and(|last| last >= creation) {
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO dtn_meta (key, value) VALUES ('creation_time', ?1), ('creation_seq', ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![time, seq],
+    )?;
+    Ok(())
+}
+
 impl BundleStore for SqliteBundleStore {
     type Error = StoreError;
 
     fn insert_held(&mut self, pieces: &[(HeldBundle, Vec<u8>)]) -> Result<(), StoreError> {
+        self.write(|tx| insert_held(tx, pieces))
+    }
+
+    fn insert_local(
+        &mut self,
+        creation: CreationTimestamp,
+        pieces: &[(HeldBundle, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        // One transaction, one fsync: the creation timestamp and the bundle become durable
+        // together (neither is of use without the other).
         self.write(|tx| {
-            let mut insert = tx.prepare(
-                "INSERT INTO dtn_held (bundle_id, frag_offset, source, destination, expires_at,
-                     is_fragment, total_adu_len, payload_len, received_from, received_at, size,
-                     bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                 ON CONFLICT (bundle_id, frag_offset) DO NOTHING",
-            )?;
-            let mut ack = tx.prepare(
-                "INSERT INTO dtn_held_acks (bundle_id, frag_offset, peer) VALUES (?1, ?2, ?3)
-                 ON CONFLICT DO NOTHING",
-            )?;
-            for (record, bytes) in pieces {
-                let (id, offset) = key_to_sql(&record.key)?;
-                let inserted = insert.execute(params![
-                    id,
-                    offset,
-                    record.source.to_string(),
-                    record.destination.to_string(),
-                    timestamp_to_sql(record.expires_at, "held expires_at")?,
-                    i64::from(record.is_fragment),
-                    count_to_sql(record.total_adu_len, "total ADU length")?,
-                    count_to_sql(record.payload_len, "payload length")?,
-                    record.received_from.map(|peer| peer.to_string()),
-                    timestamp_to_sql(record.received_at, "held received_at")?,
-                    count_to_sql(bytes.len() as u64, "held size")?,
-                    bytes,
-                ])?;
-                if inserted == 1 {
-                    for peer in &record.acked_by {
-                        ack.execute(params![id, offset, peer.to_string()])?;
-                    }
-                }
-            }
-            Ok(())
+            reserve_creation(tx, creation)?;
+            insert_held(tx, pieces)
         })
     }
 
@@ -433,20 +466,7 @@ impl BundleStore for SqliteBundleStore {
     }
 
     fn reserve_creation(&mut self, creation: CreationTimestamp) -> Result<(), StoreError> {
-        let time = count_to_sql(creation.dtn_time_ms, "creation time")?;
-        let seq = count_to_sql(creation.seq, "creation sequence number")?;
-        self.write(|tx| {
-            let last = read_last_creation(tx)?;
-            if last.is_some_and(|last| last >= creation) {
-                return Ok(());
-            }
-            tx.execute(
-                "INSERT INTO dtn_meta (key, value) VALUES ('creation_time', ?1), ('creation_seq', ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![time, seq],
-            )?;
-            Ok(())
-        })
+        self.write(|tx| reserve_creation(tx, creation))
     }
 
     fn last_creation(&self) -> Result<Option<CreationTimestamp>, StoreError> {
