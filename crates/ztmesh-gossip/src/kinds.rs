@@ -1,7 +1,8 @@
 //! The body schema of each [`MessageKind`]: what a gossip message may say, and nothing more.
 //!
 //! Every body is CBOR with a hard size cap checked before decoding, unknown fields refused and
-//! every string bounded and restricted to a character set. The anomaly schema in particular has
+//! every string bounded and restricted to a character set; the one exception is the checkpoint,
+//! whose body is a signed note carried byte for byte ([`CheckpointNote`]). The anomaly schema in particular has
 //! no place for free text beyond short tokens and a few short metadata values, so raw logs (and
 //! the personal data they tend to hold) cannot be gossiped mesh-wide, by design.
 //!
@@ -44,6 +45,10 @@ pub const MAX_HEALTH_BODY_LEN: usize = 64;
 pub const MAX_BUNDLE_RECEIPT_BODY_LEN: usize = 256;
 /// Longest bundle id in a receipt, in bytes.
 pub const MAX_BUNDLE_ID_LEN: usize = 128;
+/// Largest checkpoint body (a signed note), in bytes.
+pub const MAX_CHECKPOINT_BODY_LEN: usize = 16 * 1024;
+/// Most signature lines in a checkpoint note (the signed-note limit).
+pub const MAX_NOTE_SIGNATURES: usize = 100;
 
 /// Why a body does not fit its kind's schema.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -329,6 +334,104 @@ impl Schema for BundleReceipt {
 }
 body_codec!(BundleReceipt);
 
+/// What starts every signature line of a signed note: an em dash (U+2014) and a space.
+const NOTE_SIGNATURE_PREFIX: &str = "\u{2014} ";
+
+/// A membership-log checkpoint as a C2SP signed note: the checkpoint text, a blank line, then
+/// the log signature and witness cosignature lines.
+///
+/// Unlike the other kinds the body is not CBOR but the note itself, UTF-8, byte for byte as the
+/// log produced it: signatures cover exactly these bytes, so it is never re-encoded. The schema
+/// checks the signed-note grammar (no control characters but newlines, a non-empty signature
+/// block after the last blank line, at most 100 lines `— <key name> <base64 of 5 or more
+/// bytes>`), the same rules `ztmesh_tlog::Note::parse` applies. Whether the log and its
+/// witnesses really signed it is for the receiving node's log monitor to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointNote {
+    note: String,
+}
+
+impl CheckpointNote {
+    /// Wraps a note after checking it against the schema.
+    pub fn new(note: String) -> Result<Self, BodyError> {
+        if note.len() > MAX_CHECKPOINT_BODY_LEN {
+            return Err(BodyError::TooLarge {
+                len: note.len(),
+                max: MAX_CHECKPOINT_BODY_LEN,
+            });
+        }
+        check_signed_note(&note)?;
+        Ok(CheckpointNote { note })
+    }
+
+    /// The note text.
+    pub fn as_str(&self) -> &str {
+        &self.note
+    }
+
+    /// Gives the note text back.
+    pub fn into_string(self) -> String {
+        self.note
+    }
+
+    /// The body bytes: the note's UTF-8.
+    pub fn encode(&self) -> Result<Vec<u8>, BodyError> {
+        Ok(self.note.as_bytes().to_vec())
+    }
+
+    /// Decodes a body, checking the size cap before anything else and the schema after.
+    pub fn decode(bytes: &[u8]) -> Result<Self, BodyError> {
+        if bytes.len() > MAX_CHECKPOINT_BODY_LEN {
+            return Err(BodyError::TooLarge {
+                len: bytes.len(),
+                max: MAX_CHECKPOINT_BODY_LEN,
+            });
+        }
+        let note = std::str::from_utf8(bytes).map_err(|_| invalid("note", "not UTF-8"))?;
+        CheckpointNote::new(note.to_owned())
+    }
+}
+
+/// The C2SP signed-note grammar, as `ztmesh_tlog::Note::parse` checks it (a test holds the two
+/// to the same answers).
+fn check_signed_note(note: &str) -> Result<(), BodyError> {
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use base64::Engine as _;
+
+    if note.bytes().any(|b| b < 0x20 && b != b'\n') {
+        return Err(invalid("note", "control character other than newline"));
+    }
+    let Some(split) = note.rfind("\n\n") else {
+        return Err(invalid("note", "no blank line before the signatures"));
+    };
+    let block = &note[split + 2..];
+    if block.is_empty() {
+        return Err(invalid("note", "no signature lines"));
+    }
+    let Some(block) = block.strip_suffix('\n') else {
+        return Err(invalid("note", "does not end in a newline"));
+    };
+    for (index, line) in block.split('\n').enumerate() {
+        if index >= MAX_NOTE_SIGNATURES {
+            return Err(invalid("note", "more than 100 signature lines"));
+        }
+        let malformed = || invalid("note", "malformed signature line");
+        let rest = line
+            .strip_prefix(NOTE_SIGNATURE_PREFIX)
+            .ok_or_else(malformed)?;
+        let (name, signature) = rest.split_once(' ').ok_or_else(malformed)?;
+        if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '+') {
+            return Err(malformed());
+        }
+        // Four bytes of key ID and at least one of signature.
+        match BASE64.decode(signature) {
+            Ok(raw) if raw.len() >= 5 => {}
+            _ => return Err(malformed()),
+        }
+    }
+    Ok(())
+}
+
 /// A decoded body of any known kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -343,6 +446,8 @@ pub enum Body {
     Health(Health),
     /// [`MessageKind::BundleReceipt`].
     BundleReceipt(BundleReceipt),
+    /// [`MessageKind::Checkpoint`].
+    Checkpoint(CheckpointNote),
 }
 
 impl Body {
@@ -354,6 +459,7 @@ impl Body {
             MessageKind::PeerExchange => Body::PeerExchange(PeerExchange::decode(bytes)?),
             MessageKind::Health => Body::Health(Health::decode(bytes)?),
             MessageKind::BundleReceipt => Body::BundleReceipt(BundleReceipt::decode(bytes)?),
+            MessageKind::Checkpoint => Body::Checkpoint(CheckpointNote::decode(bytes)?),
         })
     }
 
@@ -365,6 +471,7 @@ impl Body {
             Body::PeerExchange(body) => body.encode(),
             Body::Health(body) => body.encode(),
             Body::BundleReceipt(body) => body.encode(),
+            Body::Checkpoint(body) => body.encode(),
         }
     }
 
@@ -376,6 +483,7 @@ impl Body {
             Body::PeerExchange(_) => MessageKind::PeerExchange,
             Body::Health(_) => MessageKind::Health,
             Body::BundleReceipt(_) => MessageKind::BundleReceipt,
+            Body::Checkpoint(_) => MessageKind::Checkpoint,
         }
     }
 }
@@ -575,6 +683,7 @@ mod tests {
             Body::BundleReceipt(BundleReceipt {
                 bundle_id: "dtn://abc/svc/1700000000000-1".into(),
             }),
+            Body::Checkpoint(CheckpointNote::new(checkpoint_note()).unwrap()),
         ];
         for body in bodies {
             let bytes = body.encode().unwrap();
@@ -630,16 +739,116 @@ mod tests {
         assert!(Body::decode(MessageKind::BundleReceipt, &bytes).is_err());
     }
 
+    /// A cosigned checkpoint as the CA's log would serve it.
+    fn checkpoint_note() -> String {
+        use ztmesh_tlog::{Checkpoint, CosignatureSigner, MerkleTree, Note, Signer};
+        let log = Signer::new(
+            "test.ztmesh/membership",
+            ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+        )
+        .unwrap();
+        let witness = CosignatureSigner::new(
+            "witness.test",
+            ed25519_dalek::SigningKey::from_bytes(&[2; 32]),
+        )
+        .unwrap();
+        let mut tree = MerkleTree::new();
+        tree.append(b"enroll");
+        let checkpoint = Checkpoint::new(log.name(), 1, tree.root()).unwrap();
+        let mut note = Note::sign(&checkpoint.to_string(), &[&log]).unwrap();
+        note.add_signature(witness.cosign(note.text(), 1_800_000_000).unwrap())
+            .unwrap();
+        note.to_string()
+    }
+
+    #[test]
+    fn a_checkpoint_body_is_the_note_byte_for_byte() {
+        let text = checkpoint_note();
+        let body = CheckpointNote::new(text.clone()).unwrap();
+        assert_eq!(body.encode().unwrap(), text.as_bytes());
+        let decoded = CheckpointNote::decode(text.as_bytes()).unwrap();
+        assert_eq!(decoded.as_str(), text);
+        assert_eq!(decoded.into_string(), text);
+        // It decodes as a checkpoint and as nothing else.
+        for kind in MessageKind::ALL {
+            assert_eq!(
+                Body::decode(kind, text.as_bytes()).is_ok(),
+                kind == MessageKind::Checkpoint,
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_body_must_be_a_signed_note() {
+        let text = checkpoint_note();
+        let (checkpoint, signatures) = text.split_once("\n\n").unwrap();
+        let line = signatures.lines().next().unwrap();
+        for bad in [
+            String::new(),
+            format!("{checkpoint}\n"),
+            format!("{checkpoint}\n\n"),
+            text.trim_end().to_owned(),
+            text.replacen("\n", "\r\n", 1),
+            format!("{checkpoint}\n\n{}\n", line.replacen('\u{2014}', "-", 1)),
+            format!("{checkpoint}\n\n\u{2014} na+me AAAAAAA=\n"),
+            format!("{checkpoint}\n\n\u{2014} name AAAAAA==\n"),
+            format!("{checkpoint}\n\n\u{2014} name not-base64\n"),
+            format!(
+                "{checkpoint}\n\n{}",
+                format!("{line}\n").repeat(MAX_NOTE_SIGNATURES + 1)
+            ),
+        ] {
+            assert!(
+                matches!(
+                    CheckpointNote::decode(bad.as_bytes()),
+                    Err(BodyError::Invalid { field: "note", .. })
+                ),
+                "{bad:?}"
+            );
+            assert!(CheckpointNote::new(bad).is_err());
+        }
+        assert_eq!(
+            CheckpointNote::decode(b"\xff\n\n"),
+            Err(invalid("note", "not UTF-8"))
+        );
+        let huge = format!("{}{text}", "x".repeat(MAX_CHECKPOINT_BODY_LEN));
+        assert_eq!(
+            CheckpointNote::decode(huge.as_bytes()),
+            Err(BodyError::TooLarge {
+                len: huge.len(),
+                max: MAX_CHECKPOINT_BODY_LEN
+            })
+        );
+        assert!(CheckpointNote::new(huge).is_err());
+    }
+
     proptest! {
+        /// The schema and the log crate's note parser agree on every input within the cap.
+        #[test]
+        fn the_checkpoint_schema_agrees_with_the_note_parser(
+            text in "[a-z0-9/ \n]{0,30}",
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    Just("\u{2014} name AAAAAAAA".to_owned()),
+                    Just("\u{2014} witness.test/a AAAAAAA=".to_owned()),
+                    "(\u{2014} |- |\u{2014}  )?[a-z.+\u{a0}]{0,6} ?[A-Za-z0-9+/=]{0,16}\n?",
+                ],
+                0..4,
+            ),
+            tail in "(\n|\n\n|\t)?",
+        ) {
+            let message = format!("{text}\n\n{}{tail}", lines.join("\n"));
+            prop_assert_eq!(
+                CheckpointNote::decode(message.as_bytes()).is_ok(),
+                ztmesh_tlog::Note::from_bytes(message.as_bytes()).is_ok(),
+                "{:?}", message
+            );
+        }
+
         #[test]
         fn garbage_bodies_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            for kind in [
-                MessageKind::Anomaly,
-                MessageKind::Revocation,
-                MessageKind::PeerExchange,
-                MessageKind::Health,
-                MessageKind::BundleReceipt,
-            ] {
+            for kind in MessageKind::ALL {
                 let _ = Body::decode(kind, &bytes);
             }
         }

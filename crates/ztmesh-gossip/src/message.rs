@@ -39,16 +39,20 @@ pub enum MessageKind {
     Health,
     /// [`crate::kinds::BundleReceipt`], signed by a bundle's destination.
     BundleReceipt,
+    /// [`crate::kinds::CheckpointNote`]: a membership-log checkpoint a member has accepted,
+    /// relayed so that every node compares the log views the CA showed to others.
+    Checkpoint,
 }
 
 impl MessageKind {
     /// Every kind, in wire-code order.
-    pub const ALL: [MessageKind; 5] = [
+    pub const ALL: [MessageKind; 6] = [
         MessageKind::Anomaly,
         MessageKind::Revocation,
         MessageKind::PeerExchange,
         MessageKind::Health,
         MessageKind::BundleReceipt,
+        MessageKind::Checkpoint,
     ];
 
     /// Stable one-byte code, for compact storage and metrics labels. Never renumbered.
@@ -59,6 +63,7 @@ impl MessageKind {
             MessageKind::PeerExchange => 3,
             MessageKind::Health => 4,
             MessageKind::BundleReceipt => 5,
+            MessageKind::Checkpoint => 6,
         }
     }
 
@@ -75,6 +80,7 @@ impl MessageKind {
             MessageKind::PeerExchange => "peer_exchange",
             MessageKind::Health => "health",
             MessageKind::BundleReceipt => "bundle_receipt",
+            MessageKind::Checkpoint => "checkpoint",
         }
     }
 
@@ -314,7 +320,13 @@ mod tests {
             (3, "peer_exchange"),
             (4, "health"),
             (5, "bundle_receipt"),
+            (6, "checkpoint"),
         ];
+        assert_eq!(
+            MessageKind::ALL.len(),
+            expected.len(),
+            "a kind is missing here"
+        );
         for (kind, (code, name)) in MessageKind::ALL.into_iter().zip(expected) {
             assert_eq!(kind.code(), code);
             assert_eq!(MessageKind::from_code(code), Some(kind));
@@ -330,7 +342,7 @@ mod tests {
             );
         }
         assert_eq!(MessageKind::from_code(0), None);
-        assert_eq!(MessageKind::from_code(6), None);
+        assert_eq!(MessageKind::from_code(7), None);
         assert_eq!(
             MessageKind::from_content_type("application/vnd.ztmesh.gossip.vote+cbor"),
             None

@@ -228,6 +228,37 @@ pub struct StatusResponse {
     /// Gossip counters since start.
     #[serde(default)]
     pub gossip: GossipCounters,
+    /// The node's watch of the CA's membership log.
+    #[serde(default)]
+    pub log: LogStatus,
+}
+
+/// What a node knows of the CA's membership log (from checkpoints it fetched or was gossiped).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogStatus {
+    /// Whether a log policy was pinned at enrollment (`log-policy.txt`); without one the log is
+    /// not watched and the other fields stay empty.
+    pub policy: bool,
+    /// Size of the accepted checkpoint.
+    pub size: Option<u64>,
+    /// Its root hash (base64).
+    pub root: Option<String>,
+    /// Policy names of the witnesses whose cosignatures made it acceptable.
+    #[serde(default)]
+    pub witnesses_met: Vec<String>,
+    /// Two valid checkpoints that cannot both be true were seen: the log (or its witnesses)
+    /// showed this node a different history than another. Stays set until the node restarts.
+    pub split_view: bool,
+    /// Split views detected since start.
+    pub split_view_alarms: u64,
+    /// Validly log-signed checkpoints refused for want of a witness quorum, since start.
+    pub quorum_not_met: u64,
+    /// Checkpoints the CA served that were older than the accepted one (rollback attempts),
+    /// since start. Older checkpoints relayed by gossip are late, not counted.
+    pub stale: u64,
+    /// While `split_view`: the two conflicting checkpoint notes, the one held first first.
+    #[serde(default)]
+    pub split_view_evidence: Vec<String>,
 }
 
 /// Gossip counters of a node (since it started).

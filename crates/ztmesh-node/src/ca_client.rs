@@ -1,5 +1,6 @@
-//! Client side of the CA API: enrollment (CA pinned by fingerprint), rotation, announcements,
-//! CRL fetches, and the admin calls behind `ztmesh token create` and `ztmesh revoke`.
+//! Client side of the CA API: enrollment (CA pinned by fingerprint, and the membership-log
+//! policy with it), rotation, announcements, CRL fetches, membership-log checkpoints and
+//! consistency proofs, and the admin calls behind `ztmesh token create` and `ztmesh revoke`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,9 @@ use crate::tls::CurrentCertificate;
 
 /// Timeout of one CA request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Largest consistency-proof answer read (a proof has at most 64 hashes of 44 characters).
+const MAX_PROOF_ANSWER: usize = 16 * 1024;
 
 /// Why a call to the CA failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +105,49 @@ pub async fn send(
     })
 }
 
+/// Reads an answer body of at most `max` bytes; a longer one is refused before it is all read.
+async fn read_limited(
+    mut response: reqwest::Response,
+    max: usize,
+    url: &str,
+) -> Result<Vec<u8>, ClientError> {
+    let too_large = || ClientError::Protocol(format!("{url}: answer larger than {max} bytes"));
+    if response
+        .content_length()
+        .is_some_and(|len| len > max as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| ClientError::Transport {
+        url: url.to_owned(),
+        message: chain(&e),
+    })? {
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `GET` a text answer of at most `max` bytes; `None` on 404.
+async fn get_text_or_none(
+    client: &reqwest::Client,
+    url: &str,
+    max: usize,
+) -> Result<Option<String>, ClientError> {
+    let response = match send(client.get(url), url).await {
+        Ok(response) => response,
+        Err(ClientError::Refused { status: 404, .. }) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let bytes = read_limited(response, max, url).await?;
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| ClientError::Protocol(format!("{url}: answer is not UTF-8")))
+}
+
 /// What `ztmesh enroll` did.
 #[derive(Debug, Clone)]
 pub struct EnrollOutcome {
@@ -156,6 +203,15 @@ pub async fn enroll(
         .trust_domain
         .parse()
         .map_err(|e| ClientError::Protocol(format!("trust domain: {e}")))?;
+    // The membership-log policy is pinned with the CA: read over the same pinned connection,
+    // before the token is spent, and refused whole unless it is a policy for this mesh's log.
+    // A CA without one (404) leaves the node without log watching.
+    let url = format!("{base}/v1/log/policy");
+    let log_policy = get_text_or_none(&client, &url, ztmesh_tlog::policy::MAX_POLICY_LEN).await?;
+    if let Some(text) = &log_policy {
+        crate::log_watch::parse_log_policy(text, &trust_domain)
+            .map_err(|e| ClientError::Protocol(format!("membership-log policy: {e}")))?;
+    }
 
     let identity = IdentityKey::generate(&mut rand::rngs::OsRng);
     let node_id = identity.public().node_id();
@@ -212,6 +268,9 @@ pub async fn enroll(
         path: dir.ca_cert(),
         source,
     })?;
+    if let Some(text) = &log_policy {
+        dir.write_log_policy(text)?;
+    }
     dir.install_certificate(&cert_der, &tls_key, &options.protection)?;
     let config = NodeConfig {
         node_id,
@@ -293,6 +352,49 @@ impl CaClient {
             .await
             .map_err(|e| ClientError::Protocol(chain(&e)))?;
         Ok(bytes.to_vec())
+    }
+
+    /// `GET /v1/log/checkpoint`: the membership log's latest checkpoint note with its
+    /// cosignatures; `None` before the log has one.
+    pub async fn log_checkpoint(&self) -> Result<Option<String>, ClientError> {
+        let url = format!("{}/v1/log/checkpoint", self.base);
+        get_text_or_none(
+            &self.client,
+            &url,
+            ztmesh_tlog::monitor::MAX_CHECKPOINT_NOTE_LEN,
+        )
+        .await
+    }
+
+    /// `GET /v1/log/proof/consistency?old=..&new=..`: the proof that the membership log of
+    /// `new` entries extends the one of `old`.
+    pub async fn log_consistency_proof(
+        &self,
+        old: u64,
+        new: u64,
+    ) -> Result<Vec<ztmesh_tlog::Hash>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct ProofAnswer {
+            proof: Vec<String>,
+        }
+        let url = format!("{}/v1/log/proof/consistency", self.base);
+        let response = send(
+            self.client.get(&url).query(&[("old", old), ("new", new)]),
+            &url,
+        )
+        .await?;
+        let bytes = read_limited(response, MAX_PROOF_ANSWER, &url).await?;
+        let answer: ProofAnswer = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Protocol(format!("{url}: {e}")))?;
+        // Hashes that do not even decode are a broken answer to retry, not a proof to judge.
+        answer
+            .proof
+            .iter()
+            .map(|hash| {
+                ztmesh_tlog::Hash::from_base64(hash)
+                    .map_err(|e| ClientError::Protocol(format!("{url}: {e}")))
+            })
+            .collect()
     }
 
     /// `POST /v1/tokens` with the admin credential.

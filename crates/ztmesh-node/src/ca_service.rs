@@ -1,10 +1,13 @@
 //! The CA's HTTPS API (`ztmesh ca serve`) and its data directory (`ztmesh ca init`).
 //!
 //! Routes: `GET /v1/ca`, `POST /v1/enroll`, `POST /v1/rotate` (mTLS), `GET /v1/crl`,
-//! `POST /v1/revoke` (admin), `POST /v1/tokens` (admin), `POST /v1/announce` (mTLS).
+//! `POST /v1/revoke` (admin), `POST /v1/tokens` (admin), `POST /v1/announce` (mTLS), and the
+//! public membership log: `GET /v1/log/key`, `/v1/log/checkpoint`, `/v1/log/entries`,
+//! `/v1/log/proof/inclusion`, `/v1/log/proof/consistency`, `/v1/log/policy`.
 //! Every state change that matters for security (token use, rotation, revocation) is one
-//! compare-and-swap transaction in the [`CaStore`]; a certificate is signed before the CAS and
-//! dropped unseen if the CAS fails, so a token can never yield two certificates.
+//! compare-and-swap transaction in the [`CaStore`], which appends the membership-log entry in
+//! the same transaction; a certificate is signed before the CAS and dropped unseen if the CAS
+//! fails, so a token can never yield two certificates.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +23,7 @@ use base64::Engine as _;
 use rand::RngCore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 use ztmesh_core::link::PeerAdvert;
 use ztmesh_core::{NodeId, Timestamp, TrustDomain};
 use ztmesh_pki::keyfile::{self, KdfParams, Protection};
@@ -27,10 +31,15 @@ use ztmesh_pki::{
     CertificateAuthority, EnrollmentToken, IdentityProofDomain, IdentityPublicKey,
     NodeCertificateRequest, RevocationReason, Serial, TlsKeyPair,
 };
+use ztmesh_tlog::Signer;
 
 use crate::api_error::{method_not_allowed, not_found, ApiError, ApiJson};
 use crate::api_types::*;
 use crate::https::ClientAddr;
+use crate::membership_log::{
+    self, HttpWitnessTransport, LogEntriesResponse, LogEntryItem, LogPolicy, LogPublisher,
+    MembershipLog, ProofResponse, DEFAULT_ENTRIES_PER_REQUEST,
+};
 use crate::rate_limit::RateLimiter;
 use crate::store::{
     CaStore, IssueKind, IssuedRecord, RedeemError, RevokeError, RevokeTarget, RotateError,
@@ -78,6 +87,16 @@ impl CaDir {
     /// Written by `ca serve` once listening: the bound address (`ca.addr`).
     pub fn addr_file(&self) -> PathBuf {
         self.0.join("ca.addr")
+    }
+    /// The membership log key (`log.key`): its signed-note private key text, sealed like
+    /// `ca.key`.
+    pub fn log_key(&self) -> PathBuf {
+        self.0.join("log.key")
+    }
+    /// The membership log's public key as a vkey (`log.vkey`), readable without the
+    /// passphrase, for witnesses and policies to trust.
+    pub fn log_vkey(&self) -> PathBuf {
+        self.0.join("log.vkey")
     }
 }
 
@@ -162,7 +181,8 @@ fn admin_hash(credential: &str) -> String {
 }
 
 /// Creates a CA in `dir`: Ed25519 root key (sealed with `protection`), self-signed certificate,
-/// admin credential, state database and an initial empty CRL.
+/// membership log key (sealed the same way), admin credential, state database and an initial
+/// empty CRL.
 pub fn init_ca(
     dir: &CaDir,
     trust_domain: TrustDomain,
@@ -170,7 +190,7 @@ pub fn init_ca(
     validity: Duration,
 ) -> Result<CaInitReport, CaError> {
     std::fs::create_dir_all(&dir.0).map_err(io_err(&dir.0))?;
-    if dir.ca_key().exists() || dir.ca_cert().exists() {
+    if dir.ca_key().exists() || dir.ca_cert().exists() || dir.log_key().exists() {
         return Err(CaError::AlreadyInitialized(dir.0.clone()));
     }
     let now = now();
@@ -184,6 +204,7 @@ pub fn init_ca(
     write_private_file(&dir.ca_key(), sealed.as_bytes()).map_err(io_err(&dir.ca_key()))?;
     std::fs::write(dir.ca_cert(), ztmesh_pki::cert_der_to_pem(ca.cert_der()))
         .map_err(io_err(&dir.ca_cert()))?;
+    create_log_key(dir, ca.trust_domain(), protection)?;
 
     let mut secret = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut secret);
@@ -217,6 +238,104 @@ pub fn load_ca(
     let cert_text = std::fs::read_to_string(dir.ca_cert()).map_err(io_err(&dir.ca_cert()))?;
     let cert = ztmesh_pki::cert_pem_to_der(&cert_text)?;
     Ok(CertificateAuthority::from_parts(&cert, &key)?)
+}
+
+/// Generates the membership log key (named after the log origin) and writes `log.key`
+/// (sealed with `protection`) and `log.vkey`.
+fn create_log_key(
+    dir: &CaDir,
+    trust_domain: &TrustDomain,
+    protection: &Protection<'_>,
+) -> Result<Signer, CaError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(seed.as_mut());
+    let signer = Signer::new(
+        &membership_log::log_origin(trust_domain),
+        ed25519_dalek::SigningKey::from_bytes(&seed),
+    )
+    .map_err(|e| CaError::Config(format!("membership log key name: {e}")))?;
+    let private = Zeroizing::new(signer.private_key());
+    let sealed = keyfile::seal(
+        private.as_bytes(),
+        protection,
+        KdfParams::DEFAULT,
+        &mut rand::rngs::OsRng,
+    )?;
+    write_private_file(&dir.log_key(), sealed.as_bytes()).map_err(io_err(&dir.log_key()))?;
+    write_private_file(&dir.log_vkey(), format!("{}\n", signer.vkey()).as_bytes())
+        .map_err(io_err(&dir.log_vkey()))?;
+    Ok(signer)
+}
+
+/// Opens the membership log key of `dir`, creating it when missing (a CA initialized before
+/// the log existed). Checks that it is named after the log origin of `trust_domain` and that
+/// `log.vkey` (rewritten when missing) is its public key.
+pub fn load_log_key(
+    dir: &CaDir,
+    trust_domain: &TrustDomain,
+    protection: &Protection<'_>,
+    allow_plaintext: bool,
+) -> Result<Signer, CaError> {
+    if !dir.log_key().exists() {
+        let signer = create_log_key(dir, trust_domain, protection)?;
+        tracing::info!(vkey = %signer.vkey(), "created the membership log key");
+        return Ok(signer);
+    }
+    let sealed = std::fs::read_to_string(dir.log_key()).map_err(io_err(&dir.log_key()))?;
+    let text = keyfile::open(&sealed, protection, allow_plaintext)?;
+    let bad_key = |why: String| CaError::Config(format!("{}: {why}", dir.log_key().display()));
+    let text = std::str::from_utf8(&text).map_err(|_| bad_key("not a signed-note key".into()))?;
+    let signer = Signer::from_private_key(text.trim()).map_err(|e| bad_key(e.to_string()))?;
+    let origin = membership_log::log_origin(trust_domain);
+    if signer.name() != origin {
+        return Err(bad_key(format!(
+            "the key is named {:?}, but this CA's log origin is {origin:?}",
+            signer.name()
+        )));
+    }
+    match std::fs::read_to_string(dir.log_vkey()) {
+        Ok(recorded) if recorded.trim() == signer.vkey() => {}
+        Ok(recorded) => {
+            return Err(CaError::Config(format!(
+                "{} records {:?}, but log.key gives {}",
+                dir.log_vkey().display(),
+                recorded.trim(),
+                signer.vkey()
+            )))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            write_private_file(&dir.log_vkey(), format!("{}\n", signer.vkey()).as_bytes())
+                .map_err(io_err(&dir.log_vkey()))?;
+        }
+        Err(error) => return Err(io_err(&dir.log_vkey())(error)),
+    }
+    Ok(signer)
+}
+
+/// The public membership log key recorded in `dir` (no passphrase needed).
+pub fn log_vkey(dir: &CaDir) -> Result<ztmesh_tlog::Verifier, CaError> {
+    let text = std::fs::read_to_string(dir.log_vkey()).map_err(io_err(&dir.log_vkey()))?;
+    ztmesh_tlog::Verifier::parse(text.trim())
+        .map_err(|e| CaError::Config(format!("{}: {e}", dir.log_vkey().display())))
+}
+
+/// The keys `ca serve` needs: the CA itself and the membership log key.
+pub struct CaKeys {
+    /// The certificate authority.
+    pub ca: CertificateAuthority,
+    /// The membership log key.
+    pub log: Signer,
+}
+
+/// Loads the CA key and certificate and the membership log key (created when missing).
+pub fn load_ca_keys(
+    dir: &CaDir,
+    protection: &Protection<'_>,
+    allow_plaintext: bool,
+) -> Result<CaKeys, CaError> {
+    let ca = load_ca(dir, protection, allow_plaintext)?;
+    let log = load_log_key(dir, ca.trust_domain(), protection, allow_plaintext)?;
+    Ok(CaKeys { ca, log })
 }
 
 fn sign_and_save_crl(
@@ -253,6 +372,10 @@ pub struct CaServeOptions {
     /// How many nodes receive a revocation directly; 0 = every known node. The signed record
     /// reaches the rest by gossip, and every node's periodic CRL fetch is the last resort.
     pub revocation_push: usize,
+    /// The tlog-policy file for the membership log: served to nodes (who pin it at
+    /// enrollment), and its witnesses with a URL are sent every checkpoint. Without one,
+    /// checkpoints are signed but nobody cosigns them.
+    pub log_policy: Option<PathBuf>,
 }
 
 impl Default for CaServeOptions {
@@ -265,6 +388,7 @@ impl Default for CaServeOptions {
             server_names: Vec::new(),
             public_url: None,
             revocation_push: 0,
+            log_policy: None,
         }
     }
 }
@@ -280,6 +404,12 @@ struct CaState {
     admin_hash: String,
     /// Serializes CRL signing so numbers and files advance together.
     crl_lock: tokio::sync::Mutex<()>,
+    /// The membership log: tree, newest checkpoint.
+    log: Arc<MembershipLog>,
+    /// The log key; only the publisher signs with it.
+    log_signer: Signer,
+    /// The tlog-policy given with `--log-policy`, if any.
+    log_policy: Option<Arc<LogPolicy>>,
 }
 
 /// A running CA service: bind with [`CaService::bind`], then [`CaService::run`].
@@ -294,10 +424,14 @@ impl CaService {
     /// issued by the CA at every start).
     pub async fn bind(
         dir: CaDir,
-        ca: CertificateAuthority,
+        keys: CaKeys,
         listen: SocketAddr,
         options: CaServeOptions,
     ) -> Result<Self, CaError> {
+        let CaKeys {
+            ca,
+            log: log_signer,
+        } = keys;
         if options.cert_lifetime < ztmesh_pki::MIN_CERT_LIFETIME {
             return Err(CaError::Config(format!(
                 "certificate lifetime must be at least {}s",
@@ -308,6 +442,20 @@ impl CaService {
         let admin_hash = store.meta("admin_credential_sha256")?.ok_or_else(|| {
             CaError::Config("state.db has no admin credential; re-run `ztmesh ca init`".into())
         })?;
+        if log_signer.name() != membership_log::log_origin(ca.trust_domain()) {
+            return Err(CaError::Config(format!(
+                "the membership log key is named {:?}, not after this CA's trust domain",
+                log_signer.name()
+            )));
+        }
+        let log_policy = match &options.log_policy {
+            Some(path) => Some(Arc::new(read_log_policy(path, &log_signer)?)),
+            None => None,
+        };
+        let log = Arc::new(
+            MembershipLog::open(store.clone(), &log_signer)
+                .map_err(|e| CaError::Config(format!("membership log: {e}")))?,
+        );
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(io_err(&dir.0))?;
@@ -359,6 +507,9 @@ impl CaService {
                 public_url,
                 admin_hash,
                 crl_lock: tokio::sync::Mutex::new(()),
+                log,
+                log_signer,
+                log_policy,
             }),
             listener,
             tls,
@@ -370,12 +521,49 @@ impl CaService {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes; also keeps the CRL fresh.
+    /// Serves until `shutdown` completes; also keeps the CRL fresh and publishes membership
+    /// checkpoints to the policy's witnesses.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let refresher = tokio::spawn(refresh_crl_forever(self.state.clone()));
+        let publisher = match self.log_publisher() {
+            Ok(publisher) => Some(tokio::spawn(publisher.run())),
+            Err(error) => {
+                tracing::error!(%error, "membership checkpoints will not be published");
+                None
+            }
+        };
         crate::https::serve(self.listener, self.tls, router(self.state), shutdown).await;
         refresher.abort();
+        if let Some(publisher) = publisher {
+            publisher.abort();
+        }
     }
+
+    fn log_publisher(&self) -> Result<LogPublisher<HttpWitnessTransport>, String> {
+        // An `https://` witness must present a certificate of this mesh (a witness running
+        // on a member); plain `http://` needs none, the cosignature authenticates the answer.
+        let tls = crate::tls::ca_client_config(self.state.ca.cert_der(), None)
+            .map_err(|e| e.to_string())?;
+        Ok(LogPublisher::new(
+            self.state.log.clone(),
+            self.state.log_signer.clone(),
+            self.state.log_policy.clone(),
+            Arc::new(HttpWitnessTransport::new(tls)?),
+        ))
+    }
+}
+
+/// Reads and checks the `--log-policy` file: a tlog-policy listing this CA's log key.
+fn read_log_policy(path: &Path, log_signer: &Signer) -> Result<LogPolicy, CaError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut text = String::new();
+    // One byte over the cap tells "too large" apart from "exactly at the cap".
+    file.take(ztmesh_tlog::policy::MAX_POLICY_LEN as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(io_err(path))?;
+    LogPolicy::parse(text, &log_signer.verifier())
+        .map_err(|e| CaError::Config(format!("--log-policy {}: {e}", path.display())))
 }
 
 fn router(state: Arc<CaState>) -> Router {
@@ -387,6 +575,12 @@ fn router(state: Arc<CaState>) -> Router {
         .route("/v1/revoke", post(revoke))
         .route("/v1/tokens", post(create_token))
         .route("/v1/announce", post(announce))
+        .route("/v1/log/key", get(log_key))
+        .route("/v1/log/checkpoint", get(log_checkpoint))
+        .route("/v1/log/entries", get(log_entries))
+        .route("/v1/log/proof/inclusion", get(log_inclusion_proof))
+        .route("/v1/log/proof/consistency", get(log_consistency_proof))
+        .route("/v1/log/policy", get(log_policy))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -1076,4 +1270,119 @@ async fn announce(
     .await?
     .map_err(ApiError::internal)?;
     Ok(Json(AnnounceResponse { peers }))
+}
+
+/// Content type of the log's text answers (key, checkpoint note, policy).
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+fn text_answer(text: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, TEXT_PLAIN),
+            // The newest checkpoint changes with every event: caches must ask again.
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+fn query<T>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    query
+        .map(|Query(query)| query)
+        .map_err(|e| ApiError::bad_request("malformed_query", e.body_text()))
+}
+
+async fn log_key(State(state): State<Arc<CaState>>) -> Response {
+    text_answer(state.log_signer.vkey())
+}
+
+async fn log_checkpoint(State(state): State<Arc<CaState>>) -> Result<Response, ApiError> {
+    let note = state.log.latest_note().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_checkpoint",
+            "no membership checkpoint has been signed yet",
+        )
+    })?;
+    Ok(text_answer(note.to_string()))
+}
+
+async fn log_policy(State(state): State<Arc<CaState>>) -> Result<Response, ApiError> {
+    let policy = state.log_policy.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_policy",
+            "this CA was started without a membership log policy (--log-policy)",
+        )
+    })?;
+    Ok(text_answer(policy.text().to_owned()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntriesQuery {
+    #[serde(default)]
+    start: u64,
+    #[serde(default = "default_entries_count")]
+    count: u64,
+}
+
+fn default_entries_count() -> u64 {
+    DEFAULT_ENTRIES_PER_REQUEST
+}
+
+async fn log_entries(
+    State(state): State<Arc<CaState>>,
+    request: Result<Query<EntriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<LogEntriesResponse>, ApiError> {
+    let EntriesQuery { start, count } = query(request)?;
+    let log = state.log.clone();
+    let entries = blocking(move || log.entries(start, count)).await??;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(Json(LogEntriesResponse {
+        entries: entries
+            .into_iter()
+            .map(|(index, leaf)| LogEntryItem {
+                index,
+                leaf: b64.encode(leaf),
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InclusionQuery {
+    index: u64,
+    size: u64,
+}
+
+async fn log_inclusion_proof(
+    State(state): State<Arc<CaState>>,
+    request: Result<Query<InclusionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ProofResponse>, ApiError> {
+    let InclusionQuery { index, size } = query(request)?;
+    let log = state.log.clone();
+    let proof = blocking(move || log.inclusion_proof(index, size)).await??;
+    Ok(Json(ProofResponse::new(&proof)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    old: u64,
+    new: u64,
+}
+
+async fn log_consistency_proof(
+    State(state): State<Arc<CaState>>,
+    request: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ProofResponse>, ApiError> {
+    let ConsistencyQuery { old, new } = query(request)?;
+    let log = state.log.clone();
+    let proof = blocking(move || log.consistency_proof(old, new)).await??;
+    Ok(Json(ProofResponse::new(&proof)))
 }

@@ -3,7 +3,8 @@
 //!
 //! Task layout (all bounded): one accept loop (a semaphore caps links), one dial loop driven by
 //! the sans-IO [`PeerTable`], one task per link, and one task each for rotation, CRL refresh,
-//! CA announcements and the API server. Shutdown is a watch channel every loop selects on.
+//! CA announcements, the membership-log watch and the API server. Shutdown is a watch channel
+//! every loop selects on.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use crate::ca_client::{CaClient, ClientError};
 use crate::dtn_driver::{Command as DtnCommand, DtnHandle};
 use crate::events::{EventHub, NodeEvent};
 use crate::gossip_driver::{consequence, gossip_config, Consequence, Drained, GossipDriver};
+use crate::log_watch::{LogWatch, LogWatchTask};
 use crate::node_dir::{BoundAddrs, NodeConfig, NodeDir, NodeDirError};
 use crate::peer_table::{preferred_link, DialTarget, Direction, PeerTable};
 use crate::store::NodeStore;
@@ -152,6 +154,8 @@ pub(crate) struct Node {
     pub(crate) dtn: DtnHandle,
     /// Events for local applications (`GET /v1/events`, `ztmesh watch`).
     pub(crate) events: EventHub,
+    /// The membership-log watch: gossiped checkpoints in, status out.
+    pub(crate) log_watch: LogWatch,
     /// SHA-256 of `api.token`, the bearer credential of local applications.
     pub(crate) api_token_hash: [u8; 32],
     passphrase: Option<Zeroizing<Vec<u8>>>,
@@ -300,6 +304,9 @@ impl Node {
                 }
                 Consequence::BundleReceipt { from, bundle_id } => {
                     self.dtn.send(DtnCommand::Receipt { from, bundle_id });
+                }
+                Consequence::Checkpoint(note) => {
+                    self.log_watch.handle_gossip(note);
                 }
                 Consequence::Nothing => {}
             }
@@ -457,12 +464,15 @@ pub async fn run(
     let api_token_hash: [u8; 32] = sha2::Sha256::digest(api_token.as_bytes()).into();
 
     let (dtn, dtn_commands, router) = crate::dtn_driver::prepare(config.node_id, &dir.state_db())?;
+    let (log_watch, log_watch_task) = crate::log_watch::prepare(&dir, &config.trust_domain)
+        .map_err(|e| NodeError::Inconsistent(e.to_string()))?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let node = Arc::new(Node {
         dtn,
         gossip,
         events: EventHub::default(),
+        log_watch,
         api_token_hash,
         node_id: config.node_id,
         link_slots: Arc::new(Semaphore::new(config.max_peers)),
@@ -510,6 +520,11 @@ pub async fn run(
     tasks.spawn(announce_loop(node.clone()));
     tasks.spawn(gossip_loop(node.clone()));
     tasks.spawn(advert_loop(node.clone()));
+    if let Some(task) = log_watch_task {
+        tasks.spawn(log_watch_loop(node.clone(), task));
+    } else {
+        tracing::info!("no log-policy.txt: the membership log is not watched");
+    }
     {
         let node = node.clone();
         let mut stop = node.shutdown.clone();
@@ -1130,6 +1145,73 @@ async fn advert_loop(node: Arc<Node>) {
         });
         if let Err(error) = published {
             tracing::debug!(%error, "could not publish the peer advertisement");
+        }
+    }
+}
+
+/// Watches the CA's membership log: fetches its checkpoint every few seconds and after a
+/// gossiped one (at most once a second), retries an awaited consistency proof, and gossips
+/// every checkpoint that moves the accepted head (and the head again while the log is quiet).
+async fn log_watch_loop(node: Arc<Node>, task: LogWatchTask) {
+    use crate::log_watch::{
+        Source, CHECKPOINT_REPUBLISH_INTERVAL, CHECKPOINT_TTL, LOG_WATCH_INTERVAL,
+        MIN_GOSSIP_FETCH_INTERVAL,
+    };
+    let LogWatchTask {
+        mut watcher,
+        mut received,
+    } = task;
+    let mut stop = node.shutdown.clone();
+    let mut tick = tokio::time::interval(LOG_WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_fetch: Option<std::time::Instant> = None;
+    let mut last_publish: Option<std::time::Instant> = None;
+    loop {
+        let gossiped = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tick.tick() => None,
+            Some(note) = received.recv() => Some(note),
+        };
+        let mut moved = Vec::new();
+        let fetch = match &gossiped {
+            Some(note) => {
+                moved.extend(
+                    watcher
+                        .feed(note, Source::Gossip, &node.ca, now().as_unix_secs())
+                        .await,
+                );
+                last_fetch.is_none_or(|at| at.elapsed() >= MIN_GOSSIP_FETCH_INTERVAL)
+            }
+            None => {
+                moved.extend(watcher.retry_pending(&node.ca).await);
+                true
+            }
+        };
+        if fetch {
+            last_fetch = Some(std::time::Instant::now());
+            moved.extend(watcher.poll_log(&node.ca, now().as_unix_secs()).await);
+        }
+        node.log_watch.set_status(watcher.status());
+        if node.self_revoked.load(Ordering::SeqCst) {
+            continue;
+        }
+        if moved.is_empty()
+            && last_publish.is_some_and(|at| at.elapsed() >= CHECKPOINT_REPUBLISH_INTERVAL)
+        {
+            moved.extend(watcher.current_note().map(str::to_owned));
+        }
+        for note in moved {
+            last_publish = Some(std::time::Instant::now());
+            let published = ztmesh_gossip::kinds::CheckpointNote::new(note)
+                .and_then(|note| note.encode())
+                .map_err(|e| e.to_string())
+                .and_then(|body| {
+                    node.publish_own(MessageKind::Checkpoint, body, CHECKPOINT_TTL)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(error) = published {
+                tracing::debug!(%error, "could not publish the accepted checkpoint");
+            }
         }
     }
 }

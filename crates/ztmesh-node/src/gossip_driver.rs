@@ -1,6 +1,6 @@
 //! Moves bytes between the sans-IO gossip core and the node: frames from links in, frames to
 //! links out, delivered messages to their consumers (local applications, the revocation set,
-//! the peer table, the bundle router), and a timer for anti-entropy.
+//! the peer table, the bundle router, the membership-log watch), and a timer for anti-entropy.
 //!
 //! The core sits behind one mutex that is never held across an `.await`: every entry point
 //! takes the lock, feeds the core, drains its outputs into a `Drained` value, releases the
@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use ed25519_dalek::VerifyingKey;
 use rand::SeedableRng;
 use ztmesh_core::{NodeId, Timestamp};
-use ztmesh_gossip::kinds::{AnomalySignature, BundleReceipt, PeerExchange, RevocationRecord};
+use ztmesh_gossip::kinds::{
+    AnomalySignature, BundleReceipt, CheckpointNote, PeerExchange, RevocationRecord,
+};
 use ztmesh_gossip::{
     Gossip, GossipConfig, GossipError, GossipEvent, Membership, MessageId, MessageKind,
     OriginRefusal, Transmit, VerifiedMessage,
@@ -40,7 +42,9 @@ struct CachedCertificate {
 }
 
 /// Who may sign what, as this node sees it: the mesh CA signs revocation records; members
-/// (holders of a CA-issued, unrevoked node certificate carried in the message) sign the rest.
+/// (holders of a CA-issued, unrevoked node certificate carried in the message) sign the rest,
+/// membership-log checkpoints included: any member may relay one, since what makes a checkpoint
+/// count is the log's and the witnesses' signatures inside it, not who relayed it.
 pub struct NodeMembership {
     trust: Arc<MeshTrust>,
     ca: IdentityPublicKey,
@@ -296,6 +300,7 @@ pub(crate) enum Consequence {
     Revocation(RevocationRecord),
     PeerAddress { node: NodeId, addr: String },
     BundleReceipt { from: NodeId, bundle_id: String },
+    Checkpoint(String),
     Nothing,
 }
 
@@ -319,6 +324,9 @@ pub(crate) fn consequence(message: &VerifiedMessage) -> Consequence {
                 from: message.origin,
                 bundle_id: r.bundle_id,
             })
+            .unwrap_or(Consequence::Nothing),
+        MessageKind::Checkpoint => CheckpointNote::decode(&message.body)
+            .map(|note| Consequence::Checkpoint(note.into_string()))
             .unwrap_or(Consequence::Nothing),
         _ => Consequence::Nothing,
     }

@@ -3,6 +3,7 @@
 //! - [`tls`]: rustls configurations and the mesh peer verifier;
 //! - [`https`]: axum over TLS 1.3;
 //! - [`ca_service`] / [`ca_client`]: the CA's HTTPS API and its clients;
+//! - [`membership_log`]: the CA's transparency log of membership events and its witnesses;
 //! - [`daemon`]: the node (`ztmesh run`), with [`peer_table`] as its sans-IO dialing core;
 //! - [`store`]: SQLite state of the CA and of nodes.
 //!
@@ -24,6 +25,8 @@ pub mod events;
 pub mod gossip_driver;
 pub mod https;
 pub mod local_api;
+mod log_watch;
+pub mod membership_log;
 mod node_api;
 pub mod node_client;
 pub mod node_dir;

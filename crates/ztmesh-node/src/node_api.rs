@@ -149,6 +149,7 @@ async fn status(
                 queue_dropped: stats.queue_dropped,
             }
         },
+        log: node.log_watch.status(),
     }))
 }
 

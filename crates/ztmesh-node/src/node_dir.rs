@@ -7,6 +7,7 @@
 //! | `node.key` | TLS key of the current certificate, sealed likewise |
 //! | `node.pem` | current node certificate (PEM) |
 //! | `ca.pem` | mesh CA certificate (PEM), pinned at enrollment |
+//! | `log-policy.txt` | membership-log tlog-policy, pinned at enrollment with the CA; absent = log not watched |
 //! | `state.db` | SQLite: peers, latest CRL, certificate history |
 //! | `node.addr.json` | written by `ztmesh run` once listening: bound addresses and pid |
 //!
@@ -167,6 +168,26 @@ impl NodeDir {
     /// `node.addr.json`.
     pub fn addr_file(&self) -> PathBuf {
         self.0.join("node.addr.json")
+    }
+    /// `log-policy.txt`.
+    pub fn log_policy(&self) -> PathBuf {
+        self.0.join("log-policy.txt")
+    }
+
+    /// Reads `log-policy.txt`; `None` when the node has none.
+    pub fn read_log_policy(&self) -> Result<Option<String>, NodeDirError> {
+        let path = self.log_policy();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(NodeDirError::Io { path, source }),
+        }
+    }
+
+    /// Writes `log-policy.txt`.
+    pub fn write_log_policy(&self, text: &str) -> Result<(), NodeDirError> {
+        let path = self.log_policy();
+        write_private_file(&path, text.as_bytes()).map_err(Self::io(&path))
     }
 
     fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeDirError + '_ {

@@ -1,7 +1,8 @@
 //! The ztmesh membership log, as values and decisions: RFC 6962 Merkle hashing and proofs
 //! ([`merkle`]), C2SP signed notes ([`note`]), tlog checkpoints ([`checkpoint`]), Ed25519
-//! cosignatures ([`cosignature`]), the tlog-witness `add-checkpoint` decision ([`witness`]) and the
-//! tlog-policy quorum rules ([`policy`]).
+//! cosignatures ([`cosignature`]), the tlog-witness `add-checkpoint` decision ([`witness`]), the
+//! tlog-policy quorum rules ([`policy`]) and a split-view-detecting checkpoint monitor
+//! ([`monitor`]).
 //!
 //! This crate never performs IO, reads a clock or draws ambient randomness. Callers pass the
 //! current time (as POSIX seconds) and an RNG where one is needed, and persist whatever a decision
@@ -9,8 +10,9 @@
 //!
 //! Errors are split by whose fault they are. Peer faults (bytes that arrived from elsewhere and
 //! are wrong) are [`ProofError`], [`NoteError`], [`CheckpointError`], [`CosignatureError`],
-//! [`WitnessError`] and [`PolicyError`]; local faults (the caller misused an API or configured a
-//! bad key) are [`TreeError`], [`SignError`], [`KeyError`] and [`PolicyParseError`].
+//! [`WitnessError`], [`PolicyError`] and [`MonitorError`]; local faults (the caller misused an
+//! API or configured a bad key) are [`TreeError`], [`SignError`], [`KeyError`],
+//! [`PolicyParseError`] and [`UnexpectedProof`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -18,6 +20,7 @@ pub mod checkpoint;
 pub mod cosignature;
 mod key;
 pub mod merkle;
+pub mod monitor;
 pub mod note;
 pub mod policy;
 pub mod witness;
@@ -26,6 +29,7 @@ pub use checkpoint::{Checkpoint, CheckpointError, TreeHead};
 pub use cosignature::{CosignatureError, CosignatureSigner, CosignatureVerifier};
 pub use key::{KeyError, SIGNATURE_TYPE_COSIGNATURE_V1, SIGNATURE_TYPE_ED25519};
 pub use merkle::{Hash, MerkleTree, ProofError, TreeError};
+pub use monitor::{CheckpointMonitor, MonitorError, MonitorStats, Observation, UnexpectedProof};
 pub use note::{Note, NoteError, NoteSignature, SignError, Signer, VerifiedNote, Verifier};
 pub use policy::{Policy, PolicyError, PolicyParseError};
 pub use witness::{

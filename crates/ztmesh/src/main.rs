@@ -14,6 +14,7 @@ mod bench;
 mod bench_core;
 mod bench_mesh;
 mod demo;
+mod log_cmd;
 mod witness_cmd;
 
 use std::net::SocketAddr;
@@ -73,6 +74,9 @@ enum Command {
     /// Transparency-log witness: cosign checkpoints of trusted logs (C2SP tlog-witness).
     #[command(subcommand)]
     Witness(witness_cmd::WitnessCommand),
+    /// The CA's membership log: key, checkpoint, entries, offline verification.
+    #[command(subcommand)]
+    Log(log_cmd::LogCommand),
     /// Start a CA and a few nodes on loopback and show enrollment, rotation and revocation.
     Demo(demo::DemoArgs),
     /// Benchmarks that print ratios against a baseline measured in the same run.
@@ -147,6 +151,10 @@ struct CaServeArgs {
     /// rest (0 = push to every known node).
     #[arg(long, default_value_t = 0)]
     revocation_push: usize,
+    /// tlog-policy of the membership log (log, witnesses with URLs, quorum): served to nodes
+    /// at GET /v1/log/policy; its witnesses are sent every checkpoint to cosign.
+    #[arg(long, value_name = "FILE")]
+    log_policy: Option<PathBuf>,
     #[command(flatten)]
     passphrase: PassphraseArgs,
 }
@@ -357,6 +365,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Anomalies(args) => app::anomalies(args).await,
         Command::Bundle(command) => app::bundle(command).await,
         Command::Witness(command) => witness_cmd::run(command).await,
+        Command::Log(command) => log_cmd::run(command).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(command) => bench::run(command).await,
     }
@@ -388,7 +397,7 @@ fn ca_init(args: CaInitArgs) -> Result<()> {
 async fn ca_serve(args: CaServeArgs) -> Result<()> {
     let dir = CaDir(args.data_dir.clone());
     let secret = passphrase(&args.passphrase)?;
-    let ca = ca_service::load_ca(
+    let ca = ca_service::load_ca_keys(
         &dir,
         &protection(&secret),
         args.passphrase.insecure_plaintext_key,
@@ -401,6 +410,7 @@ async fn ca_serve(args: CaServeArgs) -> Result<()> {
         server_names: args.server_names,
         public_url: args.public_url,
         revocation_push: args.revocation_push,
+        log_policy: args.log_policy,
     };
     let service = ca_service::CaService::bind(dir.clone(), ca, args.listen, options).await?;
     let addr = service.local_addr()?;
@@ -570,6 +580,33 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
     );
     if status.self_revoked {
         out!("REVOKED       this node's certificate is revoked");
+    }
+    let log = &status.log;
+    if !log.policy {
+        out!("log           not watched (no log policy was pinned at enrollment)");
+    } else {
+        match (log.size, &log.root) {
+            (Some(size), Some(root)) => out!(
+                "log           size {size}, root {root}, witnesses {}",
+                if log.witnesses_met.is_empty() {
+                    "-".to_owned()
+                } else {
+                    log.witnesses_met.join(", ")
+                }
+            ),
+            _ => out!("log           no checkpoint accepted yet"),
+        }
+        out!(
+            "log refusals  {} without quorum, {} stale",
+            log.quorum_not_met,
+            log.stale
+        );
+    }
+    if log.split_view {
+        out!(
+            "SPLIT VIEW    two valid membership-log checkpoints conflict ({} alarm(s)); see `status --json`",
+            log.split_view_alarms
+        );
     }
     out!(
         "peers         {} connected, {} known",

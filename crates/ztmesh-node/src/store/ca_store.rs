@@ -1,11 +1,14 @@
 //! The CA's database: enrollment tokens, every certificate it issued, revocations, the CRL
-//! number and the latest signed CRL, and the nodes it knows.
+//! number and the latest signed CRL, the nodes it knows, and the membership log (its entries,
+//! latest checkpoint and the size each witness last cosigned).
 //!
 //! The store decides nothing about cryptography; it guards the state transitions that must
 //! not race: a token is used at most once, a revoked node never gets another certificate, and
 //! the CRL number moves forward together with the revocations it covers. Each of those is one
 //! `BEGIN IMMEDIATE` transaction that re-checks its preconditions under the write lock, so the
-//! guarantees hold across threads, connections and processes sharing the file.
+//! guarantees hold across threads, connections and processes sharing the file. The same
+//! transaction appends the membership-log entry that records the change: a change is logged
+//! if and only if it is committed.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -13,6 +16,8 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use ztmesh_core::{NodeId, Timestamp};
 use ztmesh_pki::{RevocationReason, RevokedEntry, Serial, TokenHash};
+
+use crate::membership_log::{EntryKind, LogEntry};
 
 use super::{
     count_from_sql, count_to_sql, limit_to_sql, lock, node_id_from_sql, open_database,
@@ -24,7 +29,8 @@ use super::{
 const SCHEMA: Schema = Schema {
     // "ztCA"
     application_id: 0x7a74_4341,
-    migrations: &[r#"
+    migrations: &[
+        r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
@@ -85,7 +91,32 @@ CREATE TABLE crl (
        AND (this_update IS NULL) = (next_update IS NULL))
 ) STRICT;
 INSERT INTO crl (id, number) VALUES (1, 0);
-"#],
+"#,
+        // The membership log (see `crate::membership_log`). Entries are appended in the
+        // transaction of the state change they record, so the log can never miss or invent
+        // one; their index is dense from 0. The latest checkpoint note (log signature and
+        // the witness cosignatures gathered so far) and the size each witness last cosigned
+        // survive restarts.
+        r#"
+CREATE TABLE log_entries (
+    idx  INTEGER PRIMARY KEY NOT NULL CHECK (idx >= 0),
+    leaf BLOB NOT NULL
+) STRICT;
+
+-- Singleton: the newest signed checkpoint, as the note text served to everyone.
+CREATE TABLE log_checkpoint (
+    id   INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    size INTEGER NOT NULL CHECK (size >= 0),
+    note TEXT NOT NULL
+) STRICT;
+
+-- Keyed by the witness's vkey: the state belongs to the key, whatever name a policy gives it.
+CREATE TABLE log_witnesses (
+    vkey          TEXT PRIMARY KEY NOT NULL,
+    cosigned_size INTEGER NOT NULL CHECK (cosigned_size >= 0)
+) STRICT;
+"#,
+    ],
 };
 
 /// One certificate the CA issued.
@@ -393,6 +424,7 @@ impl CaStore {
             return Err(RedeemError::AlreadyUsed);
         }
         insert_certificate(&tx, record)?;
+        append_log_entry(&tx, &LogEntry::issued(EntryKind::Enroll, record))?;
         tx.commit().map_err(StoreError::from)?;
         tracing::info!(node = %record.node_id, serial = %record.serial, "token redeemed");
         Ok(())
@@ -430,6 +462,7 @@ impl CaStore {
         }
         upsert_issued_node(&tx, record)?;
         insert_certificate(&tx, record)?;
+        append_log_entry(&tx, &LogEntry::issued(EntryKind::Rotate, record))?;
         tx.commit().map_err(StoreError::from)?;
         tracing::info!(node = %record.node_id, serial = %record.serial, "rotation recorded");
         Ok(())
@@ -439,6 +472,11 @@ impl CaStore {
     /// rotate again) and all its certificates are revoked, expired or not. The CRL number is
     /// bumped by one, in the same transaction, when anything changed; revoking what is already
     /// revoked changes nothing.
+    ///
+    /// The membership log gets one entry per newly revoked certificate (kind `revoke_node` or
+    /// `revoke_certificate` after the target), so the log alone says which serials are
+    /// revoked; a node banned when all its certificates were already revoked gets one
+    /// `revoke_node` entry naming its newest certificate.
     pub fn revoke(
         &self,
         target: &RevokeTarget,
@@ -517,6 +555,28 @@ impl CaStore {
             }
         }
         changed |= !newly_revoked.is_empty();
+        let kind = match target {
+            RevokeTarget::Serial(_) => EntryKind::RevokeCertificate,
+            RevokeTarget::Node(_) => EntryKind::RevokeNode,
+        };
+        for serial in &newly_revoked {
+            let node_id = certificate_owner(&tx, serial)?;
+            append_log_entry(&tx, &LogEntry::revoked(kind, node_id, serial, now))?;
+        }
+        if let (Some(node_id), true) = (revoked_node, newly_revoked.is_empty()) {
+            let newest = newest_certificate(&tx, &node_id)?;
+            let serial = newest.map(|s| s.to_hex()).unwrap_or_default();
+            append_log_entry(
+                &tx,
+                &LogEntry {
+                    kind: EntryKind::RevokeNode,
+                    node_id,
+                    serial,
+                    not_after: None,
+                    at: now.as_unix_secs(),
+                },
+            )?;
+        }
         if changed {
             tx.execute("UPDATE crl SET number = number + 1 WHERE id = 1", [])
                 .map_err(StoreError::from)?;
@@ -684,6 +744,95 @@ impl CaStore {
     }
 }
 
+/// Most log entries [`CaStore::log_entries`] returns in one call.
+const MAX_LOG_ENTRIES_PER_READ: usize = 10_000;
+
+impl CaStore {
+    /// Number of entries in the membership log.
+    pub fn log_size(&self) -> Result<u64, StoreError> {
+        read_log_size(&lock(&self.connection))
+    }
+
+    /// Up to `count` (at most 10 000) log entries from index `start`, in
+    /// order, as `(index, leaf bytes)`.
+    pub fn log_entries(&self, start: u64, count: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let Ok(start) = i64::try_from(start) else {
+            return Ok(Vec::new());
+        };
+        let count = count.min(MAX_LOG_ENTRIES_PER_READ);
+        let conn = lock(&self.connection);
+        let mut statement = conn.prepare_cached(
+            "SELECT idx, leaf FROM log_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+        )?;
+        let mut rows = statement.query(params![start, limit_to_sql(count)])?;
+        let mut entries = Vec::new();
+        let mut expected = start;
+        while let Some(row) = rows.next()? {
+            let idx: i64 = row.get(0)?;
+            // Indexes are dense: a gap would shift every later leaf and break every proof.
+            if idx != expected {
+                return Err(StoreError::Corrupt(format!(
+                    "log index {idx} where {expected} was expected"
+                )));
+            }
+            expected += 1;
+            entries.push((count_from_sql(idx, "log index")?, row.get(1)?));
+        }
+        Ok(entries)
+    }
+
+    /// The newest saved checkpoint note: `(size, note text)`.
+    pub fn log_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let raw: Option<(i64, String)> = lock(&self.connection)
+            .query_row(
+                "SELECT size, note FROM log_checkpoint WHERE id = 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        raw.map(|(size, note)| Ok((count_from_sql(size, "checkpoint size")?, note)))
+            .transpose()
+    }
+
+    /// Saves a checkpoint note unless a larger checkpoint is saved already (a slow writer must
+    /// not replace a newer checkpoint with an older one). Same size replaces: that is how
+    /// cosignatures are added to the note. Returns whether the note was saved.
+    pub fn save_log_checkpoint(&self, size: u64, note: &str) -> Result<bool, StoreError> {
+        let size = count_to_sql(size, "checkpoint size")?;
+        let changed = lock(&self.connection).execute(
+            "INSERT INTO log_checkpoint (id, size, note) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET size = excluded.size, note = excluded.note
+             WHERE log_checkpoint.size <= excluded.size",
+            params![size, note],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// The tree size the witness with this vkey last cosigned for this log (0 if never).
+    pub fn witness_cosigned_size(&self, vkey: &str) -> Result<u64, StoreError> {
+        let size: Option<i64> = lock(&self.connection)
+            .query_row(
+                "SELECT cosigned_size FROM log_witnesses WHERE vkey = ?1",
+                [vkey],
+                |row| row.get(0),
+            )
+            .optional()?;
+        size.map_or(Ok(0), |size| count_from_sql(size, "witness cosigned size"))
+    }
+
+    /// Records the size a witness just cosigned. It is the witness's own state mirrored here
+    /// (the witness answers 409 with the truth when this is off), so it is set, not maxed.
+    pub fn set_witness_cosigned_size(&self, vkey: &str, size: u64) -> Result<(), StoreError> {
+        let size = count_to_sql(size, "witness cosigned size")?;
+        lock(&self.connection).execute(
+            "INSERT INTO log_witnesses (vkey, cosigned_size) VALUES (?1, ?2)
+             ON CONFLICT (vkey) DO UPDATE SET cosigned_size = excluded.cosigned_size",
+            params![vkey, size],
+        )?;
+        Ok(())
+    }
+}
+
 const CERTIFICATE_COLUMNS: &str = "serial, node_id, not_before, not_after, der, issued_at, kind";
 
 fn issued_from_row(row: &Row<'_>) -> Result<IssuedRecord, StoreError> {
@@ -725,6 +874,49 @@ fn insert_certificate(tx: &Transaction<'_>, record: &IssuedRecord) -> Result<(),
         ],
     )?;
     Ok(())
+}
+
+/// Appends one membership-log entry with the next index; only ever called inside the
+/// transaction of the change the entry records.
+fn append_log_entry(tx: &Transaction<'_>, entry: &LogEntry) -> Result<u64, StoreError> {
+    let idx: i64 = tx.query_row(
+        "INSERT INTO log_entries (idx, leaf)
+         SELECT coalesce(max(idx) + 1, 0), ?1 FROM log_entries
+         RETURNING idx",
+        [entry.to_leaf()],
+        |row| row.get(0),
+    )?;
+    count_from_sql(idx, "log index")
+}
+
+fn read_log_size(conn: &Connection) -> Result<u64, StoreError> {
+    // Indexes are dense from 0, so the size is one past the largest.
+    let next: i64 = conn.query_row(
+        "SELECT coalesce(max(idx) + 1, 0) FROM log_entries",
+        [],
+        |row| row.get(0),
+    )?;
+    count_from_sql(next, "log size")
+}
+
+fn certificate_owner(conn: &Connection, serial: &Serial) -> Result<NodeId, StoreError> {
+    let owner: String = conn.query_row(
+        "SELECT node_id FROM certificates WHERE serial = ?1",
+        [serial.as_bytes()],
+        |row| row.get(0),
+    )?;
+    node_id_from_sql(&owner)
+}
+
+fn newest_certificate(conn: &Connection, node_id: &NodeId) -> Result<Option<Serial>, StoreError> {
+    let serial: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT serial FROM certificates WHERE node_id = ?1 ORDER BY issued_at DESC, rowid DESC LIMIT 1",
+            [node_id.to_string()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(serial.map(|bytes| Serial::from_bytes(&bytes)))
 }
 
 fn node_revoked(conn: &Connection, node_id: &NodeId) -> Result<bool, StoreError> {
