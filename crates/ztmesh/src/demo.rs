@@ -37,6 +37,9 @@ pub struct DemoArgs {
     dir: Option<PathBuf>,
 }
 
+/// Witnesses of the membership log.
+const WITNESSES: usize = 3;
+
 /// Certificate lifetime used by the demo: the shortest allowed, so a rotation happens within it.
 const DEMO_CERT_LIFETIME: &str = "60s";
 
@@ -67,6 +70,25 @@ impl Demo {
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         self.children.push((name.to_owned(), child));
+        Ok(())
+    }
+
+    /// Runs a `ztmesh` command to completion; fails with its stderr.
+    async fn run_to_end(&self, args: &[&str]) -> Result<()> {
+        let exe = std::env::current_exe().context("locating the ztmesh binary")?;
+        let output = Command::new(exe)
+            .args(args)
+            .env("ZTMESH_PASSPHRASE", self.passphrase.as_str())
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        if !output.status.success() {
+            bail!(
+                "ztmesh {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
         Ok(())
     }
 
@@ -172,7 +194,63 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "CA created (Ed25519 root, trust domain demo.ztmesh.test, fingerprint {}…)",
         &report.fingerprint[..16]
     ));
+    // Three witnesses of the membership log; the CA needs two of them to cosign.
+    let log_vkey = std::fs::read_to_string(ca_dir.0.join("log.vkey"))?
+        .trim()
+        .to_owned();
+    let mut witnesses = Vec::new();
+    for i in 1..=WITNESSES {
+        let dir = root.join(format!("witness-{i}"));
+        let dir_text = dir.display().to_string();
+        let name = format!("witness-{i}");
+        demo.run_to_end(&["witness", "init", "--data-dir", &dir_text, "--name", &name])
+            .await?;
+        demo.run_to_end(&[
+            "witness",
+            "add-log",
+            "--data-dir",
+            &dir_text,
+            "--vkey",
+            &log_vkey,
+        ])
+        .await?;
+        demo.spawn(
+            &name,
+            &["witness", "serve", "--data-dir", &dir_text],
+            &dir.join("serve.log"),
+        )?;
+        let addr = wait_for(
+            &format!("{name} to listen"),
+            Duration::from_secs(30),
+            || async { std::fs::read_to_string(dir.join("witness.addr")).ok() },
+        )
+        .await?;
+        let vkey = std::fs::read_to_string(dir.join("witness.vkey"))?
+            .trim()
+            .to_owned();
+        witnesses.push((name, vkey, format!("http://{}", addr.trim())));
+    }
+    let mut policy_text = format!("log {log_vkey}\n");
+    for (name, vkey, url) in &witnesses {
+        policy_text.push_str(&format!("witness {name} {vkey} {url}\n"));
+    }
+    policy_text.push_str(&format!(
+        "group two-of-three 2 {}\nquorum two-of-three\n",
+        witnesses
+            .iter()
+            .map(|w| w.0.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    let policy_path = root.join("log-policy.txt");
+    std::fs::write(&policy_path, &policy_text)?;
+    let policy = ztmesh_tlog::Policy::parse(&policy_text).map_err(|e| anyhow!("{e}"))?;
+    demo.step(&format!(
+        "{WITNESSES} witnesses of the membership log started; quorum policy: 2 of 3"
+    ));
+
     let ca_dir_text = ca_dir.0.display().to_string();
+    let policy_text_arg = policy_path.display().to_string();
     demo.spawn(
         "ca",
         &[
@@ -187,6 +265,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             // One node hears of a revocation from the CA; gossip tells the others.
             "--revocation-push",
             "1",
+            "--log-policy",
+            &policy_text_arg,
         ],
         &ca_dir.0.join("serve.log"),
     )?;
@@ -320,6 +400,103 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     demo.step("full mesh: every node has an authenticated link to every other node");
+
+    // The membership log: every enrollment is an entry; witnesses cosign its checkpoints.
+    let ca_https =
+        ztmesh_node::ca_client::http_client(ztmesh_node::tls::ca_client_config(&ca_der, None)?)?;
+    let enrolled = n as u64;
+    let verified = wait_for(
+        "a checkpoint of the membership log cosigned by 2 of 3 witnesses",
+        Duration::from_secs(30),
+        || async {
+            let text = ca_https
+                .get(format!("{ca_url}/v1/log/checkpoint"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let note = ztmesh_tlog::Note::parse(&text).ok()?;
+            let verified = policy.verify_checkpoint(&note).ok()?;
+            (verified.checkpoint.size() >= enrolled).then_some((text, verified))
+        },
+    )
+    .await?;
+    let (checkpoint_text, verified) = verified;
+    let size = verified.checkpoint.size();
+    // An auditor's check: the entries hash to the cosigned root.
+    #[derive(serde::Deserialize)]
+    struct Entries {
+        entries: Vec<EntryLeaf>,
+    }
+    #[derive(serde::Deserialize)]
+    struct EntryLeaf {
+        leaf: String,
+    }
+    let entries: Entries = ca_https
+        .get(format!("{ca_url}/v1/log/entries?start=0&count={size}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let mut tree = ztmesh_tlog::MerkleTree::new();
+    for entry in &entries.entries {
+        tree.append(&base64::engine::general_purpose::STANDARD.decode(&entry.leaf)?);
+    }
+    if tree.size() != size || tree.root() != verified.checkpoint.root() {
+        bail!("the membership log entries do not hash to the cosigned checkpoint");
+    }
+    demo.step(&format!(
+        "membership log: {size} entries (enrollments); checkpoint cosigned by {} — policy met, entries hash to its root",
+        verified.cosigners.keys().cloned().collect::<Vec<_>>().join(", ")
+    ));
+    let _ = checkpoint_text;
+    // A witness refuses to cosign history rolled back to an earlier size, even signed by the
+    // log key itself.
+    let keys = ca_service::load_ca_keys(&ca_dir, &Protection::Passphrase(&pass_bytes), false)?;
+    let old_size = size - 1;
+    let rolled_back = ztmesh_tlog::Checkpoint::new(
+        verified.checkpoint.origin(),
+        old_size,
+        tree.root_at(old_size)?,
+    )?;
+    let rolled_back_note = ztmesh_tlog::Note::sign(&rolled_back.to_string(), &[&keys.log])?;
+    let request = ztmesh_tlog::AddCheckpointRequest::new(size, Vec::new(), rolled_back_note)?;
+    // Witnesses speak plain HTTP (requests and answers are signed); the client is the same.
+    let answer = ca_https
+        .post(format!("{}/add-checkpoint", witnesses[0].2))
+        .body(request.to_body())
+        .send()
+        .await?;
+    let status = answer.status();
+    let body = answer.text().await.unwrap_or_default();
+    if status.is_success() {
+        bail!("{} cosigned a rolled-back checkpoint", witnesses[0].0);
+    }
+    demo.step(&format!(
+        "{} refuses a checkpoint rolled back to size {old_size} (signed by the log key): HTTP {} {}",
+        witnesses[0].0,
+        status.as_u16(),
+        body.trim()
+    ));
+    wait_for(
+        "every node to accept the cosigned checkpoint",
+        Duration::from_secs(30),
+        || async {
+            for node in &nodes {
+                let status = node.status().await?;
+                if status.log.size? < size {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await?;
+    demo.step(&format!(
+        "all {n} nodes checked it against the policy pinned at enrollment and accepted size {size}"
+    ));
 
     // 5. Signed gossip: an anomaly signature published on one node reaches all.
     let apps: Vec<LocalApiClient> = nodes
@@ -578,6 +755,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     out!("  CA             {ca_url}");
     out!("  nodes          {n} enrolled, {} active, 1 revoked", n - 1);
     out!("  mesh           full mesh of mutual TLS 1.3 links formed");
+    out!("  log            membership log cosigned by 2 of 3 witnesses; a rollback refused");
     out!("  gossip         an anomaly signature reached every node");
     out!("  bundles        a bundle sent to an offline node was delivered when it returned");
     out!(
