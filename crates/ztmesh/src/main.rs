@@ -13,6 +13,7 @@ mod app;
 mod bench;
 mod bench_core;
 mod bench_mesh;
+mod bench_tlog;
 mod demo;
 mod log_cmd;
 mod witness_cmd;

@@ -75,6 +75,42 @@ fn bench_dtn_prints_a_ratio_per_payload_size() {
 }
 
 #[test]
+fn bench_tlog_prints_append_and_cosignature_ratios_and_a_met_quorum() {
+    let out = ztmesh_ok(&[
+        "bench",
+        "tlog",
+        "--seconds",
+        "1",
+        "--rounds",
+        "1",
+        "--checkpoints",
+        "10",
+        "--entries-per-checkpoint",
+        "3",
+    ]);
+    ratios(&out, "ratio checkpointed / baseline");
+    ratios(&out, "ratio cosign path / floor");
+    ratios(&out, "ratio cosign path / baseline");
+    assert!(
+        out.contains("appends/s") && out.contains("cosignatures/s"),
+        "{out}"
+    );
+    // One second of appends signs one checkpoint, and three witnesses on loopback cosign it.
+    let quorum = out
+        .lines()
+        .find(|l| l.contains("met the 2-of-3 quorum:"))
+        .unwrap_or_else(|| panic!("no quorum line in:\n{out}"));
+    let counts: Vec<u64> = quorum
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split(" of ")
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    assert_eq!(counts, [1, 1], "{quorum}");
+}
+
+#[test]
 fn bench_mesh_reports_latencies_of_gossip_revocation_and_relayed_bundles() {
     let out = ztmesh_ok(&[
         "bench",
