@@ -8,9 +8,6 @@
 //! the moment an event is parsed, so every latency is read off one monotonic clock. The bench
 //! must never leave a process behind: every child dies with the run, also on an error.
 
-#[path = "local_mesh.rs"]
-mod local_mesh;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +26,7 @@ use ztmesh_node::local_api::{PublishAnomalyRequest, SendBundleRequest};
 use ztmesh_node::node_client::LocalApiClient;
 use ztmesh_node::node_dir::BoundAddrs;
 
-use local_mesh::{connected_links, is_connected_to, EnrolledNode, LocalMesh, NodeClients};
+use crate::local_mesh::{connected_links, is_connected_to, EnrolledNode, LocalMesh, NodeClients};
 
 /// Options of `ztmesh bench mesh`.
 #[derive(Args, Debug)]
@@ -821,7 +818,7 @@ async fn bundle_phase(bench: &mut Bench, trio: [usize; 3], count: usize) -> Resu
     // would hand the bundles to a dead link instead of to the relay.
     bench.kill(destination).await;
     let destination_name = &names[2];
-    local_mesh::wait_for(
+    crate::local_mesh::wait_for(
         &format!("the sender to see {destination_name} gone"),
         SPREAD_TIMEOUT,
         || async {
@@ -842,7 +839,7 @@ async fn bundle_phase(bench: &mut Bench, trio: [usize; 3], count: usize) -> Resu
         );
     }
     let relay_app = bench.clients[relay].app.clone();
-    local_mesh::wait_for(
+    crate::local_mesh::wait_for(
         &format!("the relay {} to hold every bundle", names[1]),
         SPREAD_TIMEOUT,
         || async {

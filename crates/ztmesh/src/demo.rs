@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::local_mesh::wait_for;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use clap::Args;
@@ -111,23 +112,6 @@ impl Demo {
             }
         }
         Ok(())
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {}s waiting for {what}", timeout.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

@@ -15,6 +15,7 @@ mod bench_core;
 mod bench_mesh;
 mod bench_tlog;
 mod demo;
+mod local_mesh;
 mod log_cmd;
 mod witness_cmd;
 
