@@ -1,0 +1,1 @@
+//! `dcap` evidence.

@@ -1,0 +1,1 @@
+//! `tpm2` evidence.

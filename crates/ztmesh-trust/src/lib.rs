@@ -1,0 +1,3 @@
+//! ztmesh-trust.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
