@@ -243,6 +243,100 @@ pub(crate) fn check_report_data(
     Ok(())
 }
 
+/// Decodes exactly one CBOR item (the `dev` and `tpm2` evidence envelopes); trailing bytes are
+/// refused so one evidence has one meaning. The caller has checked the length already.
+pub(crate) fn decode_cbor_item(what: &str, bytes: &[u8]) -> Result<ciborium::Value, AttestError> {
+    let mut rest = bytes;
+    let value: ciborium::Value =
+        ciborium::de::from_reader(&mut rest).map_err(|error| match error {
+            ciborium::de::Error::Io(_) => {
+                AttestError::Truncated(format!("{what}: CBOR ends early"))
+            }
+            other => AttestError::Malformed(format!("{what}: not CBOR: {other}")),
+        })?;
+    if !rest.is_empty() {
+        return Err(AttestError::Malformed(format!(
+            "{what}: {} bytes after the CBOR item",
+            rest.len()
+        )));
+    }
+    Ok(value)
+}
+
+/// The fields of a CBOR map with text keys, taken one by one; [`CborFields::finish`] refuses
+/// keys nobody took, so an evidence cannot smuggle fields a verifier ignores.
+pub(crate) struct CborFields {
+    what: &'static str,
+    entries: Vec<(String, ciborium::Value)>,
+}
+
+impl CborFields {
+    /// Splits a CBOR map with unique text keys.
+    pub(crate) fn new(what: &'static str, value: ciborium::Value) -> Result<Self, AttestError> {
+        let ciborium::Value::Map(pairs) = value else {
+            return Err(AttestError::Malformed(format!("{what}: not a CBOR map")));
+        };
+        let mut entries: Vec<(String, ciborium::Value)> = Vec::with_capacity(pairs.len());
+        for (key, value) in pairs {
+            let ciborium::Value::Text(key) = key else {
+                return Err(AttestError::Malformed(format!("{what}: a key is not text")));
+            };
+            if entries.iter().any(|(seen, _)| *seen == key) {
+                return Err(AttestError::Malformed(format!(
+                    "{what}: duplicate key {key:?}"
+                )));
+            }
+            entries.push((key, value));
+        }
+        Ok(CborFields { what, entries })
+    }
+
+    /// Removes and answers a required field.
+    pub(crate) fn take(&mut self, name: &str) -> Result<ciborium::Value, AttestError> {
+        let position = self
+            .entries
+            .iter()
+            .position(|(key, _)| key == name)
+            .ok_or_else(|| AttestError::Malformed(format!("{}: missing {name:?}", self.what)))?;
+        Ok(self.entries.swap_remove(position).1)
+    }
+
+    /// A required byte-string field.
+    pub(crate) fn take_bytes(&mut self, name: &str) -> Result<Vec<u8>, AttestError> {
+        match self.take(name)? {
+            ciborium::Value::Bytes(bytes) => Ok(bytes),
+            _ => Err(AttestError::Malformed(format!(
+                "{}: {name:?} is not a byte string",
+                self.what
+            ))),
+        }
+    }
+
+    /// A required unsigned-integer field.
+    pub(crate) fn take_u64(&mut self, name: &str) -> Result<u64, AttestError> {
+        match self.take(name)? {
+            ciborium::Value::Integer(integer) => u64::try_from(integer).map_err(|_| {
+                AttestError::Malformed(format!("{}: {name:?} is not a u64", self.what))
+            }),
+            _ => Err(AttestError::Malformed(format!(
+                "{}: {name:?} is not an integer",
+                self.what
+            ))),
+        }
+    }
+
+    /// Refuses fields that were not taken.
+    pub(crate) fn finish(self) -> Result<(), AttestError> {
+        match self.entries.first() {
+            None => Ok(()),
+            Some((key, _)) => Err(AttestError::Malformed(format!(
+                "{}: unknown field {key:?}",
+                self.what
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
