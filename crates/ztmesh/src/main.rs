@@ -10,6 +10,7 @@ macro_rules! out {
 }
 
 mod app;
+mod attest_cmd;
 mod bench;
 mod bench_core;
 mod bench_mesh;
@@ -70,6 +71,9 @@ enum Command {
     Anomalies(app::AnomaliesArgs),
     /// Stream a running node's events: anomaly signatures, bundles, revocations.
     Watch(app::WatchArgs),
+    /// Attestation evidence: verify offline (tpm2, tdx, sgx, sev-snp, dev).
+    #[command(subcommand)]
+    Attest(attest_cmd::AttestCommand),
     /// Delay-tolerant bundles: send, list, get.
     #[command(subcommand)]
     Bundle(app::BundleCommand),
@@ -366,6 +370,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Watch(args) => app::watch(args).await,
         Command::Anomalies(args) => app::anomalies(args).await,
         Command::Bundle(command) => app::bundle(command).await,
+        Command::Attest(command) => attest_cmd::run(command).await,
         Command::Witness(command) => witness_cmd::run(command).await,
         Command::Log(command) => log_cmd::run(command).await,
         Command::Demo(args) => demo::run(args).await,

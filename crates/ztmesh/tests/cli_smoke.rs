@@ -210,3 +210,82 @@ fn cli_answers_bad_input_with_a_message_and_non_zero_exit() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("passphrase is required"));
     assert!(!dir.join("ca.key").exists());
 }
+
+/// `ztmesh attest verify` on the published samples: exit 0 only when the evidence verifies,
+/// the refusal reason printed otherwise.
+#[test]
+fn attest_verify_reports_verdicts_and_refusals_on_published_samples() {
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ztmesh-attest/tests/fixtures"
+    );
+    let quote = format!("{fixtures}/dcap/tdx_quote");
+    let collateral = format!("{fixtures}/dcap/tdx_quote_collateral.json");
+    let base = [
+        "attest",
+        "verify",
+        "--type",
+        "tdx",
+        "--evidence",
+        quote.as_str(),
+        "--collateral",
+        collateral.as_str(),
+    ];
+    let mut ok_args = base.to_vec();
+    ok_args.extend(["--at", "2025-07-01T00:00:00Z", "--json"]);
+    let verdict: serde_json::Value = serde_json::from_str(&ztmesh_ok(&ok_args)).unwrap();
+    assert_eq!(verdict["verified"], true);
+    assert_eq!(verdict["verdict"]["tcb_status"], "UpToDate");
+    assert_eq!(
+        verdict["verdict"]["measurements"]["mrtd"]
+            .as_str()
+            .unwrap()
+            .len(),
+        96
+    );
+
+    let mut wrong_nonce = base.to_vec();
+    wrong_nonce.extend(["--at", "2025-07-01T00:00:00Z", "--nonce", "00"]);
+    let out = ztmesh(&wrong_nonce);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong_nonce"));
+
+    // Today the sample's collateral has expired: refused, not trusted.
+    let out = ztmesh(&base);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad_chain"));
+
+    let report = format!("{fixtures}/sev/report_milan.hex");
+    let vcek = format!("{fixtures}/sev/vcek_milan.der");
+    ztmesh_ok(&[
+        "attest",
+        "verify",
+        "--type",
+        "sev-snp",
+        "--evidence",
+        &report,
+        "--collateral",
+        &vcek,
+        "--at",
+        "2025-07-01T00:00:00Z",
+    ]);
+    let out = ztmesh(&[
+        "attest",
+        "verify",
+        "--type",
+        "sev-snp",
+        "--evidence",
+        &report,
+    ]);
+    assert!(!out.status.success(), "sev-snp needs the VCEK");
+    let out = ztmesh(&[
+        "attest",
+        "verify",
+        "--type",
+        "quantum",
+        "--evidence",
+        &report,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown evidence type"));
+}

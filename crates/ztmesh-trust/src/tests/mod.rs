@@ -1,0 +1,5 @@
+mod gates;
+mod governance;
+mod model;
+mod tiers;
+mod util;
