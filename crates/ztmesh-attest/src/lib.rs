@@ -13,6 +13,7 @@
 pub mod dcap;
 pub mod dev;
 mod evidence;
+pub mod manifest;
 pub mod sev;
 pub mod tpm2;
 

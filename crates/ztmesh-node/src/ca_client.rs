@@ -1,6 +1,9 @@
 //! Client side of the CA API: enrollment (CA pinned by fingerprint, and the membership-log
 //! policy with it), rotation, announcements, CRL fetches, membership-log checkpoints and
 //! consistency proofs, and the admin calls behind `ztmesh token create` and `ztmesh revoke`.
+//!
+//! Enrollment can attach attestation evidence ([`EnrollAttestation`]); its report data must be
+//! [`enrollment_report_data`] over the token and the fresh TLS key of the CSR.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +13,7 @@ use ztmesh_pki::keyfile::Protection;
 use ztmesh_pki::{IdentityKey, IdentityProofDomain, TlsKeyPair};
 
 use crate::api_types::*;
+use crate::ca_service::{enrollment_report_data, AttestationPayload};
 use crate::node_dir::{NodeConfig, NodeDir, NodeDirError};
 use crate::tls::CurrentCertificate;
 
@@ -175,11 +179,85 @@ pub struct EnrollOptions<'a> {
     pub api_listen: std::net::SocketAddr,
 }
 
+/// Attestation evidence to attach to an enrollment.
+pub enum EnrollAttestation {
+    /// The simulated TEE, for demos: `dev` evidence signed with this dev TEE key over the
+    /// enrollment binding at the moment of the request. The CA accepts it only when its policy
+    /// trusts the matching public key.
+    Dev {
+        /// The dev TEE signing key.
+        tee_key: Box<ed25519_dalek::SigningKey>,
+        /// The measurement the simulated TEE reports (e.g. SHA-256 of the binary).
+        measurement: [u8; 32],
+    },
+    /// Evidence a real TEE produced through its driver. Its report data must already be
+    /// [`enrollment_report_data`] for the token and the CSR's TLS key, or the CA refuses it
+    /// (`wrong_nonce`).
+    Prepared {
+        /// What kind of evidence it is.
+        evidence_type: ztmesh_attest::EvidenceType,
+        /// The evidence and its collateral.
+        payload: AttestationPayload,
+    },
+}
+
+impl std::fmt::Debug for EnrollAttestation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the dev TEE key.
+        match self {
+            EnrollAttestation::Dev { .. } => f.write_str("EnrollAttestation::Dev"),
+            EnrollAttestation::Prepared { evidence_type, .. } => {
+                write!(f, "EnrollAttestation::Prepared({})", evidence_type.as_str())
+            }
+        }
+    }
+}
+
+impl EnrollAttestation {
+    /// The `attestation` field of the request, for `report_data`.
+    fn to_request(&self, report_data: &[u8; 64]) -> Attestation {
+        let (evidence_type, payload) = match self {
+            EnrollAttestation::Dev {
+                tee_key,
+                measurement,
+            } => (
+                ztmesh_attest::EvidenceType::Dev,
+                AttestationPayload {
+                    evidence: ztmesh_attest::dev::generate(
+                        tee_key,
+                        measurement,
+                        report_data,
+                        crate::timefmt::now().as_unix_secs(),
+                    ),
+                    collateral: None,
+                },
+            ),
+            EnrollAttestation::Prepared {
+                evidence_type,
+                payload,
+            } => (*evidence_type, payload.clone()),
+        };
+        Attestation {
+            kind: evidence_type.as_str().to_owned(),
+            payload: base64::engine::general_purpose::STANDARD.encode(payload.to_cbor()),
+        }
+    }
+}
+
 /// Enrolls a new node into `dir`: fresh identity and TLS keys, a CSR proven with the identity
 /// key, the CA pinned by fingerprint on first contact; writes the documented files.
 pub async fn enroll(
     dir: &NodeDir,
     options: EnrollOptions<'_>,
+) -> Result<EnrollOutcome, ClientError> {
+    enroll_attested(dir, options, None).await
+}
+
+/// [`enroll`], attaching `attestation` evidence bound to the token and the fresh TLS key.
+pub async fn enroll_attested(
+    dir: &NodeDir,
+    options: EnrollOptions<'_>,
+    attestation: Option<&EnrollAttestation>,
 ) -> Result<EnrollOutcome, ClientError> {
     if dir.config().exists() || dir.identity_key().exists() {
         return Err(NodeDirError::AlreadyEnrolled(dir.0.clone()).into());
@@ -219,6 +297,15 @@ pub async fn enroll(
     let csr = tls_key
         .csr_der(&node_id, &trust_domain)
         .map_err(NodeDirError::from)?;
+    let attestation = match attestation {
+        Some(attestation) => {
+            let token = ztmesh_pki::EnrollmentToken::parse(options.token)
+                .map_err(|e| ClientError::Protocol(format!("token: {e}")))?;
+            let report_data = enrollment_report_data(&token, &tls_key.public_key_spki_der());
+            Some(attestation.to_request(&report_data))
+        }
+        None => None,
+    };
     let b64 = base64::engine::general_purpose::STANDARD;
     let request = EnrollRequest {
         token: options.token.trim().to_owned(),
@@ -226,7 +313,7 @@ pub async fn enroll(
         identity_key: b64.encode(identity.public().to_spki_der()),
         identity_proof: b64.encode(identity.sign_proof(IdentityProofDomain::EnrollCsr, &csr)),
         node_id: Some(node_id.to_string()),
-        attestation: None,
+        attestation,
     };
     let url = format!("{base}/v1/enroll");
     let answer: EnrollResponse = send_json(client.post(&url).json(&request), &url).await?;

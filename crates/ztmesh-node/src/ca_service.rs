@@ -8,6 +8,14 @@
 //! compare-and-swap transaction in the [`CaStore`], which appends the membership-log entry in
 //! the same transaction; a certificate is signed before the CAS and dropped unseen if the CAS
 //! fails, so a token can never yield two certificates.
+//!
+//! Enrollment may carry attestation evidence (`tpm2`, `tdx`, `sgx`, `sev-snp`, `dev`). There is
+//! no live challenge at enrollment, so the evidence's report data must be
+//! [`enrollment_report_data`]: `report_data_binding(SHA-256(token), CSR's TLS
+//! SubjectPublicKeyInfo DER)`, which ties it to this one-time token and this TLS key. The
+//! [`EnrollAttestationPolicy`] decides whether evidence is required and which kinds can be
+//! verified; evidence is checked before the token is spent, so a refusal never burns a token,
+//! and evidence that does not verify is always refused, never ignored.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -376,6 +384,8 @@ pub struct CaServeOptions {
     /// enrollment), and its witnesses with a URL are sent every checkpoint. Without one,
     /// checkpoints are signed but nobody cosigns them.
     pub log_policy: Option<PathBuf>,
+    /// What enrollment demands of attestation evidence.
+    pub attestation: EnrollAttestationPolicy,
 }
 
 impl Default for CaServeOptions {
@@ -389,8 +399,217 @@ impl Default for CaServeOptions {
             public_url: None,
             revocation_push: 0,
             log_policy: None,
+            attestation: EnrollAttestationPolicy::default(),
         }
     }
+}
+
+/// The CA's attestation policy for `POST /v1/enroll`. The default requires nothing, still
+/// verifies whatever evidence arrives, and can verify only the evidence anchored in a vendor
+/// root (`tdx`, `sgx`, `sev-snp`).
+#[derive(Debug, Clone, Default)]
+pub struct EnrollAttestationPolicy {
+    /// Refuse enrollment without evidence (403 `attestation_required`).
+    pub required: bool,
+    /// The dev TEE public key whose simulated evidence is accepted. `None` refuses every `dev`
+    /// evidence (`dev_not_allowed`): a simulated TEE proves nothing about hardware, so
+    /// accepting it is an explicit, logged choice for demos.
+    pub dev_tee_key: Option<ed25519_dalek::VerifyingKey>,
+    /// TPM attestation keys this CA trusts. A TPM quote is only as good as the key that signs
+    /// it, and a key the node merely names could be any software key, so a quote by a key not
+    /// listed here is refused (`bad_chain`).
+    pub tpm2_attestation_keys: Vec<ztmesh_attest::tpm2::AttestationKey>,
+}
+
+/// How old `dev` evidence may be at enrollment (the other kinds carry no timestamp; their
+/// freshness comes from the one-time token in the report data).
+pub const ENROLL_EVIDENCE_MAX_AGE: Duration = Duration::from_secs(86_400);
+
+/// The report data enrollment evidence must carry:
+/// `report_data_binding(SHA-256(token text), TLS SubjectPublicKeyInfo DER of the CSR)`. The
+/// token makes it single-use, the key ties it to the certificate about to be issued.
+pub fn enrollment_report_data(token: &EnrollmentToken, csr_spki_der: &[u8]) -> [u8; 64] {
+    ztmesh_attest::report_data_binding(&token.hash().0, csr_spki_der)
+}
+
+/// The decoded `attestation.payload` of an enrollment request: base64 of the CBOR map
+/// `{"evidence": bstr, "collateral"?: bstr}`. Collateral is the DCAP collateral JSON (`tdx`,
+/// `sgx`), the VCEK certificate (`sev-snp`) or the attestation key PEM (`tpm2`); `dev` has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestationPayload {
+    /// The evidence bytes, as the TEE produced them.
+    pub evidence: Vec<u8>,
+    /// What the evidence is checked with, where its kind needs it.
+    pub collateral: Option<Vec<u8>>,
+}
+
+impl AttestationPayload {
+    /// The CBOR encoding (before base64).
+    pub fn to_cbor(&self) -> Vec<u8> {
+        use ciborium::Value;
+        let mut entries = vec![(
+            Value::Text("evidence".into()),
+            Value::Bytes(self.evidence.clone()),
+        )];
+        if let Some(collateral) = &self.collateral {
+            entries.push((
+                Value::Text("collateral".into()),
+                Value::Bytes(collateral.clone()),
+            ));
+        }
+        let mut out = Vec::new();
+        // Writing a `Value` into a Vec has no failure path (no IO error, no unsupported type).
+        #[allow(clippy::expect_used)]
+        ciborium::ser::into_writer(&Value::Map(entries), &mut out)
+            .expect("CBOR into a Vec cannot fail");
+        out
+    }
+
+    /// Parses the CBOR map: exactly one item, text keys, no duplicates, no unknown fields.
+    pub fn from_cbor(bytes: &[u8]) -> Result<Self, String> {
+        use ciborium::Value;
+        let mut rest = bytes;
+        let value: Value =
+            ciborium::de::from_reader(&mut rest).map_err(|e| format!("not CBOR: {e}"))?;
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after the CBOR item", rest.len()));
+        }
+        let Value::Map(pairs) = value else {
+            return Err("not a CBOR map".into());
+        };
+        let (mut evidence, mut collateral) = (None, None);
+        for (key, value) in pairs {
+            let slot = match key.as_text() {
+                Some("evidence") => &mut evidence,
+                Some("collateral") => &mut collateral,
+                Some(other) => return Err(format!("unknown field {other:?}")),
+                None => return Err("a key is not text".into()),
+            };
+            let Value::Bytes(bytes) = value else {
+                return Err("evidence and collateral must be byte strings".into());
+            };
+            if slot.replace(bytes).is_some() {
+                return Err("duplicate field".into());
+            }
+        }
+        Ok(AttestationPayload {
+            evidence: evidence.ok_or("missing \"evidence\"")?,
+            collateral,
+        })
+    }
+}
+
+/// Verifies enrollment evidence of `evidence_type` against `policy`, expecting `report_data`
+/// (see [`enrollment_report_data`]), at `now_unix_secs`. Pure: no IO, no clock.
+pub fn verify_enrollment_evidence(
+    policy: &EnrollAttestationPolicy,
+    evidence_type: ztmesh_attest::EvidenceType,
+    payload: &AttestationPayload,
+    report_data: &[u8; 64],
+    now_unix_secs: u64,
+) -> Result<ztmesh_attest::Verdict, ztmesh_attest::AttestError> {
+    use ztmesh_attest::{AttestError, EvidenceType, Expectations};
+    let mut expectations = Expectations {
+        report_data: Some(report_data.to_vec()),
+        ..Expectations::default()
+    };
+    let evidence = &payload.evidence;
+    let collateral = payload.collateral.as_deref();
+    match evidence_type {
+        EvidenceType::Dev => {
+            let Some(key) = &policy.dev_tee_key else {
+                return Err(AttestError::DevNotAllowed);
+            };
+            if collateral.is_some() {
+                return Err(AttestError::Malformed(
+                    "dev evidence takes no collateral".into(),
+                ));
+            }
+            expectations.allow_dev = true;
+            expectations.max_age = Some(ENROLL_EVIDENCE_MAX_AGE);
+            ztmesh_attest::dev::verify(evidence, key, &expectations, now_unix_secs)
+        }
+        EvidenceType::Tpm2 => {
+            let pem = collateral.ok_or(AttestError::MissingCollateral)?;
+            let pem = std::str::from_utf8(pem).map_err(|_| {
+                AttestError::Malformed("tpm2 collateral: the attestation key is not PEM".into())
+            })?;
+            let key = ztmesh_attest::tpm2::AttestationKey::from_pem(pem)
+                .map_err(|e| AttestError::Malformed(format!("tpm2 collateral: {e}")))?;
+            if !policy.tpm2_attestation_keys.contains(&key) {
+                return Err(AttestError::BadChain(
+                    "tpm2: the attestation key is not one this CA trusts".into(),
+                ));
+            }
+            ztmesh_attest::tpm2::verify(evidence, &key, &expectations)
+        }
+        EvidenceType::Tdx => {
+            ztmesh_attest::dcap::verify_tdx(evidence, collateral, &expectations, now_unix_secs)
+        }
+        EvidenceType::Sgx => {
+            ztmesh_attest::dcap::verify_sgx(evidence, collateral, &expectations, now_unix_secs)
+        }
+        EvidenceType::SevSnp => ztmesh_attest::sev::verify_snp(
+            evidence,
+            collateral.ok_or(AttestError::MissingCollateral)?,
+            &expectations,
+            now_unix_secs,
+        ),
+        other => Err(AttestError::Malformed(format!(
+            "evidence type {} is not supported at enrollment",
+            other.as_str()
+        ))),
+    }
+}
+
+/// Judges the `attestation` of an enrollment request: `Ok(None)` when there is none and the
+/// policy allows that, the verdict when it verifies, otherwise the API error (400 for an
+/// undecodable payload, 403 for a missing or refused evidence).
+fn check_enrollment_attestation(
+    policy: &EnrollAttestationPolicy,
+    attestation: Option<&Attestation>,
+    report_data: &[u8; 64],
+    now_unix_secs: u64,
+) -> Result<Option<ztmesh_attest::Verdict>, ApiError> {
+    let Some(attestation) = attestation else {
+        if policy.required {
+            return Err(ApiError::forbidden(
+                "attestation_required",
+                "this CA requires attestation evidence at enrollment",
+            ));
+        }
+        return Ok(None);
+    };
+    let evidence_type: ztmesh_attest::EvidenceType =
+        attestation
+            .kind
+            .parse()
+            .map_err(|e: ztmesh_attest::AttestError| {
+                ApiError::bad_request("malformed_attestation", format!("attestation.type: {e}"))
+            })?;
+    let cbor = decode_b64(
+        &attestation.payload,
+        "malformed_attestation",
+        "attestation.payload",
+    )?;
+    let payload = AttestationPayload::from_cbor(&cbor).map_err(|e| {
+        ApiError::bad_request(
+            "malformed_attestation",
+            format!("attestation.payload is not a CBOR {{evidence, collateral?}} map: {e}"),
+        )
+    })?;
+    verify_enrollment_evidence(policy, evidence_type, &payload, report_data, now_unix_secs)
+        .map(Some)
+        .map_err(|error| {
+            ApiError::forbidden(
+                "attestation_refused",
+                format!(
+                    "{} evidence refused ({}): {error}",
+                    evidence_type.as_str(),
+                    error.reason()
+                ),
+            )
+        })
 }
 
 struct CaState {
@@ -663,7 +882,7 @@ async fn enroll(
         )
     })?;
     let csr_der = decode_csr(&request.csr)?;
-    ztmesh_pki::csr_public_key(&csr_der)
+    let csr_spki = ztmesh_pki::csr_public_key(&csr_der)
         .map_err(|e| ApiError::bad_request("malformed_csr", e.to_string()))?;
     let identity_der = decode_b64(
         &request.identity_key,
@@ -697,17 +916,19 @@ async fn enroll(
             ));
         }
     }
-    if let Some(attestation) = &request.attestation {
-        // No evidence verifier is configured on this CA: refusing is the only honest answer,
-        // since accepting would let a node claim attested status that nobody checked.
-        return Err(ApiError::forbidden(
-            "attestation_unsupported",
-            format!(
-                "this CA has no verifier for attestation type {:?}",
-                attestation.kind
-            ),
-        ));
-    }
+    let report_data = enrollment_report_data(&token, &csr_spki);
+    let policy = state.options.attestation.clone();
+    let attestation = request.attestation.clone();
+    // Verifying DCAP and SEV chains is CPU work: off the async workers.
+    let verdict = blocking(move || {
+        check_enrollment_attestation(
+            &policy,
+            attestation.as_ref(),
+            &report_data,
+            now().as_unix_secs(),
+        )
+    })
+    .await??;
 
     let now = now();
     let serial = Serial::random(&mut rand::rngs::OsRng);
@@ -756,6 +977,9 @@ async fn enroll(
         other => ApiError::forbidden("policy_refused", other.to_string()),
     })?;
     tracing::info!(node = %node_id, serial = %issued.serial, "enrolled node");
+    if let Some(verdict) = &verdict {
+        log_attestation_verdict(&node_id, verdict);
+    }
     let store = state.store.clone();
     let known = blocking(move || store.known_nodes(8))
         .await?
@@ -782,6 +1006,35 @@ async fn enroll(
             config,
         }),
     ))
+}
+
+/// Records the verdict of an enrollment's evidence in the CA log: its kind, TCB status and
+/// measurements, so an operator can tell later what each node proved.
+fn log_attestation_verdict(node_id: &NodeId, verdict: &ztmesh_attest::Verdict) {
+    let measurements = verdict
+        .measurements
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let tcb_status = verdict.tcb_status.as_deref().unwrap_or("-");
+    if verdict.evidence_type.is_hardware() {
+        tracing::info!(
+            node = %node_id,
+            evidence = verdict.evidence_type.as_str(),
+            tcb_status,
+            advisories = %verdict.advisories.join(","),
+            %measurements,
+            "enrollment attestation verified"
+        );
+    } else {
+        tracing::warn!(
+            node = %node_id,
+            evidence = verdict.evidence_type.as_str(),
+            %measurements,
+            "enrolled with dev (simulated) attestation: it proves nothing about hardware"
+        );
+    }
 }
 
 /// Judges the client certificate of a request to an mTLS route: 401 when missing or invalid,
@@ -1385,4 +1638,107 @@ async fn log_consistency_proof(
     let log = state.log.clone();
     let proof = blocking(move || log.consistency_proof(old, new)).await??;
     Ok(Json(ProofResponse::new(&proof)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ztmesh_attest::{AttestError, EvidenceType};
+
+    const NOW: u64 = 1_750_000_000;
+
+    fn binding() -> [u8; 64] {
+        ztmesh_attest::report_data_binding(b"token hash", b"tls spki")
+    }
+
+    #[test]
+    fn attestation_payload_round_trips_and_refuses_anything_else() {
+        for collateral in [None, Some(b"vcek".to_vec())] {
+            let payload = AttestationPayload {
+                evidence: vec![1, 2, 3],
+                collateral,
+            };
+            assert_eq!(
+                AttestationPayload::from_cbor(&payload.to_cbor()),
+                Ok(payload)
+            );
+        }
+        let mut trailing = AttestationPayload {
+            evidence: vec![1],
+            collateral: None,
+        }
+        .to_cbor();
+        trailing.push(0);
+        for bad in [&b""[..], b"\x80", b"\xa0", b"\xa1\x61x\x40", &trailing] {
+            assert!(AttestationPayload::from_cbor(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dev_evidence_needs_the_dev_key_in_the_policy() {
+        let tee = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let payload = AttestationPayload {
+            evidence: ztmesh_attest::dev::generate(&tee, &[0; 32], &binding(), NOW),
+            collateral: None,
+        };
+        let refused = EnrollAttestationPolicy::default();
+        assert_eq!(
+            verify_enrollment_evidence(&refused, EvidenceType::Dev, &payload, &binding(), NOW),
+            Err(AttestError::DevNotAllowed)
+        );
+        let allowed = EnrollAttestationPolicy {
+            dev_tee_key: Some(tee.verifying_key()),
+            ..EnrollAttestationPolicy::default()
+        };
+        assert!(
+            verify_enrollment_evidence(&allowed, EvidenceType::Dev, &payload, &binding(), NOW)
+                .is_ok()
+        );
+        let stale = NOW + ENROLL_EVIDENCE_MAX_AGE.as_secs() + 1;
+        assert_eq!(
+            verify_enrollment_evidence(&allowed, EvidenceType::Dev, &payload, &binding(), stale)
+                .unwrap_err()
+                .reason(),
+            "stale"
+        );
+    }
+
+    #[test]
+    fn hardware_evidence_without_its_collateral_or_trusted_key_is_refused() {
+        let policy = EnrollAttestationPolicy::default();
+        let bare = AttestationPayload {
+            evidence: vec![0; 16],
+            collateral: None,
+        };
+        for kind in [EvidenceType::SevSnp, EvidenceType::Tpm2] {
+            assert_eq!(
+                verify_enrollment_evidence(&policy, kind, &bare, &binding(), NOW),
+                Err(AttestError::MissingCollateral),
+                "{kind:?}"
+            );
+        }
+        // A well-formed key the CA was never given.
+        let untrusted = p256_pem();
+        let with_key = AttestationPayload {
+            evidence: vec![0; 16],
+            collateral: Some(untrusted.into_bytes()),
+        };
+        assert_eq!(
+            verify_enrollment_evidence(&policy, EvidenceType::Tpm2, &with_key, &binding(), NOW)
+                .unwrap_err()
+                .reason(),
+            "bad_chain"
+        );
+    }
+
+    /// A P-256 public key PEM (the generator point as the key: valid, owned by nobody here).
+    fn p256_pem() -> String {
+        let spki = hex::decode(concat!(
+            "3059301306072a8648ce3d020106082a8648ce3d030107034200",
+            "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296",
+            "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5"
+        ))
+        .unwrap();
+        pem::encode(&pem::Pem::new("PUBLIC KEY", spki))
+    }
 }

@@ -18,6 +18,7 @@ mod bench_tlog;
 mod demo;
 mod local_mesh;
 mod log_cmd;
+mod manifest_cmd;
 mod witness_cmd;
 
 use std::net::SocketAddr;
@@ -83,6 +84,9 @@ enum Command {
     /// The CA's membership log: key, checkpoint, entries, offline verification.
     #[command(subcommand)]
     Log(log_cmd::LogCommand),
+    /// Signed release manifests: release key, sign, verify, this executable's hash.
+    #[command(subcommand)]
+    Manifest(manifest_cmd::ManifestCommand),
     /// Start a CA and a few nodes on loopback and show enrollment, rotation and revocation.
     Demo(demo::DemoArgs),
     /// Benchmarks that print ratios against a baseline measured in the same run.
@@ -161,6 +165,21 @@ struct CaServeArgs {
     /// at GET /v1/log/policy; its witnesses are sent every checkpoint to cosign.
     #[arg(long, value_name = "FILE")]
     log_policy: Option<PathBuf>,
+    /// Refuse enrollment without attestation evidence (403 attestation_required). Without it,
+    /// evidence is optional, but evidence that is sent must still verify.
+    #[arg(long)]
+    require_attestation: bool,
+    /// Accept dev (simulated TEE) evidence signed by --dev-tee-key. For demos only: it proves
+    /// nothing about hardware, and every dev enrollment is logged as a warning.
+    #[arg(long, requires = "dev_tee_key")]
+    allow_dev_attestation: bool,
+    /// The dev TEE public key (Ed25519, 32 bytes hex) trusted with --allow-dev-attestation.
+    #[arg(long, value_name = "HEX", requires = "allow_dev_attestation")]
+    dev_tee_key: Option<String>,
+    /// A TPM attestation key (PEM public key) whose quotes this CA accepts (repeatable);
+    /// tpm2 evidence signed by any other key is refused.
+    #[arg(long = "tpm2-attestation-key", value_name = "FILE")]
+    tpm2_attestation_keys: Vec<PathBuf>,
     #[command(flatten)]
     passphrase: PassphraseArgs,
 }
@@ -229,6 +248,22 @@ struct EnrollArgs {
     /// API listener address written to node.toml.
     #[arg(long, default_value = "127.0.0.1:0")]
     api_listen: SocketAddr,
+    /// Attach attestation evidence: dev (needs --dev-tee-key-file), or tpm2, tdx, sgx, sev-snp
+    /// (needs --attestation-evidence). Its report data must be report_data_binding(SHA-256(token),
+    /// the CSR's TLS SubjectPublicKeyInfo DER); dev evidence is generated with that binding.
+    #[arg(long, value_name = "TYPE")]
+    attestation_type: Option<String>,
+    /// The simulated TEE's signing key (Ed25519 seed, 32 bytes hex) for --attestation-type dev.
+    #[arg(long, value_name = "FILE", requires = "attestation_type")]
+    dev_tee_key_file: Option<PathBuf>,
+    /// Evidence produced by a real TEE (binary). It must already carry the enrollment binding
+    /// over the TLS key this command generates, so it only verifies if produced for that key.
+    #[arg(long, value_name = "FILE", requires = "attestation_type")]
+    attestation_evidence: Option<PathBuf>,
+    /// Collateral of the evidence: DCAP collateral JSON (tdx, sgx), VCEK certificate
+    /// (sev-snp) or attestation key PEM (tpm2).
+    #[arg(long, value_name = "FILE", requires = "attestation_evidence")]
+    attestation_collateral: Option<PathBuf>,
     #[command(flatten)]
     passphrase: PassphraseArgs,
 }
@@ -373,6 +408,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Attest(command) => attest_cmd::run(command).await,
         Command::Witness(command) => witness_cmd::run(command).await,
         Command::Log(command) => log_cmd::run(command).await,
+        Command::Manifest(command) => manifest_cmd::run(command).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(command) => bench::run(command).await,
     }
@@ -418,6 +454,11 @@ async fn ca_serve(args: CaServeArgs) -> Result<()> {
         public_url: args.public_url,
         revocation_push: args.revocation_push,
         log_policy: args.log_policy,
+        attestation: attestation_policy(
+            args.require_attestation,
+            args.dev_tee_key.as_deref(),
+            &args.tpm2_attestation_keys,
+        )?,
     };
     let service = ca_service::CaService::bind(dir.clone(), ca, args.listen, options).await?;
     let addr = service.local_addr()?;
@@ -504,7 +545,8 @@ async fn revoke(args: RevokeArgs) -> Result<()> {
 
 async fn enroll(args: EnrollArgs) -> Result<()> {
     let secret = passphrase(&args.passphrase)?;
-    let outcome = ca_client::enroll(
+    let attestation = enroll_attestation(&args)?;
+    let outcome = ca_client::enroll_attested(
         &NodeDir(args.data_dir.clone()),
         EnrollOptions {
             ca_url: &args.ca_url,
@@ -514,6 +556,7 @@ async fn enroll(args: EnrollArgs) -> Result<()> {
             listen: args.listen,
             api_listen: args.api_listen,
         },
+        attestation.as_ref(),
     )
     .await?;
     out!("enrolled node {}", outcome.config.node_id);
@@ -528,6 +571,112 @@ async fn enroll(args: EnrollArgs) -> Result<()> {
         args.data_dir.display()
     );
     Ok(())
+}
+
+/// Largest evidence, collateral or key file read for attestation.
+const MAX_ATTESTATION_FILE: u64 = 4 * 1024 * 1024;
+
+fn read_attestation_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("{what} {}", path.display()))?;
+    let mut bytes = Vec::new();
+    // One byte over the cap tells "too large" apart from "exactly at the cap".
+    file.take(MAX_ATTESTATION_FILE + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("{what} {}", path.display()))?;
+    if bytes.len() as u64 > MAX_ATTESTATION_FILE {
+        bail!(
+            "{what} {} is larger than {MAX_ATTESTATION_FILE} bytes",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+/// The `ca serve` attestation flags as a policy.
+fn attestation_policy(
+    required: bool,
+    dev_tee_key: Option<&str>,
+    tpm2_keys: &[PathBuf],
+) -> Result<ca_service::EnrollAttestationPolicy> {
+    let dev_tee_key = dev_tee_key
+        .map(|text| -> Result<ed25519_dalek::VerifyingKey> {
+            let bytes: [u8; 32] = hex::decode(text.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| anyhow!("--dev-tee-key: expected 32 bytes of hex"))?;
+            ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                .map_err(|e| anyhow!("--dev-tee-key: {e}"))
+        })
+        .transpose()?;
+    let tpm2_attestation_keys = tpm2_keys
+        .iter()
+        .map(|path| {
+            let pem = read_attestation_file(path, "--tpm2-attestation-key")?;
+            let pem = String::from_utf8(pem)
+                .map_err(|_| anyhow!("--tpm2-attestation-key {}: not PEM", path.display()))?;
+            ztmesh_attest::tpm2::AttestationKey::from_pem(&pem)
+                .map_err(|e| anyhow!("--tpm2-attestation-key {}: {e}", path.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if dev_tee_key.is_some() {
+        eprintln!(
+            "warning: dev (simulated TEE) attestation is accepted; it proves nothing about hardware"
+        );
+    }
+    Ok(ca_service::EnrollAttestationPolicy {
+        required,
+        dev_tee_key,
+        tpm2_attestation_keys,
+    })
+}
+
+/// The `enroll` attestation flags as evidence to attach.
+fn enroll_attestation(args: &EnrollArgs) -> Result<Option<ca_client::EnrollAttestation>> {
+    let Some(kind) = &args.attestation_type else {
+        return Ok(None);
+    };
+    let evidence_type: ztmesh_attest::EvidenceType = kind
+        .parse()
+        .map_err(|e: ztmesh_attest::AttestError| anyhow!("--attestation-type: {e}"))?;
+    if evidence_type == ztmesh_attest::EvidenceType::Dev {
+        let path = args
+            .dev_tee_key_file
+            .as_ref()
+            .ok_or_else(|| anyhow!("--attestation-type dev needs --dev-tee-key-file"))?;
+        let text = Zeroizing::new(read_attestation_file(path, "--dev-tee-key-file")?);
+        let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
+            std::str::from_utf8(&text)
+                .ok()
+                .and_then(|t| hex::decode(t.trim()).ok())
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| anyhow!("--dev-tee-key-file: expected 32 bytes of hex"))?,
+        );
+        // The simulated TEE "measures" the running binary, as a real one measures its image.
+        let exe = std::env::current_exe().context("locating the ztmesh binary")?;
+        let binary = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
+        return Ok(Some(ca_client::EnrollAttestation::Dev {
+            tee_key: Box::new(ed25519_dalek::SigningKey::from_bytes(&seed)),
+            measurement: <sha2::Sha256 as sha2::Digest>::digest(&binary).into(),
+        }));
+    }
+    let path = args
+        .attestation_evidence
+        .as_ref()
+        .ok_or_else(|| anyhow!("--attestation-type {kind} needs --attestation-evidence"))?;
+    let evidence = read_attestation_file(path, "--attestation-evidence")?;
+    let collateral = args
+        .attestation_collateral
+        .as_deref()
+        .map(|path| read_attestation_file(path, "--attestation-collateral"))
+        .transpose()?;
+    Ok(Some(ca_client::EnrollAttestation::Prepared {
+        evidence_type,
+        payload: ca_service::AttestationPayload {
+            evidence,
+            collateral,
+        },
+    }))
 }
 
 async fn run(args: RunArgs) -> Result<()> {

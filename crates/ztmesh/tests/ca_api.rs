@@ -842,13 +842,15 @@ fn enroll_answers_403_with_a_code_for_each_token_problem() {
     http.post_json("/v1/enroll", &intended.request(&reserved))
         .assert_status(201);
 
-    // Attestation evidence this CA cannot verify is refused, not ignored; the token survives.
+    // Attestation evidence this CA cannot verify (a TPM quote by an attestation key it was
+    // not given) is refused, not ignored; the token survives.
     let token = mint(&http, &ca, json!({}));
     let attested = Enrollee::new();
     let mut request = attested.request(&token);
-    request["attestation"] = json!({"type": "tpm2", "payload": b64(b"a quote")});
+    let payload = attestation_payload(b"a quote", Some(b"-----BEGIN PUBLIC KEY-----"));
+    request["attestation"] = json!({"type": "tpm2", "payload": b64(&payload)});
     http.post_json("/v1/enroll", &request)
-        .assert_error(403, "attestation_unsupported");
+        .assert_error(403, "attestation_refused");
     http.post_json("/v1/enroll", &attested.request(&token))
         .assert_status(201);
 
@@ -1574,6 +1576,229 @@ fn wrong_passphrase_existing_ca_and_wrong_pin_are_refused() {
         node_dir.to_str().unwrap(),
     ]);
     assert!(node_dir.join("node.toml").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attestation at enrollment
+// ---------------------------------------------------------------------------------------------
+
+/// The dev TEE key the attestation tests' simulated TEE signs with.
+fn dev_tee_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32])
+}
+
+/// A CBOR byte-string header for `len` bytes (major type 2), written by hand so the tests pin
+/// the wire format rather than reuse the product's encoder.
+fn cbor_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    match bytes.len() {
+        len @ 0..=23 => out.push(0x40 | len as u8),
+        len @ 24..=255 => out.extend([0x58, len as u8]),
+        len => {
+            let len = u16::try_from(len).unwrap();
+            out.push(0x59);
+            out.extend(len.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(bytes);
+}
+
+/// The decoded `attestation.payload`: the CBOR map `{"evidence": bstr, "collateral"?: bstr}`.
+fn attestation_payload(evidence: &[u8], collateral: Option<&[u8]>) -> Vec<u8> {
+    let mut out = vec![if collateral.is_some() { 0xa2 } else { 0xa1 }];
+    out.push(0x68);
+    out.extend_from_slice(b"evidence");
+    cbor_bytes(&mut out, evidence);
+    if let Some(collateral) = collateral {
+        out.push(0x6a);
+        out.extend_from_slice(b"collateral");
+        cbor_bytes(&mut out, collateral);
+    }
+    out
+}
+
+/// The documented enrollment binding, computed from its definition:
+/// report_data_binding(SHA-256(token text), the CSR's TLS SubjectPublicKeyInfo DER).
+fn enrollment_binding(token: &str, csr_der: &[u8]) -> [u8; 64] {
+    use sha2::Digest;
+    let spki = ztmesh_pki::csr_public_key(csr_der).unwrap();
+    ztmesh_attest::report_data_binding(&sha2::Sha256::digest(token.as_bytes()), &spki)
+}
+
+/// Dev evidence signed by `key` over `report_data`, timestamped now.
+fn dev_evidence(key: &ed25519_dalek::SigningKey, report_data: &[u8; 64]) -> Vec<u8> {
+    ztmesh_attest::dev::generate(key, &[0x11; 32], report_data, now().as_unix_secs())
+}
+
+impl Enrollee {
+    /// A `POST /v1/enroll` body for `token` carrying `evidence` of `kind`.
+    fn attested_request(&self, token: &str, kind: &str, evidence: &[u8]) -> Value {
+        let mut request = self.request(token);
+        request["attestation"] =
+            json!({"type": kind, "payload": b64(&attestation_payload(evidence, None))});
+        request
+    }
+
+    /// Dev evidence bound to `token` and this enrollee's CSR key.
+    fn dev_evidence_for(&self, token: &str) -> Vec<u8> {
+        dev_evidence(&dev_tee_key(), &enrollment_binding(token, &self.csr))
+    }
+}
+
+/// Asserts a 403 `attestation_refused` whose message names `reason`.
+#[track_caller]
+fn assert_attestation_refused(reply: &Reply, reason: &str) {
+    reply.assert_error(403, "attestation_refused");
+    let message = reply.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains(&format!("({reason})")),
+        "expected reason {reason} in {message:?}"
+    );
+}
+
+#[test]
+fn enroll_with_required_dev_attestation_accepts_only_bound_well_signed_evidence() {
+    let root = tempdir();
+    let dev_public = hex::encode(dev_tee_key().verifying_key().to_bytes());
+    let mut args = NO_RATE_LIMIT.to_vec();
+    args.extend([
+        "--require-attestation",
+        "--allow-dev-attestation",
+        "--dev-tee-key",
+        &dev_public,
+    ]);
+    let ca = TestCa::start(root.path(), &args);
+    let http = Http::ca(&ca);
+    let token = mint(&http, &ca, json!({}));
+    let node = Enrollee::new();
+
+    // Required and missing.
+    http.post_json("/v1/enroll", &node.request(&token))
+        .assert_error(403, "attestation_required");
+
+    // Bound to another token (same key): the report data is not this enrollment's.
+    let other_token = EnrollmentToken::generate(&mut rand::rngs::OsRng);
+    let wrong_binding = dev_evidence(
+        &dev_tee_key(),
+        &enrollment_binding(other_token.as_str(), &node.csr),
+    );
+    assert_attestation_refused(
+        &http.post_json(
+            "/v1/enroll",
+            &node.attested_request(&token, "dev", &wrong_binding),
+        ),
+        "wrong_nonce",
+    );
+    // Bound to this token but another TLS key.
+    let other_key = Enrollee::new();
+    assert_attestation_refused(
+        &http.post_json(
+            "/v1/enroll",
+            &node.attested_request(&token, "dev", &other_key.dev_evidence_for(&token)),
+        ),
+        "wrong_nonce",
+    );
+
+    // A flipped signature bit, and a signature by another dev TEE key.
+    let mut flipped = node.dev_evidence_for(&token);
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x01;
+    assert_attestation_refused(
+        &http.post_json(
+            "/v1/enroll",
+            &node.attested_request(&token, "dev", &flipped),
+        ),
+        "bad_signature",
+    );
+    let impostor = dev_evidence(
+        &ed25519_dalek::SigningKey::from_bytes(&[0x66; 32]),
+        &enrollment_binding(&token, &node.csr),
+    );
+    assert_attestation_refused(
+        &http.post_json(
+            "/v1/enroll",
+            &node.attested_request(&token, "dev", &impostor),
+        ),
+        "bad_signature",
+    );
+
+    // Payloads that do not decode: 400, whatever the evidence.
+    let evidence = node.dev_evidence_for(&token);
+    let good_payload = attestation_payload(&evidence, None);
+    let mut trailing = good_payload.clone();
+    trailing.push(0);
+    let garbage: Vec<(&str, Value)> = vec![
+        ("not base64", json!({"type": "dev", "payload": "%%%"})),
+        (
+            "not CBOR",
+            json!({"type": "dev", "payload": b64(b"\xff\xff garbage")}),
+        ),
+        (
+            "a CBOR array",
+            json!({"type": "dev", "payload": b64(&[0x80])}),
+        ),
+        (
+            "trailing bytes",
+            json!({"type": "dev", "payload": b64(&trailing)}),
+        ),
+        ("empty", json!({"type": "dev", "payload": ""})),
+        (
+            "unknown field",
+            json!({"type": "dev", "payload": b64(&[0xa1, 0x63, b'x', b'y', b'z', 0x40])}),
+        ),
+        (
+            "unknown type",
+            json!({"type": "sev", "payload": b64(&good_payload)}),
+        ),
+    ];
+    for (what, attestation) in garbage {
+        let mut request = node.request(&token);
+        request["attestation"] = attestation;
+        let reply = http.post_json("/v1/enroll", &request);
+        assert_eq!(reply.status, 400, "{what}: {}", reply.text());
+        reply.assert_error(400, "malformed_attestation");
+    }
+
+    // None of the refusals spent the token: the right evidence enrolls.
+    http.post_json(
+        "/v1/enroll",
+        &node.attested_request(&token, "dev", &evidence),
+    )
+    .assert_status(201);
+
+    // The CLI's simulated TEE produces the same binding, and the CA warns about dev evidence.
+    let key_file = root.path().join("dev-tee.key");
+    std::fs::write(&key_file, hex::encode(dev_tee_key().to_bytes())).unwrap();
+    let key_file = key_file.to_str().unwrap();
+    ca.enroll_with(
+        root.path(),
+        "dev-attested",
+        &["--attestation-type", "dev", "--dev-tee-key-file", key_file],
+    );
+    let log = ca.proc.as_ref().unwrap().log_text();
+    assert!(
+        log.contains("dev (simulated) attestation"),
+        "no warning about dev enrollment in the CA log:\n{log}"
+    );
+}
+
+#[test]
+fn enroll_refuses_dev_attestation_unless_the_ca_allows_it() {
+    let root = tempdir();
+    let ca = start_ca(root.path());
+    let http = Http::ca(&ca);
+    let token = mint(&http, &ca, json!({}));
+    let node = Enrollee::new();
+    let evidence = node.dev_evidence_for(&token);
+    assert_attestation_refused(
+        &http.post_json(
+            "/v1/enroll",
+            &node.attested_request(&token, "dev", &evidence),
+        ),
+        "dev_not_allowed",
+    );
+    // Attestation is optional on this CA, and the refusal did not spend the token.
+    http.post_json("/v1/enroll", &node.request(&token))
+        .assert_status(201);
 }
 
 // ---------------------------------------------------------------------------------------------
