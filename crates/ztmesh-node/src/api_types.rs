@@ -183,6 +183,18 @@ pub struct PeerInfo {
     pub heartbeats_received: u64,
     /// Heartbeat sequence numbers skipped on the current link (lost messages).
     pub heartbeat_gaps: u64,
+    /// Trust tier as this node judges it: `tier 1`, `tier 2` or `untrusted`.
+    #[serde(default)]
+    pub tier: String,
+    /// Why (the first unmet requirement, or what qualified it).
+    #[serde(default)]
+    pub tier_reason: String,
+    /// Last verified attestation: platform and time (RFC 3339), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attestation: Option<String>,
+    /// Health checks passed / judged (the uptime behind Tier 1).
+    #[serde(default)]
+    pub health: String,
 }
 
 /// Answer to `GET /v1/mesh/peers`.

@@ -53,6 +53,9 @@ const PEER_ADVERT_TTL: Duration = Duration::from_secs(120);
 /// accounting on the other nodes.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(15);
 
+/// Peers whose last health report is remembered.
+const MAX_HEALTH_TRACKED: usize = 4096;
+
 /// How long a health report stays in the mesh.
 const HEALTH_TTL: Duration = Duration::from_secs(60);
 
@@ -150,6 +153,10 @@ pub(crate) struct Node {
     identity: IdentityKey,
     /// The gossip core and the membership view it verifies origins against.
     pub(crate) gossip: GossipDriver,
+    /// Trust tiers of the peers this node knows (certificates seen on links, health reports).
+    pub(crate) tiers: Mutex<ztmesh_trust::TrustBook>,
+    /// When each peer's last health report arrived (bounded: cleared when over the cap).
+    last_health: Mutex<HashMap<NodeId, Timestamp>>,
     /// The bundle router thread.
     pub(crate) dtn: DtnHandle,
     /// Events for local applications (`GET /v1/events`, `ztmesh watch`).
@@ -244,6 +251,51 @@ impl Node {
         }
     }
 
+    pub(crate) fn tiers(&self) -> std::sync::MutexGuard<'_, ztmesh_trust::TrustBook> {
+        self.tiers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A peer presented a verified certificate (at handshake or in a rotation update).
+    fn record_certificate(&self, peer: NodeId, not_before: Timestamp, not_after: Timestamp) {
+        self.tiers()
+            .handle_certificate(peer, not_before, not_after, now());
+        self.log_tier_changes();
+    }
+
+    /// One health check per linked peer: did its health report arrive within two intervals?
+    /// Peers linked for less than that are not judged yet.
+    fn check_health(&self) {
+        let t = now();
+        let window = HEALTH_INTERVAL * 2;
+        let links = self.link_infos();
+        let last = self
+            .last_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        {
+            let mut tiers = self.tiers();
+            for (peer, info) in &links {
+                if t.duration_since(info.established) < window {
+                    continue;
+                }
+                let ok = last
+                    .get(peer)
+                    .is_some_and(|at| t.duration_since(*at) <= window);
+                tiers.handle_health_check(*peer, ok, t);
+            }
+            tiers.handle_timeout(t);
+        }
+        self.log_tier_changes();
+    }
+
+    fn log_tier_changes(&self) {
+        let mut tiers = self.tiers();
+        while let Some(change) = tiers.poll_event() {
+            tracing::info!(peer = %change.peer, from = %change.from, to = %change.to, reason = %change.reason, "tier change");
+        }
+    }
+
     /// Queues `message` on the link to `peer`, if there is one. A full queue drops it: gossip
     /// recovers by anti-entropy, bundles by their retry.
     pub(crate) fn send_to(&self, peer: &NodeId, message: LinkMessage) -> bool {
@@ -273,6 +325,13 @@ impl Node {
                 }
                 Consequence::Revocation(record) => {
                     self.gossip.revoke_nodes(&record.revoked_nodes);
+                    {
+                        let mut tiers = self.tiers();
+                        for revoked in &record.revoked_nodes {
+                            tiers.handle_revoked(*revoked, now());
+                        }
+                    }
+                    self.log_tier_changes();
                     let node = self.clone();
                     tokio::spawn(async move {
                         match node.apply_crl(&record.crl).await {
@@ -307,6 +366,15 @@ impl Node {
                 }
                 Consequence::Checkpoint(note) => {
                     self.log_watch.handle_gossip(note);
+                }
+                Consequence::Health { from } => {
+                    if from != self.node_id {
+                        let mut last = self.last_health.lock().unwrap_or_else(|p| p.into_inner());
+                        if last.len() >= MAX_HEALTH_TRACKED && !last.contains_key(&from) {
+                            last.clear();
+                        }
+                        last.insert(from, now());
+                    }
                 }
                 Consequence::Nothing => {}
             }
@@ -467,8 +535,13 @@ pub async fn run(
     let (log_watch, log_watch_task) = crate::log_watch::prepare(&dir, &config.trust_domain)
         .map_err(|e| NodeError::Inconsistent(e.to_string()))?;
 
+    let tiers = ztmesh_trust::TrustBook::new(ztmesh_trust::TrustPolicy::default())
+        .map_err(|e| NodeError::Inconsistent(format!("trust policy: {e}")))?;
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let node = Arc::new(Node {
+        tiers: Mutex::new(tiers),
+        last_health: Mutex::new(HashMap::new()),
         dtn,
         gossip,
         events: EventHub::default(),
@@ -777,6 +850,7 @@ async fn run_link<S>(
     let drained = node.gossip.link_up(peer_id, now());
     node.dispatch_gossip(drained);
     node.dtn.send(DtnCommand::LinkUp(peer_id));
+    node.record_certificate(peer_id, peer.not_before, peer.not_after);
     tracing::info!(peer = %peer_id, direction = direction.as_str(), %remote, link = info.id, "link up");
 
     let reason = drive_link(&node, stream, &peer, &info, &mut rx).await;
@@ -902,6 +976,7 @@ where
                             match node.trust.verify_peer(&certificate, now()) {
                                 Ok(new) if new.node_id == peer_id => {
                                     tracing::debug!(peer = %peer_id, serial = %new.serial, "peer rotated its certificate");
+                                    node.record_certificate(peer_id, new.not_before, new.not_after);
                                     *info.peer_cert.lock().unwrap_or_else(|p| p.into_inner()) = (new.serial, new.not_after);
                                 }
                                 Ok(_) => return "certificate update for another node",
@@ -1119,6 +1194,7 @@ async fn advert_loop(node: Arc<Node>) {
             continue;
         }
         if !advert {
+            node.check_health();
             seq += 1;
             let report = ztmesh_gossip::kinds::Health {
                 seq,

@@ -298,9 +298,19 @@ pub(crate) fn anomaly_event(message: &VerifiedMessage) -> Option<AnomalyEvent> {
 pub(crate) enum Consequence {
     Anomaly(AnomalyEvent),
     Revocation(RevocationRecord),
-    PeerAddress { node: NodeId, addr: String },
-    BundleReceipt { from: NodeId, bundle_id: String },
+    PeerAddress {
+        node: NodeId,
+        addr: String,
+    },
+    BundleReceipt {
+        from: NodeId,
+        bundle_id: String,
+    },
     Checkpoint(String),
+    /// A health report of `from` (uptime accounting).
+    Health {
+        from: NodeId,
+    },
     Nothing,
 }
 
@@ -327,6 +337,11 @@ pub(crate) fn consequence(message: &VerifiedMessage) -> Consequence {
             .unwrap_or(Consequence::Nothing),
         MessageKind::Checkpoint => CheckpointNote::decode(&message.body)
             .map(|note| Consequence::Checkpoint(note.into_string()))
+            .unwrap_or(Consequence::Nothing),
+        MessageKind::Health => ztmesh_gossip::kinds::Health::decode(&message.body)
+            .map(|_| Consequence::Health {
+                from: message.origin,
+            })
             .unwrap_or(Consequence::Nothing),
         _ => Consequence::Nothing,
     }

@@ -72,10 +72,14 @@ async fn peers(
     authenticate(&node, presented)?;
     let links = node.link_infos();
     let views = node.table.lock().unwrap_or_else(|p| p.into_inner()).peers();
+    let t = crate::timefmt::now();
+    let tiers = node.tiers();
     let mut peers: Vec<PeerInfo> = views
         .into_iter()
         .map(|view| {
             let link = links.get(&view.node_id);
+            let (tier, reason) = tiers.tier(&view.node_id, t);
+            let status = tiers.status(&view.node_id);
             let cert = link.map(|l| {
                 l.peer_cert
                     .lock()
@@ -98,6 +102,16 @@ async fn peers(
                 heartbeat_gaps: link
                     .map(|l| l.gaps.load(std::sync::atomic::Ordering::Relaxed))
                     .unwrap_or(0),
+                tier: tier.to_string(),
+                tier_reason: reason.to_string(),
+                last_attestation: status
+                    .as_ref()
+                    .and_then(|s| s.attestation)
+                    .map(|(platform, at, _)| format!("{platform} at {}", rfc3339(at))),
+                health: status
+                    .as_ref()
+                    .map(|s| format!("{}/{}", s.health_successes, s.health_checks))
+                    .unwrap_or_default(),
             }
         })
         .collect();

@@ -786,21 +786,25 @@ async fn peers(args: NodeQueryArgs) -> Result<()> {
 
 fn print_peers(peers: &[ztmesh_node::api_types::PeerInfo]) {
     out!(
-        "{:<34} {:<10} {:<22} {:<21} {:<21}",
+        "{:<34} {:<10} {:<22} {:<21} {:<21} {:<9} {}",
         "NODE",
         "STATE",
         "ADDRESS",
         "LAST SEEN",
-        "CERT EXPIRES"
+        "CERT EXPIRES",
+        "TIER",
+        "WHY"
     );
     for p in peers {
         out!(
-            "{:<34} {:<10} {:<22} {:<21} {:<21}",
+            "{:<34} {:<10} {:<22} {:<21} {:<21} {:<9} {}",
             p.node_id,
             if p.connected { "connected" } else { "down" },
             p.address.as_deref().unwrap_or("-"),
             p.last_seen.as_deref().unwrap_or("-"),
             p.certificate_expires.as_deref().unwrap_or("-"),
+            p.tier,
+            p.tier_reason,
         );
     }
 }

@@ -138,6 +138,14 @@ fn an_anomaly_published_on_one_node_reaches_every_node_exactly_once() {
         std::fs::read_to_string(&watch_log).is_ok_and(|t| t.contains("\"ready\""))
     });
     let id = publish(&nodes[0], "port_scan");
+    // Every linked peer is Tier 2: a valid certificate, but no hardware attestation yet.
+    for peer in nodes[0].peers()["peers"].as_array().unwrap() {
+        assert_eq!(peer["tier"], "tier 2", "{peer}");
+        assert!(
+            peer["tier_reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{peer}"
+        );
+    }
     for node in &nodes {
         wait_until(
             &format!("{} to hold the anomaly", node.name),
