@@ -65,7 +65,8 @@ pub(crate) fn local_app(node: &Node, headers: &HeaderMap) -> Result<(), ApiError
     Ok(())
 }
 
-fn body_or_error(
+/// A raw body, or the JSON error every route answers: 413 over the limit, else 400 `code`.
+pub(crate) fn body_or_error(
     body: Result<Bytes, BytesRejection>,
     code: &'static str,
 ) -> Result<Bytes, ApiError> {

@@ -50,11 +50,6 @@ pub(crate) const CHECKPOINT_REPUBLISH_INTERVAL: Duration = Duration::from_secs(1
 /// one, or the CA, tells the same story).
 pub(crate) const RECEIVED_QUEUE: usize = 16;
 
-/// The origin line of the membership log of `trust_domain`.
-pub fn membership_log_origin(trust_domain: &TrustDomain) -> String {
-    format!("{trust_domain}/membership")
-}
-
 /// Why a log policy cannot be used by this node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -78,7 +73,7 @@ pub fn parse_log_policy(
     trust_domain: &TrustDomain,
 ) -> Result<CheckpointMonitor, LogPolicyError> {
     let policy = Policy::parse(text)?;
-    let expected = membership_log_origin(trust_domain);
+    let expected = crate::membership_log::log_origin(trust_domain);
     let found = policy
         .logs()
         .iter()

@@ -189,14 +189,7 @@ async fn push_crl(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     // Answer an oversized or unreadable body with the JSON error body, like every route.
-    let body = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            rejection.body_text(),
-        ),
-        _ => ApiError::bad_request("malformed_crl", rejection.body_text()),
-    })?;
+    let body = crate::local_api::body_or_error(body, "malformed_crl")?;
     let der = crl_der(&body)?;
     match node.apply_crl(&der).await {
         Ok(_) => Ok(StatusCode::NO_CONTENT),
