@@ -19,6 +19,15 @@ pub const MAX_PEERS_PER_LIST: usize = 256;
 /// Longest address text in a [`PeerAdvert`].
 pub const MAX_ADDR_LEN: usize = 128;
 
+/// Length of the nonce in a [`LinkMessage::TeeChallenge`].
+pub const TEE_NONCE_LEN: usize = 32;
+
+/// Largest attestation evidence carried in a [`LinkMessage::TeeResponse`].
+pub const MAX_TEE_EVIDENCE_LEN: usize = 128 * 1024;
+
+/// Longest evidence type name in a [`LinkMessage::TeeResponse`].
+pub const MAX_TEE_TYPE_LEN: usize = 16;
+
 /// Why bytes from a link were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -95,6 +104,28 @@ pub enum LinkMessage {
         #[serde(with = "serde_bytes")]
         frame: Vec<u8>,
     },
+    /// Asks the other side to attest: its evidence must carry report data =
+    /// hash(`nonce` ‖ the responder's TLS certificate public key), binding it to this link.
+    TeeChallenge {
+        /// Fresh random bytes, [`TEE_NONCE_LEN`] long.
+        #[serde(with = "serde_bytes")]
+        nonce: Vec<u8>,
+    },
+    /// The answer to a [`LinkMessage::TeeChallenge`].
+    TeeResponse {
+        /// The challenge's nonce, echoed.
+        #[serde(with = "serde_bytes")]
+        nonce: Vec<u8>,
+        /// Evidence type (`tpm2`, `tdx`, `sgx`, `sev-snp`, `dev`), or `none` when the responder
+        /// has no attester (then `evidence` is empty).
+        evidence_type: String,
+        /// The evidence, in the format of its type.
+        #[serde(with = "serde_bytes")]
+        evidence: Vec<u8>,
+        /// SHA-256 of the responder's own executable.
+        #[serde(with = "serde_bytes")]
+        binary_sha256: Vec<u8>,
+    },
 }
 
 impl LinkMessage {
@@ -106,6 +137,39 @@ impl LinkMessage {
                 ..
             } if addr.len() > MAX_ADDR_LEN => {
                 Err(FrameError::Malformed("listen address too long".into()))
+            }
+            LinkMessage::TeeChallenge { nonce } if nonce.len() != TEE_NONCE_LEN => Err(
+                FrameError::Malformed(format!("challenge nonce must be {TEE_NONCE_LEN} bytes")),
+            ),
+            LinkMessage::TeeResponse {
+                nonce,
+                evidence_type,
+                evidence,
+                binary_sha256,
+            } => {
+                if nonce.len() != TEE_NONCE_LEN {
+                    return Err(FrameError::Malformed(format!(
+                        "response nonce must be {TEE_NONCE_LEN} bytes"
+                    )));
+                }
+                if evidence_type.is_empty()
+                    || evidence_type.len() > MAX_TEE_TYPE_LEN
+                    || !evidence_type
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    return Err(FrameError::Malformed("bad evidence type".into()));
+                }
+                if evidence.len() > MAX_TEE_EVIDENCE_LEN {
+                    return Err(FrameError::Malformed(format!(
+                        "evidence of {} bytes exceeds {MAX_TEE_EVIDENCE_LEN}",
+                        evidence.len()
+                    )));
+                }
+                if binary_sha256.len() != 32 {
+                    return Err(FrameError::Malformed("binary hash must be 32 bytes".into()));
+                }
+                Ok(())
             }
             LinkMessage::PeerList { peers } => {
                 if peers.len() > MAX_PEERS_PER_LIST {
@@ -236,7 +300,55 @@ mod tests {
             LinkMessage::CertificateUpdate {
                 certificate: vec![0x30, 0x82, 1, 2],
             },
+            LinkMessage::TeeChallenge {
+                nonce: vec![7; TEE_NONCE_LEN],
+            },
+            LinkMessage::TeeResponse {
+                nonce: vec![7; TEE_NONCE_LEN],
+                evidence_type: "sev-snp".into(),
+                evidence: vec![1, 2, 3],
+                binary_sha256: vec![9; 32],
+            },
         ]
+    }
+
+    fn tee_response(nonce: usize, kind: &str, evidence: usize, hash: usize) -> LinkMessage {
+        LinkMessage::TeeResponse {
+            nonce: vec![0; nonce],
+            evidence_type: kind.into(),
+            evidence: vec![0; evidence],
+            binary_sha256: vec![0; hash],
+        }
+    }
+
+    #[test]
+    fn attestation_messages_out_of_bounds_are_malformed_both_ways() {
+        let bad = [
+            LinkMessage::TeeChallenge { nonce: vec![0; 31] },
+            LinkMessage::TeeChallenge { nonce: vec![0; 33] },
+            tee_response(31, "dev", 1, 32),
+            tee_response(32, "", 1, 32),
+            tee_response(32, "Dev", 1, 32),
+            tee_response(32, "a-very-long-evidence-type", 1, 32),
+            tee_response(32, "dev", MAX_TEE_EVIDENCE_LEN + 1, 32),
+            tee_response(32, "dev", 1, 31),
+        ];
+        for message in bad {
+            assert!(
+                matches!(message.to_frame(), Err(FrameError::Malformed(_))),
+                "{message:?}"
+            );
+            let mut body = Vec::new();
+            ciborium::into_writer(&message, &mut body).unwrap();
+            assert!(
+                matches!(LinkMessage::from_body(&body), Err(FrameError::Malformed(_))),
+                "{message:?}"
+            );
+        }
+        assert!(tee_response(32, "none", 0, 32).to_frame().is_ok());
+        assert!(tee_response(32, "dev", MAX_TEE_EVIDENCE_LEN, 32)
+            .to_frame()
+            .is_ok());
     }
 
     #[test]

@@ -195,6 +195,12 @@ pub struct PeerInfo {
     /// Health checks passed / judged (the uptime behind Tier 1).
     #[serde(default)]
     pub health: String,
+    /// The binary hash it reported (hex), and whether the signed release manifest lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+    /// Consecutive failed attestation verifications (3 bar Tier 1).
+    #[serde(default)]
+    pub attestation_failures: u32,
 }
 
 /// Answer to `GET /v1/mesh/peers`.
@@ -243,6 +249,38 @@ pub struct StatusResponse {
     /// The node's watch of the CA's membership log.
     #[serde(default)]
     pub log: LogStatus,
+    /// Attestation, tiers, enforcement and governance as this node sees them.
+    #[serde(default)]
+    pub trust: TrustStatus,
+}
+
+/// The trust side of `GET /v1/status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TrustStatus {
+    /// This node's own tier, judged by the same rules as its peers'.
+    pub tier: String,
+    /// Why.
+    pub tier_reason: String,
+    /// SHA-256 of this node's executable (hex).
+    pub binary_sha256: String,
+    /// Whether the signed release manifest in force lists that binary.
+    pub binary_in_manifest: bool,
+    /// Version of the signed release manifest in force, if any.
+    pub manifest_version: Option<String>,
+    /// What this node answers challenges with (`none`, `dev`).
+    pub attester: String,
+    /// Whether dev (simulated TEE) evidence counts toward Tier 1 here. Demos only.
+    pub dev_attestation_accepted: bool,
+    /// Attestation verifications that succeeded since start.
+    pub attestations_ok: u64,
+    /// Attestation verifications that failed since start.
+    pub attestations_failed: u64,
+    /// Requests refused by the tier gates since start, per action.
+    #[serde(default)]
+    pub gate_refusals: std::collections::BTreeMap<String, u64>,
+    /// Governed parameters in force.
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, u64>,
 }
 
 /// What a node knows of the CA's membership log (from checkpoints it fetched or was gossiped).

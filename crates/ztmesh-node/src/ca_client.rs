@@ -372,6 +372,8 @@ pub async fn enroll_attested(
         crl_refresh_secs: 60,
         max_peers: 64,
         insecure_plaintext_key: matches!(options.protection, Protection::InsecurePlaintext),
+        health_interval_ms: 15_000,
+        attestation: Default::default(),
     };
     dir.write_config(&config)?;
     Ok(EnrollOutcome {

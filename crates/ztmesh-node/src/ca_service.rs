@@ -508,11 +508,25 @@ pub fn verify_enrollment_evidence(
     report_data: &[u8; 64],
     now_unix_secs: u64,
 ) -> Result<ztmesh_attest::Verdict, ztmesh_attest::AttestError> {
-    use ztmesh_attest::{AttestError, EvidenceType, Expectations};
-    let mut expectations = Expectations {
+    let expectations = ztmesh_attest::Expectations {
         report_data: Some(report_data.to_vec()),
-        ..Expectations::default()
+        max_age: Some(ENROLL_EVIDENCE_MAX_AGE),
+        ..ztmesh_attest::Expectations::default()
     };
+    verify_evidence(policy, evidence_type, payload, expectations, now_unix_secs)
+}
+
+/// Verifies evidence of `evidence_type` against the keys of `policy` and `expectations`
+/// (report data, reference values, freshness), at `now_unix_secs`. `dev` evidence needs the
+/// policy's dev TEE key; `expectations.allow_dev` is set from it. Pure: no IO, no clock.
+pub fn verify_evidence(
+    policy: &EnrollAttestationPolicy,
+    evidence_type: ztmesh_attest::EvidenceType,
+    payload: &AttestationPayload,
+    mut expectations: ztmesh_attest::Expectations,
+    now_unix_secs: u64,
+) -> Result<ztmesh_attest::Verdict, ztmesh_attest::AttestError> {
+    use ztmesh_attest::{AttestError, EvidenceType};
     let evidence = &payload.evidence;
     let collateral = payload.collateral.as_deref();
     match evidence_type {
@@ -526,7 +540,6 @@ pub fn verify_enrollment_evidence(
                 ));
             }
             expectations.allow_dev = true;
-            expectations.max_age = Some(ENROLL_EVIDENCE_MAX_AGE);
             ztmesh_attest::dev::verify(evidence, key, &expectations, now_unix_secs)
         }
         EvidenceType::Tpm2 => {
@@ -538,7 +551,7 @@ pub fn verify_enrollment_evidence(
                 .map_err(|e| AttestError::Malformed(format!("tpm2 collateral: {e}")))?;
             if !policy.tpm2_attestation_keys.contains(&key) {
                 return Err(AttestError::BadChain(
-                    "tpm2: the attestation key is not one this CA trusts".into(),
+                    "tpm2: the attestation key is not one this node trusts".into(),
                 ));
             }
             ztmesh_attest::tpm2::verify(evidence, &key, &expectations)
@@ -556,7 +569,7 @@ pub fn verify_enrollment_evidence(
             now_unix_secs,
         ),
         other => Err(AttestError::Malformed(format!(
-            "evidence type {} is not supported at enrollment",
+            "evidence type {} is not supported",
             other.as_str()
         ))),
     }

@@ -49,15 +49,12 @@ const PEER_ADVERT_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a node's own address advertisement stays in the mesh.
 const PEER_ADVERT_TTL: Duration = Duration::from_secs(120);
 
-/// How often a node gossips a health report (its uptime and links), the input of uptime
-/// accounting on the other nodes.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(15);
-
 /// Peers whose last health report is remembered.
 const MAX_HEALTH_TRACKED: usize = 4096;
 
-/// How long a health report stays in the mesh.
-const HEALTH_TTL: Duration = Duration::from_secs(60);
+/// Bounds of how long a health report stays in the mesh (four report intervals in between).
+const HEALTH_TTL_MIN: Duration = Duration::from_secs(2);
+const HEALTH_TTL_MAX: Duration = Duration::from_secs(60);
 
 /// Hop limit of messages this node originates.
 const GOSSIP_HOP_LIMIT: u8 = 16;
@@ -157,6 +154,11 @@ pub(crate) struct Node {
     pub(crate) tiers: Mutex<ztmesh_trust::TrustBook>,
     /// When each peer's last health report arrived (bounded: cleared when over the cap).
     last_health: Mutex<HashMap<NodeId, Timestamp>>,
+    /// This node's attester and its verifier of peers' evidence.
+    pub(crate) attestor: crate::attestation::Attestor,
+    /// Attestation verifications that succeeded / failed (peers and self).
+    pub(crate) attestations_ok: AtomicU64,
+    pub(crate) attestations_failed: AtomicU64,
     /// The bundle router thread.
     pub(crate) dtn: DtnHandle,
     /// Events for local applications (`GET /v1/events`, `ztmesh watch`).
@@ -262,11 +264,120 @@ impl Node {
         self.log_tier_changes();
     }
 
+    /// The trust part of `GET /v1/status`.
+    pub(crate) fn trust_status(&self) -> crate::api_types::TrustStatus {
+        let (tier, reason) = self.tiers().tier(&self.node_id, now());
+        let binary = self.attestor.binary_sha256();
+        crate::api_types::TrustStatus {
+            tier: tier.to_string(),
+            tier_reason: reason.to_string(),
+            binary_sha256: hex::encode(binary),
+            binary_in_manifest: self.attestor.binary_in_manifest(&binary),
+            manifest_version: self.attestor.manifest().map(|m| m.version().to_owned()),
+            attester: match self.attestor.attester() {
+                crate::attestation::Attester::None => "none".into(),
+                crate::attestation::Attester::Dev => "dev (simulated TEE)".into(),
+            },
+            dev_attestation_accepted: self.attestor.dev_allowed(),
+            attestations_ok: self.attestations_ok.load(Ordering::Relaxed),
+            attestations_failed: self.attestations_failed.load(Ordering::Relaxed),
+            gate_refusals: Default::default(),
+            parameters: Default::default(),
+        }
+    }
+
+    /// How often health reports are sent and checked.
+    pub(crate) fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.config.health_interval_ms)
+    }
+
+    /// The SubjectPublicKeyInfo of this node's current TLS certificate.
+    fn own_tls_spki(&self) -> Option<Vec<u8>> {
+        NodeCertificate::parse(&self.current.leaf_der())
+            .ok()
+            .map(|c| c.tls_public_key_spki_der)
+    }
+
+    /// Feeds the trust book with the outcome of one attestation exchange with `peer` (or with
+    /// this node itself), logging what changed.
+    fn record_attestation(
+        &self,
+        peer: NodeId,
+        binary: Option<[u8; 32]>,
+        result: Result<crate::attestation::Verified, crate::attestation::LinkAttestError>,
+    ) {
+        use crate::attestation::LinkAttestError;
+        let t = now();
+        {
+            let mut tiers = self.tiers();
+            if let Some(hash) = binary {
+                let listed = self.attestor.binary_in_manifest(&hash);
+                tiers.handle_binary(peer, ztmesh_trust::BinaryHash(hash), listed, t);
+            }
+            match result {
+                Ok(verified) => {
+                    self.attestations_ok.fetch_add(1, Ordering::Relaxed);
+                    tiers.handle_verification_success(peer, verified.platform, t);
+                    if verified.platform == ztmesh_trust::Platform::Dev {
+                        tracing::info!(%peer, "attestation verified: platform dev (SIMULATED TEE, not hardware)");
+                    } else {
+                        tracing::info!(%peer, platform = %verified.platform, tcb = ?verified.verdict.tcb_status, "attestation verified");
+                    }
+                }
+                Err(LinkAttestError::NoAttester) => {
+                    tracing::debug!(%peer, "peer has no attester");
+                }
+                Err(error) => {
+                    self.attestations_failed.fetch_add(1, Ordering::Relaxed);
+                    match tiers.handle_verification_failure(peer, t) {
+                        ztmesh_trust::VerificationOutcome::Warning { consecutive } => {
+                            tracing::warn!(%peer, reason = error.reason(), %error, consecutive, "attestation failed (warning)");
+                        }
+                        ztmesh_trust::VerificationOutcome::Demoted { consecutive } => {
+                            tracing::warn!(%peer, reason = error.reason(), %error, consecutive, "attestation failed: demoted below tier 1");
+                        }
+                    }
+                }
+            }
+        }
+        self.log_tier_changes();
+    }
+
+    /// Challenges this node's own attester, so that its own tier is judged by the same rules
+    /// as its peers' (the electorate of governance includes the local node).
+    fn attest_self(&self) {
+        let Some(spki) = self.own_tls_spki() else {
+            return;
+        };
+        let mut nonce = [0u8; ztmesh_core::link::TEE_NONCE_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let secs = now().as_unix_secs();
+        let LinkMessage::TeeResponse {
+            nonce: echoed,
+            evidence_type,
+            evidence,
+            binary_sha256,
+        } = self.attestor.respond(&nonce, &spki, secs)
+        else {
+            return;
+        };
+        let result = self.attestor.verify(
+            Some(&nonce),
+            &echoed,
+            &evidence_type,
+            &evidence,
+            &binary_sha256,
+            &[&spki],
+            secs,
+        );
+        self.record_attestation(self.node_id, Some(self.attestor.binary_sha256()), result);
+    }
+
     /// One health check per linked peer: did its health report arrive within two intervals?
-    /// Peers linked for less than that are not judged yet.
+    /// Peers linked for less than that are not judged yet. The node itself passes while it runs.
     fn check_health(&self) {
         let t = now();
-        let window = HEALTH_INTERVAL * 2;
+        let window = self.health_interval() * 2;
         let links = self.link_infos();
         let last = self
             .last_health
@@ -284,6 +395,7 @@ impl Node {
                     .is_some_and(|at| t.duration_since(*at) <= window);
                 tiers.handle_health_check(*peer, ok, t);
             }
+            tiers.handle_health_check(self.node_id, true, t);
             tiers.handle_timeout(t);
         }
         self.log_tier_changes();
@@ -535,13 +647,38 @@ pub async fn run(
     let (log_watch, log_watch_task) = crate::log_watch::prepare(&dir, &config.trust_domain)
         .map_err(|e| NodeError::Inconsistent(e.to_string()))?;
 
-    let tiers = ztmesh_trust::TrustBook::new(ztmesh_trust::TrustPolicy::default())
-        .map_err(|e| NodeError::Inconsistent(format!("trust policy: {e}")))?;
+    let binary_sha256 = crate::attestation::own_binary_sha256().map_err(NodeError::Inconsistent)?;
+    let attestor = crate::attestation::Attestor::load(
+        &dir.0,
+        &config.attestation,
+        binary_sha256,
+        now().as_unix_secs(),
+    )
+    .map_err(|e| NodeError::Inconsistent(format!("[attestation]: {e}")))?;
+    if attestor.dev_allowed() {
+        tracing::warn!("attestation: accepting dev (SIMULATED TEE) evidence toward tier 1; for demos only, this mesh has no hardware-backed tier 1");
+    }
+    if attestor.attester() == crate::attestation::Attester::Dev {
+        tracing::warn!("attestation: answering challenges with the dev (SIMULATED TEE) attester");
+    }
+    if attestor.manifest().is_none() {
+        tracing::info!("attestation: no signed release manifest configured; no peer can reach tier 1");
+    }
+    tracing::info!(binary_sha256 = %hex::encode(binary_sha256), "own executable");
+    let mut tiers = ztmesh_trust::TrustBook::new(ztmesh_trust::TrustPolicy {
+        dev_counts_as_hardware: attestor.dev_allowed(),
+        ..ztmesh_trust::TrustPolicy::default()
+    })
+    .map_err(|e| NodeError::Inconsistent(format!("trust policy: {e}")))?;
+    tiers.handle_certificate(config.node_id, parsed.not_before, parsed.not_after, now());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let node = Arc::new(Node {
         tiers: Mutex::new(tiers),
         last_health: Mutex::new(HashMap::new()),
+        attestor,
+        attestations_ok: AtomicU64::new(0),
+        attestations_failed: AtomicU64::new(0),
         dtn,
         gossip,
         events: EventHub::default(),
@@ -909,6 +1046,11 @@ where
     let mut last_seq = 0u64;
     let mut last_frame = now();
     let peer_id = peer.node_id;
+    // Attestation: the first tick challenges at once, then every `reattest_secs`.
+    let mut reattest = tokio::time::interval(node.attestor.reattest_interval());
+    let mut challenge: Option<(Vec<u8>, Timestamp)> = None;
+    // The peer's TLS keys on this link: the handshake certificate's, then the latest rotated one.
+    let mut peer_spkis: Vec<Vec<u8>> = vec![peer.tls_public_key_spki_der.clone()];
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => return "shutting down",
@@ -977,6 +1119,8 @@ where
                                 Ok(new) if new.node_id == peer_id => {
                                     tracing::debug!(peer = %peer_id, serial = %new.serial, "peer rotated its certificate");
                                     node.record_certificate(peer_id, new.not_before, new.not_after);
+                                    peer_spkis.truncate(1);
+                                    peer_spkis.push(new.tls_public_key_spki_der.clone());
                                     *info.peer_cert.lock().unwrap_or_else(|p| p.into_inner()) = (new.serial, new.not_after);
                                 }
                                 Ok(_) => return "certificate update for another node",
@@ -986,12 +1130,56 @@ where
                                 }
                             }
                         }
+                        LinkMessage::TeeChallenge { nonce } => {
+                            let response = match node.own_tls_spki() {
+                                Some(spki) => node.attestor.respond(&nonce, &spki, now().as_unix_secs()),
+                                None => continue,
+                            };
+                            if let Err(reason) = write_message(&mut writer, &response).await {
+                                return reason;
+                            }
+                        }
+                        LinkMessage::TeeResponse { nonce, evidence_type, evidence, binary_sha256 } => {
+                            let sent = challenge.take().map(|(n, _)| n);
+                            let keys: Vec<&[u8]> = peer_spkis.iter().map(Vec::as_slice).collect();
+                            let result = node.attestor.verify(
+                                sent.as_deref(),
+                                &nonce,
+                                &evidence_type,
+                                &evidence,
+                                &binary_sha256,
+                                &keys,
+                                now().as_unix_secs(),
+                            );
+                            let binary = <[u8; 32]>::try_from(binary_sha256.as_slice()).ok();
+                            node.record_attestation(peer_id, binary, result);
+                        }
                         _ => {}
                     }
                 }
             }
+            _ = reattest.tick() => {
+                if challenge.is_none() {
+                    let mut nonce = vec![0u8; ztmesh_core::link::TEE_NONCE_LEN];
+                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+                    if let Err(reason) = write_message(&mut writer, &LinkMessage::TeeChallenge { nonce: nonce.clone() }).await {
+                        return reason;
+                    }
+                    challenge = Some((nonce, now()));
+                }
+            }
             _ = heartbeat.tick() => {
                 let t = now();
+                if let Some((_, sent_at)) = &challenge {
+                    if t.duration_since(*sent_at) > crate::attestation::CHALLENGE_TIMEOUT {
+                        challenge = None;
+                        node.record_attestation(
+                            peer_id,
+                            None,
+                            Err(crate::attestation::LinkAttestError::Unanswered),
+                        );
+                    }
+                }
                 let (serial, not_after) = info.peer_cert.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 if node.trust.is_revoked(&serial) {
                     return "peer revoked";
@@ -1098,6 +1286,7 @@ async fn rotate_once(node: &Arc<Node>) -> Result<Serial, ClientError> {
         not_before: cert.not_before,
         not_after: cert.not_after,
     };
+    node.record_certificate(node.node_id, cert.not_before, cert.not_after);
     let store = node.store.clone();
     let (serial, nb, na) = (cert.serial.clone(), cert.not_before, cert.not_after);
     let _ = tokio::task::spawn_blocking(move || {
@@ -1181,7 +1370,9 @@ async fn gossip_loop(node: Arc<Node>) {
 async fn advert_loop(node: Arc<Node>) {
     let mut stop = node.shutdown.clone();
     let mut tick = tokio::time::interval(PEER_ADVERT_INTERVAL);
-    let mut health = tokio::time::interval(HEALTH_INTERVAL);
+    let mut health = tokio::time::interval(node.health_interval());
+    let health_ttl = (node.health_interval() * 4).clamp(HEALTH_TTL_MIN, HEALTH_TTL_MAX);
+    let mut self_attest = tokio::time::interval(node.attestor.reattest_interval());
     let started = std::time::Instant::now();
     let mut seq = 0u64;
     loop {
@@ -1189,6 +1380,10 @@ async fn advert_loop(node: Arc<Node>) {
             _ = stopped(&mut stop) => return,
             _ = tick.tick() => true,
             _ = health.tick() => false,
+            _ = self_attest.tick() => {
+                node.attest_self();
+                continue;
+            }
         };
         if node.self_revoked.load(Ordering::SeqCst) {
             continue;
@@ -1202,7 +1397,7 @@ async fn advert_loop(node: Arc<Node>) {
                 links: u32::try_from(node.link_infos().len()).unwrap_or(u32::MAX),
             };
             let published = report.encode().map_err(|e| e.to_string()).and_then(|body| {
-                node.publish_own(MessageKind::Health, body, HEALTH_TTL)
+                node.publish_own(MessageKind::Health, body, health_ttl)
                     .map_err(|e| e.to_string())
             });
             if let Err(error) = published {

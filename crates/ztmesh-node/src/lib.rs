@@ -14,6 +14,7 @@
 
 pub mod api_error;
 pub mod api_types;
+pub mod attestation;
 pub mod ca_client;
 pub mod ca_service;
 pub mod daemon;

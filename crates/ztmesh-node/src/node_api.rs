@@ -112,6 +112,11 @@ async fn peers(
                     .as_ref()
                     .map(|s| format!("{}/{}", s.health_successes, s.health_checks))
                     .unwrap_or_default(),
+                binary: status.as_ref().and_then(|s| s.binary).map(|(hash, listed)| {
+                    let listed = if listed { "in manifest" } else { "NOT in manifest" };
+                    format!("{} ({listed})", hex::encode(hash.0))
+                }),
+                attestation_failures: status.as_ref().map_or(0, |s| s.consecutive_failures),
             }
         })
         .collect();
@@ -164,6 +169,7 @@ async fn status(
             }
         },
         log: node.log_watch.status(),
+        trust: node.trust_status(),
     }))
 }
 

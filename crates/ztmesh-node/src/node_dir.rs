@@ -63,6 +63,14 @@ pub struct NodeConfig {
     /// Keys are stored unencrypted (only with `--insecure-plaintext-key`).
     #[serde(default)]
     pub insecure_plaintext_key: bool,
+    /// How often this node gossips its health report and checks its peers', milliseconds
+    /// (100..=3600000). Tier 1 needs 100 checks, so this sets how soon a peer can earn it.
+    #[serde(default = "default_health_ms")]
+    pub health_interval_ms: u64,
+    /// Attestation on links: this node's attester, what it accepts from peers, the pinned
+    /// release key and the signed manifest.
+    #[serde(default)]
+    pub attestation: crate::attestation::AttestationConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -76,6 +84,9 @@ fn default_heartbeat_ms() -> u64 {
 }
 fn default_crl_refresh() -> u64 {
     60
+}
+fn default_health_ms() -> u64 {
+    15_000
 }
 fn default_max_peers() -> usize {
     64
@@ -93,6 +104,10 @@ impl NodeConfig {
         if !(1..=1024).contains(&self.max_peers) {
             return Err("max_peers must be between 1 and 1024".into());
         }
+        if !(100..=3_600_000).contains(&self.health_interval_ms) {
+            return Err("health_interval_ms must be between 100 and 3600000".into());
+        }
+        self.attestation.validate()?;
         if !self.ca_url.starts_with("https://") {
             return Err("ca_url must be an https:// URL".into());
         }

@@ -12,6 +12,7 @@ macro_rules! out {
 mod app;
 mod attest_cmd;
 mod bench;
+mod bench_attest;
 mod bench_core;
 mod bench_mesh;
 mod bench_tlog;
@@ -764,6 +765,44 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
             log.split_view_alarms
         );
     }
+    let trust = &status.trust;
+    out!("tier          {} ({})", trust.tier, trust.tier_reason);
+    out!(
+        "binary        sha256 {} ({})",
+        trust.binary_sha256,
+        match (&trust.manifest_version, trust.binary_in_manifest) {
+            (None, _) => "no signed manifest configured".to_owned(),
+            (Some(v), true) => format!("listed in signed manifest {v}"),
+            (Some(v), false) => format!("NOT listed in signed manifest {v}"),
+        }
+    );
+    out!(
+        "attestation   attester {}, {} verified, {} failed{}",
+        trust.attester,
+        trust.attestations_ok,
+        trust.attestations_failed,
+        if trust.dev_attestation_accepted {
+            "; DEV (SIMULATED TEE) EVIDENCE COUNTS TOWARD TIER 1"
+        } else {
+            ""
+        }
+    );
+    if !trust.gate_refusals.is_empty() {
+        let refusals: Vec<String> = trust
+            .gate_refusals
+            .iter()
+            .map(|(action, n)| format!("{action} {n}"))
+            .collect();
+        out!("gate refusals {}", refusals.join(", "));
+    }
+    if !trust.parameters.is_empty() {
+        let params: Vec<String> = trust
+            .parameters
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        out!("parameters    {}", params.join(", "));
+    }
     out!(
         "peers         {} connected, {} known",
         status.peers_connected,
@@ -786,24 +825,25 @@ async fn peers(args: NodeQueryArgs) -> Result<()> {
 
 fn print_peers(peers: &[ztmesh_node::api_types::PeerInfo]) {
     out!(
-        "{:<34} {:<10} {:<22} {:<21} {:<21} {:<9} {}",
+        "{:<34} {:<10} {:<22} {:<21} {:<9} {:<9} {:<34} WHY",
         "NODE",
         "STATE",
         "ADDRESS",
-        "LAST SEEN",
         "CERT EXPIRES",
+        "HEALTH",
         "TIER",
-        "WHY"
+        "LAST ATTESTATION",
     );
     for p in peers {
         out!(
-            "{:<34} {:<10} {:<22} {:<21} {:<21} {:<9} {}",
+            "{:<34} {:<10} {:<22} {:<21} {:<9} {:<9} {:<34} {}",
             p.node_id,
             if p.connected { "connected" } else { "down" },
             p.address.as_deref().unwrap_or("-"),
-            p.last_seen.as_deref().unwrap_or("-"),
             p.certificate_expires.as_deref().unwrap_or("-"),
+            if p.health.is_empty() { "-" } else { &p.health },
             p.tier,
+            p.last_attestation.as_deref().unwrap_or("-"),
             p.tier_reason,
         );
     }
