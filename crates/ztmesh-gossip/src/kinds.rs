@@ -14,7 +14,7 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use ztmesh_core::NodeId;
+use ztmesh_core::{NodeId, Timestamp};
 
 use crate::cbor;
 use crate::MessageKind;
@@ -49,6 +49,17 @@ pub const MAX_BUNDLE_ID_LEN: usize = 128;
 pub const MAX_CHECKPOINT_BODY_LEN: usize = 16 * 1024;
 /// Most signature lines in a checkpoint note (the signed-note limit).
 pub const MAX_NOTE_SIGNATURES: usize = 100;
+/// Largest governance-proposal body, in bytes (room for a full attestation token).
+pub const MAX_PROPOSAL_BODY_LEN: usize = 2560;
+/// Largest governance-vote body, in bytes (room for a full attestation token).
+pub const MAX_VOTE_BODY_LEN: usize = 2560;
+/// Longest governed parameter name, in characters.
+pub const MAX_PARAM_LEN: usize = 40;
+/// Largest attestation token carried by a proposal or vote, in bytes: the cap the attestation
+/// crate's token verifier applies (`ztmesh_attest::token::MAX_TOKEN_LEN`).
+pub const MAX_ATTESTATION_TOKEN_LEN: usize = 2048;
+/// Length of a proposal id: the SHA-256 [`crate::MessageId`] of the proposal's gossip message.
+pub const PROPOSAL_ID_LEN: usize = 32;
 
 /// Why a body does not fit its kind's schema.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -334,6 +345,75 @@ impl Schema for BundleReceipt {
 }
 body_codec!(BundleReceipt);
 
+/// A governance proposal (DESIGN.md §3 "Governance"): its origin asks every node to set the
+/// parameter `param` to `value`, open for votes until `expires_at`. The proposal's gossip
+/// [`crate::MessageId`] names it in votes.
+///
+/// The schema only bounds the shape: whether `param` is a governed parameter, `value` within its
+/// bounds, the origin Tier 1 and its attestation token valid is for the receiving node's
+/// governance and attestation checks to decide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceProposal {
+    /// The parameter's name: 1 to 40 characters of `[a-z0-9_]`, e.g. `gossip_fanout`.
+    pub param: String,
+    /// The proposed value.
+    pub value: u64,
+    /// After this instant no vote counts.
+    pub expires_at: Timestamp,
+    /// The proposer's attestation token (COSE_Sign1 bytes issued by the mesh CA), at most
+    /// 2048 bytes; empty when it presents none.
+    #[serde(with = "serde_bytes")]
+    pub token: Vec<u8>,
+}
+
+impl Schema for GovernanceProposal {
+    const MAX_LEN: usize = MAX_PROPOSAL_BODY_LEN;
+
+    fn validate(&self) -> Result<(), BodyError> {
+        if !is_token(&self.param, MAX_PARAM_LEN, "_") {
+            return Err(invalid("param", "not 1 to 40 characters of [a-z0-9_]"));
+        }
+        if self.token.len() > MAX_ATTESTATION_TOKEN_LEN {
+            return Err(invalid("token", "over 2048 bytes"));
+        }
+        Ok(())
+    }
+}
+body_codec!(GovernanceProposal);
+
+/// A governance vote: its origin approves or rejects the proposal whose gossip message id is
+/// `proposal_id`. One vote per voter and proposal counts; the receiving node's governance
+/// decides which.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceVote {
+    /// The [`crate::MessageId`] of the proposal's gossip message: exactly 32 bytes.
+    #[serde(with = "serde_bytes")]
+    pub proposal_id: Vec<u8>,
+    /// `true` approves, `false` rejects.
+    pub approve: bool,
+    /// The voter's attestation token (COSE_Sign1 bytes issued by the mesh CA), at most 2048
+    /// bytes; empty when it presents none.
+    #[serde(with = "serde_bytes")]
+    pub token: Vec<u8>,
+}
+
+impl Schema for GovernanceVote {
+    const MAX_LEN: usize = MAX_VOTE_BODY_LEN;
+
+    fn validate(&self) -> Result<(), BodyError> {
+        if self.proposal_id.len() != PROPOSAL_ID_LEN {
+            return Err(invalid("proposal_id", "not 32 bytes"));
+        }
+        if self.token.len() > MAX_ATTESTATION_TOKEN_LEN {
+            return Err(invalid("token", "over 2048 bytes"));
+        }
+        Ok(())
+    }
+}
+body_codec!(GovernanceVote);
+
 /// What starts every signature line of a signed note: an em dash (U+2014) and a space.
 const NOTE_SIGNATURE_PREFIX: &str = "\u{2014} ";
 
@@ -448,6 +528,10 @@ pub enum Body {
     BundleReceipt(BundleReceipt),
     /// [`MessageKind::Checkpoint`].
     Checkpoint(CheckpointNote),
+    /// [`MessageKind::Proposal`].
+    Proposal(GovernanceProposal),
+    /// [`MessageKind::Vote`].
+    Vote(GovernanceVote),
 }
 
 impl Body {
@@ -460,6 +544,8 @@ impl Body {
             MessageKind::Health => Body::Health(Health::decode(bytes)?),
             MessageKind::BundleReceipt => Body::BundleReceipt(BundleReceipt::decode(bytes)?),
             MessageKind::Checkpoint => Body::Checkpoint(CheckpointNote::decode(bytes)?),
+            MessageKind::Proposal => Body::Proposal(GovernanceProposal::decode(bytes)?),
+            MessageKind::Vote => Body::Vote(GovernanceVote::decode(bytes)?),
         })
     }
 
@@ -472,6 +558,8 @@ impl Body {
             Body::Health(body) => body.encode(),
             Body::BundleReceipt(body) => body.encode(),
             Body::Checkpoint(body) => body.encode(),
+            Body::Proposal(body) => body.encode(),
+            Body::Vote(body) => body.encode(),
         }
     }
 
@@ -484,6 +572,8 @@ impl Body {
             Body::Health(_) => MessageKind::Health,
             Body::BundleReceipt(_) => MessageKind::BundleReceipt,
             Body::Checkpoint(_) => MessageKind::Checkpoint,
+            Body::Proposal(_) => MessageKind::Proposal,
+            Body::Vote(_) => MessageKind::Vote,
         }
     }
 }
@@ -684,6 +774,13 @@ mod tests {
                 bundle_id: "dtn://abc/svc/1700000000000-1".into(),
             }),
             Body::Checkpoint(CheckpointNote::new(checkpoint_note()).unwrap()),
+            Body::Proposal(proposal()),
+            Body::Vote(vote()),
+            Body::Vote(GovernanceVote {
+                proposal_id: vec![0; PROPOSAL_ID_LEN],
+                approve: false,
+                token: vec![],
+            }),
         ];
         for body in bodies {
             let bytes = body.encode().unwrap();
@@ -737,6 +834,195 @@ mod tests {
         .unwrap();
         assert!(Body::decode(MessageKind::Anomaly, &bytes).is_err());
         assert!(Body::decode(MessageKind::BundleReceipt, &bytes).is_err());
+    }
+
+    fn proposal() -> GovernanceProposal {
+        GovernanceProposal {
+            param: "gossip_fanout".into(),
+            value: 5,
+            expires_at: Timestamp::from_unix_secs(1_750_003_600),
+            token: vec![0xd2; 300],
+        }
+    }
+
+    fn vote() -> GovernanceVote {
+        GovernanceVote {
+            proposal_id: vec![0x7a; PROPOSAL_ID_LEN],
+            approve: true,
+            token: vec![0xd2; 300],
+        }
+    }
+
+    /// A governance body as a generic CBOR map with `field` replaced (or added) by `value`, to
+    /// build encodings `encode` would refuse.
+    fn governance_value(kind: MessageKind, field: &str, value: Value) -> Vec<u8> {
+        let mut map = match kind {
+            MessageKind::Proposal => vec![
+                (Value::from("param"), Value::from("gossip_fanout")),
+                (Value::from("value"), Value::from(5)),
+                (Value::from("expires_at"), Value::from(1_750_003_600_000u64)),
+                (Value::from("token"), Value::Bytes(vec![])),
+            ],
+            _ => vec![
+                (Value::from("proposal_id"), Value::Bytes(vec![1; 32])),
+                (Value::from("approve"), Value::from(true)),
+                (Value::from("token"), Value::Bytes(vec![])),
+            ],
+        };
+        match map.iter_mut().find(|(key, _)| key.as_text() == Some(field)) {
+            Some(entry) => entry.1 = value,
+            None => map.push((Value::from(field), value)),
+        }
+        cbor(&Value::Map(map))
+    }
+
+    #[test]
+    fn governance_bodies_round_trip_at_their_bounds() {
+        let largest_proposal = GovernanceProposal {
+            param: "z".repeat(MAX_PARAM_LEN),
+            value: u64::MAX,
+            expires_at: Timestamp::from_unix_millis(u64::MAX),
+            token: vec![0xff; MAX_ATTESTATION_TOKEN_LEN],
+        };
+        let bytes = largest_proposal.encode().unwrap();
+        assert!(bytes.len() <= MAX_PROPOSAL_BODY_LEN);
+        assert_eq!(
+            Body::decode(MessageKind::Proposal, &bytes).unwrap(),
+            Body::Proposal(largest_proposal)
+        );
+        let largest_vote = GovernanceVote {
+            proposal_id: vec![0xff; PROPOSAL_ID_LEN],
+            approve: true,
+            token: vec![0xff; MAX_ATTESTATION_TOKEN_LEN],
+        };
+        let bytes = largest_vote.encode().unwrap();
+        assert!(bytes.len() <= MAX_VOTE_BODY_LEN);
+        assert_eq!(
+            Body::decode(MessageKind::Vote, &bytes).unwrap(),
+            Body::Vote(largest_vote)
+        );
+        for param in ["a", "rate_limit_rpm", "health_check_interval_secs", "x9_"] {
+            let body = GovernanceProposal {
+                param: param.into(),
+                ..proposal()
+            };
+            assert_eq!(
+                GovernanceProposal::decode(&body.encode().unwrap()),
+                Ok(body)
+            );
+        }
+    }
+
+    #[test]
+    fn a_proposal_param_must_be_a_short_lowercase_token() {
+        for bad in [
+            String::new(),
+            "Gossip_Fanout".into(),
+            "gossip-fanout".into(),
+            "gossip.fanout".into(),
+            "with space".into(),
+            "fan\nout".into(),
+            "f\u{e4}nout".into(),
+            "a".repeat(MAX_PARAM_LEN + 1),
+        ] {
+            let expected = invalid("param", "not 1 to 40 characters of [a-z0-9_]");
+            let body = GovernanceProposal {
+                param: bad.clone(),
+                ..proposal()
+            };
+            assert_eq!(body.encode(), Err(expected.clone()), "encode {bad:?}");
+            let raw = governance_value(MessageKind::Proposal, "param", Value::from(bad.as_str()));
+            assert_eq!(
+                GovernanceProposal::decode(&raw),
+                Err(expected.clone()),
+                "decode {bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_vote_must_name_a_32_byte_proposal_id() {
+        for len in [0, 1, PROPOSAL_ID_LEN - 1, PROPOSAL_ID_LEN + 1, 64] {
+            let expected = invalid("proposal_id", "not 32 bytes");
+            let body = GovernanceVote {
+                proposal_id: vec![1; len],
+                ..vote()
+            };
+            assert_eq!(body.encode(), Err(expected.clone()), "encode {len}");
+            let raw =
+                governance_value(MessageKind::Vote, "proposal_id", Value::Bytes(vec![1; len]));
+            assert_eq!(
+                GovernanceVote::decode(&raw),
+                Err(expected.clone()),
+                "decode {len}"
+            );
+        }
+        let text_id = governance_value(MessageKind::Vote, "proposal_id", Value::from("id"));
+        assert!(matches!(
+            GovernanceVote::decode(&text_id),
+            Err(BodyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn an_oversized_attestation_token_is_refused() {
+        let over = vec![0xd2; MAX_ATTESTATION_TOKEN_LEN + 1];
+        let expected = invalid("token", "over 2048 bytes");
+        let body = GovernanceProposal {
+            token: over.clone(),
+            ..proposal()
+        };
+        assert_eq!(body.encode(), Err(expected.clone()));
+        let body = GovernanceVote {
+            token: over.clone(),
+            ..vote()
+        };
+        assert_eq!(body.encode(), Err(expected.clone()));
+        for kind in [MessageKind::Proposal, MessageKind::Vote] {
+            // Just over the token cap: decoded, then refused by the schema.
+            let raw = governance_value(kind, "token", Value::Bytes(over.clone()));
+            assert_eq!(Body::decode(kind, &raw), Err(expected.clone()), "{kind}");
+            // Far over: refused by the size cap before decoding.
+            let raw = governance_value(kind, "token", Value::Bytes(vec![0xd2; 4096]));
+            assert!(
+                matches!(Body::decode(kind, &raw), Err(BodyError::TooLarge { .. })),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn governance_bodies_refuse_unknown_and_duplicate_fields() {
+        for kind in [MessageKind::Proposal, MessageKind::Vote] {
+            let unknown = governance_value(kind, "weight", Value::from(2));
+            assert!(
+                matches!(Body::decode(kind, &unknown), Err(BodyError::Malformed(_))),
+                "{kind}"
+            );
+            let mut duplicate = governance_value(kind, "token", Value::Bytes(vec![]));
+            // The map header counts one more entry, then the token entry is repeated.
+            duplicate[0] += 1;
+            duplicate.extend(cbor(&Value::from("token")));
+            duplicate.extend(cbor(&Value::Bytes(vec![1])));
+            assert!(
+                matches!(Body::decode(kind, &duplicate), Err(BodyError::Malformed(_))),
+                "{kind}"
+            );
+        }
+        let missing = cbor(&Value::Map(vec![
+            (Value::from("param"), Value::from("gossip_fanout")),
+            (Value::from("value"), Value::from(5)),
+            (Value::from("expires_at"), Value::from(1)),
+        ]));
+        assert!(matches!(
+            GovernanceProposal::decode(&missing),
+            Err(BodyError::Malformed(_))
+        ));
+        // A proposal never decodes as a vote, nor the reverse.
+        let proposal = proposal().encode().unwrap();
+        let vote = vote().encode().unwrap();
+        assert!(Body::decode(MessageKind::Vote, &proposal).is_err());
+        assert!(Body::decode(MessageKind::Proposal, &vote).is_err());
     }
 
     /// A cosigned checkpoint as the CA's log would serve it.

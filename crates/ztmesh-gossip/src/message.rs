@@ -42,17 +42,23 @@ pub enum MessageKind {
     /// [`crate::kinds::CheckpointNote`]: a membership-log checkpoint a member has accepted,
     /// relayed so that every node compares the log views the CA showed to others.
     Checkpoint,
+    /// [`crate::kinds::GovernanceProposal`]: a Tier 1 node asks to change a governed parameter.
+    Proposal,
+    /// [`crate::kinds::GovernanceVote`]: a Tier 1 node approves or rejects a proposal.
+    Vote,
 }
 
 impl MessageKind {
     /// Every kind, in wire-code order.
-    pub const ALL: [MessageKind; 6] = [
+    pub const ALL: [MessageKind; 8] = [
         MessageKind::Anomaly,
         MessageKind::Revocation,
         MessageKind::PeerExchange,
         MessageKind::Health,
         MessageKind::BundleReceipt,
         MessageKind::Checkpoint,
+        MessageKind::Proposal,
+        MessageKind::Vote,
     ];
 
     /// Stable one-byte code, for compact storage and metrics labels. Never renumbered.
@@ -64,6 +70,8 @@ impl MessageKind {
             MessageKind::Health => 4,
             MessageKind::BundleReceipt => 5,
             MessageKind::Checkpoint => 6,
+            MessageKind::Proposal => 7,
+            MessageKind::Vote => 8,
         }
     }
 
@@ -81,6 +89,8 @@ impl MessageKind {
             MessageKind::Health => "health",
             MessageKind::BundleReceipt => "bundle_receipt",
             MessageKind::Checkpoint => "checkpoint",
+            MessageKind::Proposal => "proposal",
+            MessageKind::Vote => "vote",
         }
     }
 
@@ -321,6 +331,8 @@ mod tests {
             (4, "health"),
             (5, "bundle_receipt"),
             (6, "checkpoint"),
+            (7, "proposal"),
+            (8, "vote"),
         ];
         assert_eq!(
             MessageKind::ALL.len(),
@@ -342,11 +354,16 @@ mod tests {
             );
         }
         assert_eq!(MessageKind::from_code(0), None);
-        assert_eq!(MessageKind::from_code(7), None);
-        assert_eq!(
-            MessageKind::from_content_type("application/vnd.ztmesh.gossip.vote+cbor"),
-            None
-        );
+        assert_eq!(MessageKind::from_code(9), None);
+        assert_eq!(MessageKind::from_code(u8::MAX), None);
+        for unknown in [
+            "application/vnd.ztmesh.gossip.ballot+cbor",
+            "application/vnd.ztmesh.gossip.Vote+cbor",
+            "application/vnd.ztmesh.gossip.vote",
+            "application/cbor",
+        ] {
+            assert_eq!(MessageKind::from_content_type(unknown), None, "{unknown}");
+        }
     }
 
     /// serde's name for a kind, read back through CBOR text (no JSON dependency needed).

@@ -3,19 +3,22 @@
 //! change on every node exactly once; Tier 2 votes never count; a Tier 1 voter revoked mid-vote
 //! stops counting on every node that learnt of the revocation.
 //!
-//! The gossip core has no governance message kind yet (`MessageKind` is anomaly, revocation,
-//! peer exchange, health, bundle receipt, checkpoint), so each proposal or vote travels as a
-//! real signed `Health` message from its author whose `seq` names the item in a table the test
-//! holds. The simulator decides who receives it, when, and in which order; each node's
-//! governance takes the item at the instant its gossip core delivered the carrier, only if the
-//! carrier's verified signer is the item's proposer or voter.
+//! Proposals and votes travel as real signed gossip messages of kind `MessageKind::Proposal`
+//! and `MessageKind::Vote` (bodies `GovernanceProposal` and `GovernanceVote`), published by
+//! their author through the simulator, which decides who receives them, when, and in which
+//! order. Each node does what its runtime would: at the instant its gossip core delivered a
+//! message it turns the verified body into a governance input whose proposer or voter is the
+//! message's verified origin (never a field of the body), whose proposal id is the proposal's
+//! gossip message id, and hands it to its governance core. The bodies carry no attestation
+//! token: each node's trust book already holds every node's attestation result, so the tiers
+//! are those a runtime would have derived from verified tokens.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ztmesh_core::{NodeId, Timestamp};
-use ztmesh_gossip::kinds::{Body, Health};
-use ztmesh_gossip::{MessageId, MessageKind};
+use ztmesh_gossip::kinds::{Body, GovernanceProposal, GovernanceVote};
+use ztmesh_gossip::{MessageId, MessageKind, VerifiedMessage};
 use ztmesh_sim::{LinkParams, SimConfig, Simulation};
 use ztmesh_trust::{
     BinaryHash, Governance, GovernanceEvent, GovernancePolicy, Param, Parameters, PeerError,
@@ -28,21 +31,6 @@ const NODES: usize = TIER1 + TIER2;
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-#[derive(Debug, Clone, Copy)]
-enum Item {
-    Proposal(Proposal),
-    Vote(Vote),
-}
-
-impl Item {
-    fn author(&self) -> NodeId {
-        match self {
-            Item::Proposal(p) => p.proposer,
-            Item::Vote(v) => v.voter,
-        }
-    }
-}
-
 /// One node's runtime share of governance: its trust view, its governance core, what it took.
 struct NodeGovernance {
     book: TrustBook,
@@ -53,11 +41,54 @@ struct NodeGovernance {
     knows_revoked: BTreeSet<NodeId>,
 }
 
+/// What a node's runtime hands its governance core for a delivered governance message.
+enum Input {
+    Proposal(Proposal),
+    Vote(Vote),
+}
+
+/// Turns a delivered proposal or vote into a governance input, as the node runtime does: the
+/// signer is the verified origin and a proposal is named by its gossip message id.
+fn governance_input(message: &VerifiedMessage) -> Input {
+    match message.decode_body() {
+        Ok(Body::Proposal(GovernanceProposal {
+            param,
+            value,
+            expires_at,
+            ..
+        })) => Input::Proposal(Proposal {
+            id: ProposalId(message.id.0),
+            param: Param::ALL
+                .into_iter()
+                .find(|p| p.as_str() == param)
+                .expect("the test proposes governed parameters only"),
+            value,
+            proposer: message.origin,
+            created_at: message.created_at,
+            expires_at,
+        }),
+        Ok(Body::Vote(GovernanceVote {
+            proposal_id,
+            approve,
+            ..
+        })) => Input::Vote(Vote {
+            proposal_id: ProposalId(
+                proposal_id
+                    .try_into()
+                    .expect("the schema holds proposal ids to 32 bytes"),
+            ),
+            voter: message.origin,
+            approve,
+        }),
+        other => panic!("not a governance message: {other:?}"),
+    }
+}
+
 struct Mesh {
     sim: Simulation,
     ids: Vec<NodeId>,
-    items: Vec<Item>,
-    carriers: Vec<MessageId>,
+    /// Every proposal and vote published, in publication order.
+    published: Vec<MessageId>,
     nodes: Vec<NodeGovernance>,
 }
 
@@ -104,71 +135,54 @@ impl Mesh {
         Mesh {
             sim,
             ids,
-            items: Vec::new(),
-            carriers: Vec::new(),
+            published: Vec::new(),
             nodes,
         }
     }
 
-    /// `author` signs a carrier for `item` and gossips it.
-    fn publish(&mut self, author: usize, item: Item) -> MessageId {
-        assert_eq!(item.author(), self.ids[author]);
-        let seq = self.items.len() as u64;
-        self.items.push(item);
-        let body = Health {
-            seq,
-            uptime_ms: 0,
-            links: 0,
-        }
-        .encode()
-        .expect("health body");
-        let id = self
-            .sim
-            .publish(author, MessageKind::Health, body, HOUR)
-            .expect("publish");
-        self.carriers.push(id);
+    /// `author` signs a governance message of `kind` and gossips it.
+    fn publish(&mut self, author: usize, kind: MessageKind, body: Vec<u8>) -> MessageId {
+        let id = self.sim.publish(author, kind, body, HOUR).expect("publish");
+        assert!(
+            !self.published.contains(&id),
+            "every governance message must be a new gossip message"
+        );
+        self.published.push(id);
         self.take_deliveries();
         id
     }
 
-    fn propose(&mut self, tag: u8, proposer: usize, param: Param, value: u64) -> ProposalId {
-        let now = self.sim.now();
-        let id = ProposalId([tag; 32]);
-        self.publish(
-            proposer,
-            Item::Proposal(Proposal {
-                id,
-                param,
-                value,
-                proposer: self.ids[proposer],
-                created_at: now,
-                expires_at: now.saturating_add(HOUR),
-            }),
-        );
-        id
+    fn propose(&mut self, proposer: usize, param: Param, value: u64) -> ProposalId {
+        let body = GovernanceProposal {
+            param: param.as_str().into(),
+            value,
+            expires_at: self.sim.now().saturating_add(HOUR),
+            token: Vec::new(),
+        }
+        .encode()
+        .expect("proposal body");
+        ProposalId(self.publish(proposer, MessageKind::Proposal, body).0)
     }
 
     fn vote(&mut self, proposal_id: ProposalId, voter: usize, approve: bool) -> MessageId {
-        let voter_id = self.ids[voter];
-        self.publish(
-            voter,
-            Item::Vote(Vote {
-                proposal_id,
-                voter: voter_id,
-                approve,
-            }),
-        )
+        let body = GovernanceVote {
+            proposal_id: proposal_id.0.to_vec(),
+            approve,
+            token: Vec::new(),
+        }
+        .encode()
+        .expect("vote body");
+        self.publish(voter, MessageKind::Vote, body)
     }
 
     /// The runtime's part on every node: revocations the gossip core learnt go into the trust
-    /// book (then governance recounts), and newly delivered carriers, in delivery order, go to
-    /// governance at their delivery instant.
+    /// book (then governance recounts), and newly delivered governance messages, in delivery
+    /// order, go to governance at their delivery instant.
     fn take_deliveries(&mut self) {
         let Mesh {
             sim,
             ids,
-            items,
-            carriers,
+            published,
             nodes,
         } = self;
         for (n, node) in nodes.iter_mut().enumerate() {
@@ -178,31 +192,22 @@ impl Mesh {
                     node.governance.handle_timeout(&node.book, sim.now());
                 }
             }
-            let mut fresh: Vec<(Timestamp, usize, MessageId)> = carriers
+            let mut fresh: Vec<(Timestamp, usize, MessageId)> = published
                 .iter()
                 .enumerate()
                 .filter(|(_, id)| !node.taken.contains(*id))
                 .filter_map(|(i, id)| sim.delivered_at(n, id).map(|at| (at, i, *id)))
                 .collect();
             fresh.sort();
-            for (at, _, carrier) in fresh {
-                node.taken.insert(carrier);
+            for (at, _, id) in fresh {
+                node.taken.insert(id);
                 let message = sim
                     .gossip(n)
-                    .and_then(|gossip| gossip.message(&carrier))
-                    .expect("a delivered carrier is stored")
-                    .clone();
-                let Ok(Body::Health(health)) = message.decode_body() else {
-                    panic!("carrier is a health message");
-                };
-                let item = items[health.seq as usize];
-                // The signature binds the item to its author: anything else is dropped.
-                if message.origin != item.author() {
-                    continue;
-                }
-                let result = match item {
-                    Item::Proposal(p) => node.governance.handle_proposal(p, &node.book, at),
-                    Item::Vote(v) => node.governance.handle_vote(v, &node.book, at),
+                    .and_then(|gossip| gossip.message(&id))
+                    .expect("a delivered message is stored");
+                let result = match governance_input(message) {
+                    Input::Proposal(p) => node.governance.handle_proposal(p, &node.book, at),
+                    Input::Vote(v) => node.governance.handle_vote(v, &node.book, at),
                 };
                 if let Err(TrustError::Peer(PeerError::NotTier1 { .. })) = result {
                     node.refused_not_tier1 += 1;
@@ -214,26 +219,26 @@ impl Mesh {
         }
     }
 
-    /// Runs until every carrier so far reached every node in `members`.
+    /// Runs until every governance message so far reached every node in `members`.
     fn settle(&mut self, members: &[usize]) {
         let deadline = self.sim.now().saturating_add(Duration::from_secs(60));
         loop {
             self.take_deliveries();
-            let done = self.carriers.iter().all(|id| {
+            let done = self.published.iter().all(|id| {
                 members
                     .iter()
                     .all(|&n| self.sim.delivered_at(n, id).is_some())
             }) && members.iter().all(|&n| {
-                self.carriers
+                self.published
                     .iter()
-                    .all(|c| self.nodes[n].taken.contains(c))
+                    .all(|id| self.nodes[n].taken.contains(id))
             });
             if done {
                 return;
             }
             assert!(self.sim.now() < deadline, "gossip did not settle in 60 s");
             if self.sim.step().is_none() {
-                panic!("nothing scheduled but carriers undelivered");
+                panic!("nothing scheduled but governance messages undelivered");
             }
         }
     }
@@ -251,16 +256,20 @@ impl Mesh {
 fn four_of_seven_tier1_approvals_apply_everywhere_three_and_tier2_votes_do_not() {
     let mut mesh = Mesh::new(11);
     let everyone: Vec<usize> = (0..NODES).collect();
-    let proposal = mesh.propose(1, 0, Param::GossipFanout, 5);
+    let proposal = mesh.propose(0, Param::GossipFanout, 5);
+    let mut first_votes = Vec::new();
     for voter in 0..3 {
-        mesh.vote(proposal, voter, true);
+        first_votes.push(mesh.vote(proposal, voter, true));
     }
     // All ten Tier 2 nodes approve too: more than half of the mesh, but not of Tier 1.
     for voter in TIER1..NODES {
         mesh.vote(proposal, voter, true);
     }
-    // A Tier 1 node approving twice still counts once.
-    mesh.vote(proposal, 1, true);
+    // A Tier 1 node approving twice still counts once. A second later its vote is signed anew:
+    // another gossip message, which every node delivers and hands to governance.
+    mesh.sim.run_for(Duration::from_secs(1));
+    let again = mesh.vote(proposal, 1, true);
+    assert!(!first_votes.contains(&again));
     mesh.settle(&everyone);
     for n in 0..NODES {
         let node = &mesh.nodes[n];
@@ -307,7 +316,7 @@ fn a_revoked_tier1_voter_stops_counting_on_every_node() {
     let revoked_id = mesh.ids[revoked];
     let members: Vec<usize> = (0..NODES).filter(|&n| n != revoked).collect();
     let everyone: Vec<usize> = (0..NODES).collect();
-    let proposal = mesh.propose(2, 0, Param::RateLimitRpm, 1000);
+    let proposal = mesh.propose(0, Param::RateLimitRpm, 1000);
     for voter in [4, 5, revoked] {
         mesh.vote(proposal, voter, true);
     }

@@ -385,12 +385,12 @@ fn envelope_needs_a_kind_a_time_and_a_node_key_id() {
             craft(
                 &pair.peer,
                 kid,
-                Some("application/vnd.ztmesh.gossip.vote+cbor".into()),
+                Some("application/vnd.ztmesh.gossip.ballot+cbor".into()),
                 secs,
                 payload.clone(),
                 GOSSIP_LABEL,
             ),
-            Refusal::UnknownKind("application/vnd.ztmesh.gossip.vote+cbor".into()),
+            Refusal::UnknownKind("application/vnd.ztmesh.gossip.ballot+cbor".into()),
         ),
         (
             craft(

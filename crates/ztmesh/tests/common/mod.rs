@@ -85,12 +85,17 @@ impl Proc {
 
     /// Starts `ztmesh args…` inside `netns` (when given) with logs to `log`.
     pub fn spawn_in(netns: Option<&str>, name: &str, args: &[&str], log: PathBuf) -> Proc {
+        Proc::spawn_command(command_in(netns), name, args, log)
+    }
+
+    /// Starts `command args…` with logs to `log`.
+    pub fn spawn_command(mut command: Command, name: &str, args: &[&str], log: PathBuf) -> Proc {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("log file");
-        let child = command_in(netns)
+        let child = command
             .args(args)
             .env("ZTMESH_PASSPHRASE", PASSPHRASE)
             .env("ZTMESH_LOG", "info,ztmesh_node=debug")
@@ -267,6 +272,7 @@ impl TestCa {
             node_id,
             proc: None,
             netns: None,
+            binary: None,
         }
     }
 }
@@ -299,6 +305,8 @@ pub struct TestNode {
     pub proc: Option<Proc>,
     /// The network namespace the node runs in (multi-host tests); `None` = this host.
     pub netns: Option<String>,
+    /// Run this executable instead of the binary under test (a copy with another hash).
+    pub binary: Option<PathBuf>,
 }
 
 impl TestNode {
@@ -306,8 +314,12 @@ impl TestNode {
     pub fn start(&mut self) {
         let addr_file = self.dir.join("node.addr.json");
         let _ = std::fs::remove_file(&addr_file);
-        let mut proc = Proc::spawn_in(
-            self.netns.as_deref(),
+        let command = match &self.binary {
+            Some(binary) => Command::new(binary),
+            None => command_in(self.netns.as_deref()),
+        };
+        let mut proc = Proc::spawn_command(
+            command,
             &self.name,
             &["run", "--data-dir", self.dir.to_str().unwrap()],
             self.dir.join("run.log"),
