@@ -15,9 +15,15 @@ pub mod dev;
 mod evidence;
 pub mod manifest;
 pub mod sev;
+pub mod token;
 pub mod tpm2;
+pub mod tpm2_credential;
 
 pub use evidence::{
     report_data_binding, AttestError, EvidenceType, Expectations, ReferenceValues, Verdict,
     MAX_COLLATERAL_LEN, MAX_EVIDENCE_LEN,
+};
+pub use token::{
+    AttestationToken, TokenError, TokenPolicy, MAX_CLOCK_SKEW_SECS, MAX_TOKEN_LEN,
+    TOKEN_CONTENT_TYPE, TOKEN_LABEL,
 };
