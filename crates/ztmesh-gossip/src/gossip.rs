@@ -188,6 +188,16 @@ impl<R: RngCore> Gossip<R> {
         }
     }
 
+    /// Changes the fan-out of messages pushed from now on (a governance decision). Refused
+    /// above `max_peers`, like at configuration.
+    pub fn set_fanout(&mut self, fanout: usize) -> Result<(), crate::ConfigError> {
+        let mut config = self.config.clone();
+        config.fanout = fanout;
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// This node's id.
     pub fn local(&self) -> NodeId {
         self.local

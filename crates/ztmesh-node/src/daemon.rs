@@ -156,6 +156,12 @@ pub(crate) struct Node {
     last_health: Mutex<HashMap<NodeId, Timestamp>>,
     /// This node's attester and its verifier of peers' evidence.
     pub(crate) attestor: crate::attestation::Attestor,
+    /// Governance state: proposals, votes, the parameters decided (lock before `tiers`).
+    pub(crate) governance: Mutex<ztmesh_trust::Governance>,
+    /// The tier gates and their refusal counters.
+    pub(crate) gates: Mutex<ztmesh_trust::Gates>,
+    /// Health interval decided by governance, milliseconds (0: the configured one).
+    pub(crate) health_override_ms: AtomicU64,
     /// Attestation verifications that succeeded / failed (peers and self).
     pub(crate) attestations_ok: AtomicU64,
     pub(crate) attestations_failed: AtomicU64,
@@ -253,6 +259,14 @@ impl Node {
         }
     }
 
+    pub(crate) fn governance(&self) -> std::sync::MutexGuard<'_, ztmesh_trust::Governance> {
+        self.governance.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn gates(&self) -> std::sync::MutexGuard<'_, ztmesh_trust::Gates> {
+        self.gates.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn tiers(&self) -> std::sync::MutexGuard<'_, ztmesh_trust::TrustBook> {
         self.tiers.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -281,14 +295,23 @@ impl Node {
             dev_attestation_accepted: self.attestor.dev_allowed(),
             attestations_ok: self.attestations_ok.load(Ordering::Relaxed),
             attestations_failed: self.attestations_failed.load(Ordering::Relaxed),
-            gate_refusals: Default::default(),
-            parameters: Default::default(),
+            gate_refusals: {
+                let gates = self.gates();
+                ztmesh_trust::Action::ALL
+                    .into_iter()
+                    .map(|a| (a.as_str().to_owned(), gates.refusals(a)))
+                    .collect()
+            },
+            parameters: self.parameter_values(),
         }
     }
 
     /// How often health reports are sent and checked.
     pub(crate) fn health_interval(&self) -> Duration {
-        Duration::from_millis(self.config.health_interval_ms)
+        match self.health_override_ms.load(Ordering::SeqCst) {
+            0 => Duration::from_millis(self.config.health_interval_ms),
+            ms => Duration::from_millis(ms),
+        }
     }
 
     /// The SubjectPublicKeyInfo of this node's current TLS certificate.
@@ -488,6 +511,13 @@ impl Node {
                         last.insert(from, now());
                     }
                 }
+                Consequence::Proposal {
+                    id,
+                    from,
+                    body,
+                    created_at,
+                } => self.handle_proposal(id, from, body, created_at),
+                Consequence::Vote { from, body } => self.handle_vote(from, body),
                 Consequence::Nothing => {}
             }
         }
@@ -635,9 +665,24 @@ pub async fn run(
         );
     }
 
+    // Decisions taken by governance before a restart stay in force.
+    let decided = crate::governance::load_decided(&dir.0).map_err(NodeError::Inconsistent)?;
+    let mut parameters = ztmesh_trust::Parameters::default();
+    let _ = parameters.set(ztmesh_trust::Param::GossipFanout, u64::from(config.gossip_fanout));
+    for (param, value) in &decided {
+        parameters
+            .set(*param, *value)
+            .map_err(|e| NodeError::Inconsistent(format!("governance.json: {e}")))?;
+        tracing::info!(param = param.as_str(), value, "governance decision in force");
+    }
+    let governance = ztmesh_trust::Governance::new(
+        ztmesh_trust::GovernancePolicy::default(),
+        parameters,
+    )
+    .map_err(|e| NodeError::Inconsistent(format!("governance: {e}")))?;
     let gossip = GossipDriver::new(
         config.node_id,
-        gossip_config(config.gossip_fanout),
+        gossip_config(parameters.gossip_fanout() as u32),
         trust.clone(),
     )?;
     let api_token = dir.ensure_api_token()?;
@@ -667,6 +712,7 @@ pub async fn run(
     tracing::info!(binary_sha256 = %hex::encode(binary_sha256), "own executable");
     let mut tiers = ztmesh_trust::TrustBook::new(ztmesh_trust::TrustPolicy {
         dev_counts_as_hardware: attestor.dev_allowed(),
+        attestation_validity: parameters.attestation_validity(),
         ..ztmesh_trust::TrustPolicy::default()
     })
     .map_err(|e| NodeError::Inconsistent(format!("trust policy: {e}")))?;
@@ -677,6 +723,13 @@ pub async fn run(
         tiers: Mutex::new(tiers),
         last_health: Mutex::new(HashMap::new()),
         attestor,
+        governance: Mutex::new(governance),
+        gates: Mutex::new(ztmesh_trust::Gates::new()),
+        health_override_ms: AtomicU64::new(if decided.contains_key(&ztmesh_trust::Param::HealthCheckIntervalSecs) {
+            u64::try_from(parameters.health_check_interval().as_millis()).unwrap_or(u64::MAX)
+        } else {
+            0
+        }),
         attestations_ok: AtomicU64::new(0),
         attestations_failed: AtomicU64::new(0),
         dtn,
@@ -926,6 +979,15 @@ async fn dial(node: Arc<Node>, target: &DialTarget) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a gossip frame is part of anti-entropy (a digest or a want list), which the tier
+/// gate controls separately from pushed messages.
+fn is_anti_entropy(frame: &[u8]) -> bool {
+    matches!(
+        ztmesh_gossip::GossipFrame::decode(frame, &ztmesh_gossip::GossipConfig::default()),
+        Ok(ztmesh_gossip::GossipFrame::Digest { .. } | ztmesh_gossip::GossipFrame::Want { .. })
+    )
+}
+
 /// Registers a link, resolving duplicates by [`preferred_link`]. Returns false if this link
 /// must be dropped.
 fn register_link(node: &Node, peer: NodeId, handle: LinkHandle) -> bool {
@@ -1092,6 +1154,9 @@ where
                             last_seq = last_seq.max(got);
                         }
                         LinkMessage::PeerListRequest => {
+                            if !node.gate(&peer_id, ztmesh_trust::Action::PeerExchange) {
+                                continue;
+                            }
                             let peers: Vec<PeerAdvert> = node.table().connected_adverts().into_iter().filter(|p| p.node_id != peer_id).collect();
                             if let Err(reason) = write_message(&mut writer, &LinkMessage::PeerList { peers }).await {
                                 return reason;
@@ -1105,6 +1170,9 @@ where
                             }
                         }
                         LinkMessage::Gossip { frame } => {
+                            if is_anti_entropy(&frame) && !node.gate(&peer_id, ztmesh_trust::Action::AntiEntropy) {
+                                continue;
+                            }
                             let (result, drained) = node.gossip.handle_frame(peer_id, &frame, now());
                             if let Err(error) = result {
                                 tracing::debug!(peer = %peer_id, %error, "gossip frame refused");
@@ -1379,7 +1447,14 @@ async fn advert_loop(node: Arc<Node>) {
         let advert = tokio::select! {
             _ = stopped(&mut stop) => return,
             _ = tick.tick() => true,
-            _ = health.tick() => false,
+            _ = health.tick() => {
+                node.governance_tick();
+                if health.period() != node.health_interval() {
+                    health = tokio::time::interval(node.health_interval());
+                    health.reset();
+                }
+                false
+            }
             _ = self_attest.tick() => {
                 node.attest_self();
                 continue;

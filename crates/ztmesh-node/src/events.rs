@@ -67,6 +67,15 @@ pub enum NodeEvent {
         /// The CRL number now in force.
         crl_number: u64,
     },
+    /// A governance decision was applied on this node.
+    Governance {
+        /// The parameter.
+        param: String,
+        /// Its new value.
+        value: u64,
+        /// The winning proposal (64 hex).
+        proposal_id: String,
+    },
     /// First event of every subscription: the stream is live from here on.
     Ready {
         /// This node.
@@ -88,6 +97,7 @@ impl NodeEvent {
             NodeEvent::Anomaly(_) => "anomaly",
             NodeEvent::Bundle(_) => "bundle",
             NodeEvent::Revocation { .. } => "revocation",
+            NodeEvent::Governance { .. } => "governance",
             NodeEvent::Ready { .. } => "ready",
             NodeEvent::Lagged { .. } => "lagged",
         }

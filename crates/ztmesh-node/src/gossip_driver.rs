@@ -244,6 +244,16 @@ impl GossipDriver {
         self.lock().gossip.poll_timeout()
     }
 
+    /// Sets the fan-out of messages pushed from now on.
+    pub(crate) fn set_fanout(&self, fanout: usize) -> Result<(), ztmesh_gossip::ConfigError> {
+        self.lock().gossip.set_fanout(fanout)
+    }
+
+    /// The fan-out in force.
+    pub(crate) fn fanout(&self) -> usize {
+        self.lock().gossip.config().fanout
+    }
+
     /// A CA-signed record revoked these nodes: refuse and purge their messages.
     pub(crate) fn revoke_nodes(&self, nodes: &[NodeId]) {
         let mut inner = self.lock();
@@ -311,6 +321,18 @@ pub(crate) enum Consequence {
     Health {
         from: NodeId,
     },
+    /// A governance proposal (its id is the gossip message id).
+    Proposal {
+        id: [u8; 32],
+        from: NodeId,
+        body: ztmesh_gossip::kinds::GovernanceProposal,
+        created_at: Timestamp,
+    },
+    /// A governance vote.
+    Vote {
+        from: NodeId,
+        body: ztmesh_gossip::kinds::GovernanceVote,
+    },
     Nothing,
 }
 
@@ -341,6 +363,20 @@ pub(crate) fn consequence(message: &VerifiedMessage) -> Consequence {
         MessageKind::Health => ztmesh_gossip::kinds::Health::decode(&message.body)
             .map(|_| Consequence::Health {
                 from: message.origin,
+            })
+            .unwrap_or(Consequence::Nothing),
+        MessageKind::Proposal => ztmesh_gossip::kinds::GovernanceProposal::decode(&message.body)
+            .map(|body| Consequence::Proposal {
+                id: message.id.0,
+                from: message.origin,
+                body,
+                created_at: message.created_at,
+            })
+            .unwrap_or(Consequence::Nothing),
+        MessageKind::Vote => ztmesh_gossip::kinds::GovernanceVote::decode(&message.body)
+            .map(|body| Consequence::Vote {
+                from: message.origin,
+                body,
             })
             .unwrap_or(Consequence::Nothing),
         _ => Consequence::Nothing,

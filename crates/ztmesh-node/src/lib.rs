@@ -24,6 +24,7 @@ pub mod events;
 // `NodeMembership`; not part of the documented API.
 #[doc(hidden)]
 pub mod gossip_driver;
+pub mod governance;
 pub mod https;
 pub mod local_api;
 mod log_watch;

@@ -34,6 +34,11 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/events", get(crate::local_api::events))
         .route(
+            "/v1/governance/proposals",
+            post(crate::governance::post_proposal).get(crate::governance::list_proposals),
+        )
+        .route("/v1/governance/votes", post(crate::governance::post_vote))
+        .route(
             "/v1/bundles",
             post(crate::local_api::post_bundle)
                 .get(crate::local_api::list_bundles)

@@ -103,6 +103,37 @@ impl LocalApiClient {
         send_json(self.authorized(self.client.post(&url)).json(request), &url).await
     }
 
+    /// `POST /v1/governance/proposals`.
+    pub async fn propose(
+        &self,
+        param: &str,
+        value: u64,
+        ttl_sec: Option<u64>,
+    ) -> Result<crate::governance::GovernancePublished, ClientError> {
+        let url = format!("{}/v1/governance/proposals", self.base);
+        let body = serde_json::json!({ "param": param, "value": value, "ttl_sec": ttl_sec });
+        send_json(self.authorized(self.client.post(&url)).json(&body), &url).await
+    }
+
+    /// `POST /v1/governance/votes`.
+    pub async fn vote(
+        &self,
+        proposal_id: &str,
+        approve: bool,
+    ) -> Result<crate::governance::GovernancePublished, ClientError> {
+        let url = format!("{}/v1/governance/votes", self.base);
+        let body = serde_json::json!({ "proposal_id": proposal_id, "approve": approve });
+        send_json(self.authorized(self.client.post(&url)).json(&body), &url).await
+    }
+
+    /// `GET /v1/governance/proposals`.
+    pub async fn proposals(
+        &self,
+    ) -> Result<crate::governance::ProposalsResponse, ClientError> {
+        let url = format!("{}/v1/governance/proposals", self.base);
+        send_json(self.authorized(self.client.get(&url)), &url).await
+    }
+
     /// `GET /v1/anomalies`.
     pub async fn anomalies(&self) -> Result<crate::local_api::AnomaliesResponse, ClientError> {
         let url = format!("{}/v1/anomalies", self.base);

@@ -395,6 +395,16 @@ impl Governance {
         Some((approvals, electorate.tier1_count(now)))
     }
 
+    /// Held proposals in id order, each with its recorded votes (voter → approve) and whether
+    /// it was applied.
+    pub fn proposals(
+        &self,
+    ) -> impl Iterator<Item = (&Proposal, &BTreeMap<NodeId, bool>, bool)> + '_ {
+        self.proposals
+            .values()
+            .map(|held| (&held.proposal, &held.votes, held.applied))
+    }
+
     /// Whether proposal `id` is held and was applied.
     pub fn is_applied(&self, id: &ProposalId) -> bool {
         self.proposals.get(id).is_some_and(|held| held.applied)

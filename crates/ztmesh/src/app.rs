@@ -162,6 +162,95 @@ pub async fn publish(command: PublishCommand) -> Result<()> {
     Ok(())
 }
 
+#[derive(Args, Debug)]
+pub struct ProposeArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Parameter: gossip_fanout, rate_limit_rpm, cert_lifetime_secs, attestation_validity_secs
+    /// or health_check_interval_secs.
+    param: String,
+    /// The new value (within the parameter's bounds).
+    value: u64,
+    /// How long the vote stays open.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    ttl: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct VoteArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// The proposal id (64 hex, from `ztmesh proposals`).
+    id: String,
+    /// approve or reject.
+    #[arg(value_parser = ["approve", "reject"])]
+    choice: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ProposalsArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `ztmesh propose`: a signed governance proposal, gossiped mesh-wide.
+pub async fn propose(args: ProposeArgs) -> Result<()> {
+    let answer = client(&args.node)?
+        .propose(&args.param, args.value, Some(args.ttl.as_secs().max(1)))
+        .await?;
+    out!("{}", answer.id);
+    Ok(())
+}
+
+/// `ztmesh vote`: a signed vote; only Tier 1 votes count.
+pub async fn vote(args: VoteArgs) -> Result<()> {
+    let answer = client(&args.node)?
+        .vote(&args.id, args.choice == "approve")
+        .await?;
+    out!("{}", answer.id);
+    Ok(())
+}
+
+/// `ztmesh proposals`: what the node holds and the parameters in force.
+pub async fn proposals(args: ProposalsArgs) -> Result<()> {
+    let answer = client(&args.node)?.proposals().await?;
+    if args.json {
+        out!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    out!(
+        "{:<64} {:<27} {:>8} {:>9} {:>8} {:<8} EXPIRES",
+        "ID",
+        "PARAM = VALUE",
+        "APPROVE",
+        "REJECT",
+        "TIER 1",
+        "STATE"
+    );
+    for p in &answer.proposals {
+        out!(
+            "{:<64} {:<27} {:>8} {:>9} {:>8} {:<8} {}",
+            p.id,
+            format!("{} = {}", p.param, p.value),
+            p.approvals,
+            p.rejections,
+            p.tier1_nodes,
+            if p.applied { "applied" } else { "open" },
+            p.expires_at
+        );
+    }
+    let params: Vec<String> = answer
+        .parameters
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    out!("in force: {}", params.join(", "));
+    Ok(())
+}
+
 pub async fn anomalies(args: AnomaliesArgs) -> Result<()> {
     let answer = client(&args.node)?.anomalies().await?;
     if args.json {
@@ -217,6 +306,11 @@ fn describe(event: &NodeEvent) -> String {
         NodeEvent::Revocation { nodes, crl_number } => {
             format!("revocation crl={crl_number} nodes={}", nodes.join(","))
         }
+        NodeEvent::Governance {
+            param,
+            value,
+            proposal_id,
+        } => format!("governance {param} = {value} (proposal {proposal_id})"),
         NodeEvent::Lagged { missed } => {
             format!("lagged   {missed} events missed (list them with the API)")
         }

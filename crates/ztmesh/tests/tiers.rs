@@ -167,6 +167,55 @@ fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_
         "a should log why c's evidence was refused"
     );
 
+    // Governance: a and b are the Tier 1 electorate (c is Tier 2). c's vote is refused by the
+    // tier gate; a's approval alone is 1 of 2, not a majority; b's makes it 2 of 2.
+    wait_until("c to see a and b at tier 1", TIER_TIMEOUT, || {
+        tier_of(&c, &a) == "tier 1" && tier_of(&c, &b) == "tier 1"
+    });
+    let id = a
+        .cli_ok(&["propose", "gossip_fanout", "2", "--ttl", "5m"])
+        .trim()
+        .to_owned();
+    assert_eq!(id.len(), 64, "{id}");
+    let held = |node: &TestNode| -> serde_json::Value {
+        serde_json::from_str(&node.cli_ok(&["proposals", "--json"])).unwrap()
+    };
+    wait_until("every node to hold the proposal", TIER_TIMEOUT, || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| held(n)["proposals"].as_array().is_some_and(|p| p.len() == 1))
+    });
+    c.cli_ok(&["vote", &id, "approve"]);
+    a.cli_ok(&["vote", &id, "approve"]);
+    wait_until("a's vote to be counted everywhere", TIER_TIMEOUT, || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| held(n)["proposals"][0]["approvals"] == 1)
+    });
+    wait_until("c's Tier 2 vote to be refused by the gate", TIER_TIMEOUT, || {
+        a.status()["status"]["trust"]["gate_refusals"]["governance"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
+    });
+    for node in [&a, &b, &c] {
+        let view = held(node);
+        assert_eq!(view["proposals"][0]["applied"], false, "{view}");
+        assert_eq!(view["parameters"]["gossip_fanout"], 3, "{view}");
+    }
+    b.cli_ok(&["vote", &id, "approve"]);
+    wait_until("gossip_fanout = 2 on every node", TIER_TIMEOUT, || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| held(n)["parameters"]["gossip_fanout"] == 2)
+    });
+    // Applied changes persist across a restart.
+    assert!(a.dir.join("governance.json").exists());
+    a.kill9();
+    a.start();
+    assert_eq!(held(&a)["parameters"]["gossip_fanout"], 2);
+    wait_full_mesh(&[&a, &b, &c], Duration::from_secs(60));
+
     // b's TEE key is swapped: its evidence no longer verifies. One failure is a warning;
     // three in a row demote it to Tier 2.
     std::fs::write(b.dir.join("dev-tee.key"), hex::encode([0x11u8; 32])).unwrap();

@@ -1,0 +1,450 @@
+//! Governance in the node runtime: signed proposals and votes arrive as gossip, pass the tier
+//! gate, and feed the sans-IO [`ztmesh_trust::Governance`] with this node's trust book as the
+//! electorate. A decision applies at once (the gossip fan-out changes on the next push, the
+//! attestation validity on the next verification, the health interval on the next tick) and is
+//! persisted in `governance.json`, so it survives a restart.
+//!
+//! Routes (local applications, `Authorization: Bearer <api.token>`):
+//! `POST /v1/governance/proposals` `{param, value, ttl_sec?}` → 202 `{id}`,
+//! `POST /v1/governance/votes` `{proposal_id, approve}` → 202 `{id}`,
+//! `GET /v1/governance/proposals` → the proposals held, their votes and the parameters in force.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use ztmesh_core::{NodeId, Timestamp};
+use ztmesh_gossip::kinds::{GovernanceProposal, GovernanceVote};
+use ztmesh_gossip::MessageKind;
+use ztmesh_trust::{Action, GovernanceEvent, Param, Parameters, ProposalId};
+
+use crate::api_error::{ApiError, ApiJson};
+use crate::daemon::Node;
+use crate::local_api::{gossip_error, local_app};
+use crate::timefmt::now;
+
+/// `governance.json` in the node directory: the values decided so far, by parameter name
+/// (parameters never decided keep their configured or default value).
+pub const PARAMETERS_FILE: &str = "governance.json";
+
+/// Default lifetime of a proposal.
+pub const DEFAULT_PROPOSAL_TTL: Duration = Duration::from_secs(600);
+
+/// How long a vote stays in the mesh after its proposal could expire.
+const VOTE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The parameter named `name`.
+pub fn param_named(name: &str) -> Option<Param> {
+    Param::ALL.into_iter().find(|p| p.as_str() == name)
+}
+
+/// Values decided by governance.
+pub(crate) type Decided = std::collections::BTreeMap<Param, u64>;
+
+/// Reads `governance.json` (empty when absent); every value must be within its bounds.
+pub(crate) fn load_decided(dir: &Path) -> Result<Decided, String> {
+    let path = dir.join(PARAMETERS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Decided::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let decided: Decided =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (param, value) in &decided {
+        param
+            .check(*value)
+            .map_err(|e| format!("{}: {}: {e}", path.display(), param.as_str()))?;
+    }
+    Ok(decided)
+}
+
+/// Records one decision in `governance.json` atomically (temporary file, then rename).
+fn save_decision(dir: &Path, param: Param, value: u64) -> Result<(), String> {
+    let mut decided = load_decided(dir)?;
+    decided.insert(param, value);
+    let path = dir.join(PARAMETERS_FILE);
+    let tmp = dir.join(format!("{PARAMETERS_FILE}.tmp"));
+    let text = serde_json::to_vec_pretty(&decided).map_err(|e| e.to_string())?;
+    crate::ca_service::write_private_file(&tmp, &text).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl Node {
+    /// `true` when `peer` may take part in `action`; otherwise the refusal is counted and logged.
+    pub(crate) fn gate(&self, peer: &NodeId, action: Action) -> bool {
+        let t = now();
+        let result = {
+            let tiers = self.tiers();
+            self.gates().check(&tiers, peer, action, t)
+        };
+        match result {
+            Ok(()) => true,
+            Err(refusal) => {
+                tracing::warn!(%peer, action = %action, tier = %refusal.tier, reason = %refusal.reason, "refused by tier gate");
+                false
+            }
+        }
+    }
+
+    /// A verified proposal arrived (or was published here).
+    pub(crate) fn handle_proposal(
+        self: &Arc<Self>,
+        id: [u8; 32],
+        from: NodeId,
+        body: GovernanceProposal,
+        created_at: Timestamp,
+    ) {
+        if !self.gate(&from, Action::Governance) {
+            return;
+        }
+        let Some(param) = param_named(&body.param) else {
+            tracing::warn!(%from, param = %body.param, "proposal for an unknown parameter ignored");
+            return;
+        };
+        let proposal = ztmesh_trust::Proposal {
+            id: ProposalId(id),
+            param,
+            value: body.value,
+            proposer: from,
+            created_at,
+            expires_at: body.expires_at,
+        };
+        let result = {
+            let mut governance = self.governance();
+            let tiers = self.tiers();
+            governance.handle_proposal(proposal, &*tiers, now())
+        };
+        match result {
+            Ok(accepted) => {
+                tracing::info!(%from, id = %ProposalId(id), param = param.as_str(), value = body.value, ?accepted, "governance proposal")
+            }
+            Err(error) => tracing::warn!(%from, %error, "governance proposal refused"),
+        }
+        self.drain_governance();
+    }
+
+    /// A verified vote arrived (or was published here).
+    pub(crate) fn handle_vote(self: &Arc<Self>, from: NodeId, body: GovernanceVote) {
+        if !self.gate(&from, Action::Governance) {
+            return;
+        }
+        let Ok(proposal_id) = <[u8; 32]>::try_from(body.proposal_id.as_slice()) else {
+            return;
+        };
+        let vote = ztmesh_trust::Vote {
+            proposal_id: ProposalId(proposal_id),
+            voter: from,
+            approve: body.approve,
+        };
+        let result = {
+            let mut governance = self.governance();
+            let tiers = self.tiers();
+            governance.handle_vote(vote, &*tiers, now())
+        };
+        match result {
+            Ok(accepted) => {
+                tracing::info!(%from, proposal = %vote.proposal_id, approve = vote.approve, ?accepted, "governance vote")
+            }
+            Err(error) => tracing::warn!(%from, %error, "governance vote not counted"),
+        }
+        self.drain_governance();
+    }
+
+    /// Time passed: expires proposals and re-counts (tiers change with time).
+    pub(crate) fn governance_tick(self: &Arc<Self>) {
+        {
+            let mut governance = self.governance();
+            let tiers = self.tiers();
+            governance.handle_timeout(&*tiers, now());
+        }
+        self.drain_governance();
+    }
+
+    /// Applies, persists and logs what governance decided.
+    fn drain_governance(self: &Arc<Self>) {
+        loop {
+            let (event, parameters) = {
+                let mut governance = self.governance();
+                let Some(event) = governance.poll_event() else {
+                    return;
+                };
+                (event, *governance.parameters())
+            };
+            match event {
+                GovernanceEvent::Applied {
+                    param,
+                    value,
+                    proposal_id,
+                } => {
+                    tracing::info!(param = param.as_str(), value, proposal = %proposal_id, "governance decision applied");
+                    self.apply_parameter(param, &parameters);
+                    if let Err(error) = save_decision(&self.dir.0, param, value) {
+                        tracing::error!(%error, "could not persist governance.json");
+                    }
+                    self.events.emit(crate::events::NodeEvent::Governance {
+                        param: param.as_str().to_owned(),
+                        value,
+                        proposal_id: hex::encode(proposal_id.0),
+                    });
+                }
+                GovernanceEvent::Expired { proposal_id } => {
+                    tracing::info!(proposal = %proposal_id, "governance proposal expired without a majority");
+                }
+            }
+        }
+    }
+
+    /// Puts a decided value into force.
+    pub(crate) fn apply_parameter(&self, param: Param, parameters: &Parameters) {
+        match param {
+            Param::GossipFanout => {
+                if let Err(error) = self.gossip.set_fanout(parameters.gossip_fanout()) {
+                    tracing::warn!(%error, "gossip fan-out not applied");
+                }
+            }
+            Param::AttestationValiditySecs => {
+                if let Err(error) = self
+                    .tiers()
+                    .set_attestation_validity(parameters.attestation_validity())
+                {
+                    tracing::warn!(%error, "attestation validity not applied");
+                }
+            }
+            Param::HealthCheckIntervalSecs => {
+                self.health_override_ms.store(
+                    u64::try_from(parameters.health_check_interval().as_millis())
+                        .unwrap_or(u64::MAX),
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+            }
+            // Enforced by the CA (certificate lifetime) and the API rate limiter, which do not
+            // take part in gossip yet: recorded and shown, not enforced here.
+            Param::RateLimitRpm | Param::CertLifetimeSecs => {}
+        }
+    }
+
+    /// The governed parameters in force, by name.
+    pub(crate) fn parameter_values(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut values: std::collections::BTreeMap<String, u64> = {
+            let governance = self.governance();
+            Param::ALL
+                .into_iter()
+                .map(|p| (p.as_str().to_owned(), governance.parameters().get(p)))
+                .collect()
+        };
+        values.insert(
+            Param::GossipFanout.as_str().to_owned(),
+            self.gossip.fanout() as u64,
+        );
+        values
+    }
+}
+
+/// `POST /v1/governance/proposals` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProposeRequest {
+    /// Parameter name (`gossip_fanout`, `rate_limit_rpm`, `cert_lifetime_secs`,
+    /// `attestation_validity_secs`, `health_check_interval_secs`).
+    pub param: String,
+    /// The new value (within the parameter's bounds).
+    pub value: u64,
+    /// Seconds until the proposal expires (default 600, at most the policy's lifetime).
+    #[serde(default)]
+    pub ttl_sec: Option<u64>,
+}
+
+/// `POST /v1/governance/votes` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoteRequest {
+    /// The proposal id (64 hex characters, as `GET /v1/governance/proposals` lists it).
+    pub proposal_id: String,
+    /// `true` approves, `false` rejects.
+    pub approve: bool,
+}
+
+/// Answer of the two publishing routes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GovernancePublished {
+    /// The gossip message id (for a proposal: the proposal id).
+    pub id: String,
+}
+
+/// One proposal in `GET /v1/governance/proposals`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProposalView {
+    /// Its id (64 hex).
+    pub id: String,
+    /// The parameter.
+    pub param: String,
+    /// The proposed value.
+    pub value: u64,
+    /// Who proposed it.
+    pub proposer: String,
+    /// When it expires (RFC 3339).
+    pub expires_at: String,
+    /// Approvals by current Tier 1 nodes.
+    pub approvals: usize,
+    /// Rejections recorded.
+    pub rejections: usize,
+    /// Tier 1 nodes this node knows now (the electorate; more than half must approve).
+    pub tier1_nodes: usize,
+    /// Whether it was applied.
+    pub applied: bool,
+}
+
+/// `GET /v1/governance/proposals` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProposalsResponse {
+    /// Proposals held (open, or decided and not yet expired).
+    pub proposals: Vec<ProposalView>,
+    /// Parameters in force.
+    pub parameters: std::collections::BTreeMap<String, u64>,
+}
+
+pub(crate) async fn post_proposal(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<ProposeRequest>,
+) -> Result<(StatusCode, Json<GovernancePublished>), ApiError> {
+    local_app(&node, &headers)?;
+    let param = param_named(&request.param).ok_or_else(|| {
+        let names: Vec<&str> = Param::ALL.iter().map(|p| p.as_str()).collect();
+        ApiError::bad_request(
+            "unknown_param",
+            format!("unknown parameter {:?}: one of {}", request.param, names.join(", ")),
+        )
+    })?;
+    param
+        .check(request.value)
+        .map_err(|e| ApiError::bad_request("value_out_of_bounds", e.to_string()))?;
+    let ttl = match request.ttl_sec {
+        None => DEFAULT_PROPOSAL_TTL,
+        Some(s) if s == 0 || s > 7 * 24 * 3600 => {
+            return Err(ApiError::bad_request(
+                "invalid_ttl",
+                "ttl_sec must be between 1 and 604800",
+            ))
+        }
+        Some(s) => Duration::from_secs(s),
+    };
+    let body = GovernanceProposal {
+        param: param.as_str().to_owned(),
+        value: request.value,
+        expires_at: now().saturating_add(ttl),
+        token: Vec::new(),
+    }
+    .encode()
+    .map_err(|e| ApiError::bad_request("invalid_proposal", e.to_string()))?;
+    let id = node
+        .publish_own(MessageKind::Proposal, body, ttl)
+        .map_err(gossip_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(GovernancePublished { id: id.to_string() }),
+    ))
+}
+
+pub(crate) async fn post_vote(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<VoteRequest>,
+) -> Result<(StatusCode, Json<GovernancePublished>), ApiError> {
+    local_app(&node, &headers)?;
+    let proposal_id = hex::decode(request.proposal_id.trim())
+        .ok()
+        .filter(|b| b.len() == 32)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "malformed_proposal_id",
+                "proposal_id must be 64 hex characters",
+            )
+        })?;
+    let body = GovernanceVote {
+        proposal_id,
+        approve: request.approve,
+        token: Vec::new(),
+    }
+    .encode()
+    .map_err(|e| ApiError::bad_request("invalid_vote", e.to_string()))?;
+    let id = node
+        .publish_own(MessageKind::Vote, body, VOTE_TTL)
+        .map_err(gossip_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(GovernancePublished { id: id.to_string() }),
+    ))
+}
+
+pub(crate) async fn list_proposals(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+) -> Result<Json<ProposalsResponse>, ApiError> {
+    local_app(&node, &headers)?;
+    let t = now();
+    let proposals = {
+        let governance = node.governance();
+        let tiers = node.tiers();
+        let tier1 = ztmesh_trust::Electorate::tier1_count(&*tiers, t);
+        governance
+            .proposals()
+            .map(|(proposal, votes, applied)| ProposalView {
+                id: hex::encode(proposal.id.0),
+                param: proposal.param.as_str().to_owned(),
+                value: proposal.value,
+                proposer: proposal.proposer.to_string(),
+                expires_at: crate::timefmt::rfc3339(proposal.expires_at),
+                approvals: votes
+                    .iter()
+                    .filter(|(voter, approve)| {
+                        **approve && tiers.tier(voter, t).0 == ztmesh_trust::Tier::Tier1
+                    })
+                    .count(),
+                rejections: votes.values().filter(|approve| !**approve).count(),
+                tier1_nodes: tier1,
+                applied,
+            })
+            .collect()
+    };
+    Ok(Json(ProposalsResponse {
+        proposals,
+        parameters: node.parameter_values(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_persist_and_reload_and_out_of_bounds_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load_decided(dir.path()).unwrap().is_empty());
+        save_decision(dir.path(), Param::GossipFanout, 5).unwrap();
+        save_decision(dir.path(), Param::HealthCheckIntervalSecs, 30).unwrap();
+        save_decision(dir.path(), Param::GossipFanout, 2).unwrap();
+        let decided = load_decided(dir.path()).unwrap();
+        assert_eq!(
+            decided,
+            Decided::from([(Param::GossipFanout, 2), (Param::HealthCheckIntervalSecs, 30)])
+        );
+        for garbage in [&b"{\"gossip_fanout\": 99}"[..], b"{\"nope\": 1}", b"[1]", b"\xff"] {
+            std::fs::write(dir.path().join(PARAMETERS_FILE), garbage).unwrap();
+            assert!(load_decided(dir.path()).is_err());
+        }
+    }
+
+    #[test]
+    fn every_parameter_has_a_name() {
+        for param in Param::ALL {
+            assert_eq!(param_named(param.as_str()), Some(param));
+        }
+        assert_eq!(param_named("fanout"), None);
+    }
+}
