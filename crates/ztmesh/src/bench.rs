@@ -33,6 +33,10 @@ pub enum BenchCommand {
     /// witnesses every second, versus the same appends with no checkpoints; and witness
     /// cosignatures per second versus one Ed25519 signature plus one consistency proof.
     Tlog(crate::bench_tlog::TlogArgs),
+    /// Verifications per second of each attestation evidence type (dev, tpm2, tdx, sgx,
+    /// sev-snp) on its sample evidence, versus only the raw signature verifications that
+    /// evidence contains, same bytes and primitive crates, in the same run.
+    Attest(crate::bench_attest::AttestArgs),
 }
 
 /// Options of `ztmesh bench handshake`.
@@ -54,6 +58,7 @@ pub async fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Dtn(args) => crate::bench_core::dtn(args).await,
         BenchCommand::Mesh(args) => crate::bench_mesh::run(args).await,
         BenchCommand::Tlog(args) => crate::bench_tlog::run(args).await,
+        BenchCommand::Attest(args) => crate::bench_attest::run(args).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `ztmesh demo`: a real local mesh — a CA and N node processes on loopback with real TLS
 //! sockets and SQLite files in a temporary directory — that shows enrollment, the mesh
-//! forming, a revocation refused by every other node, and certificate rotation without a gap.
+//! forming, trust tiers earned by link attestation (with a simulated TEE) and a governance vote,
+//! a revocation refused by every other node, and certificate rotation without a gap.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -42,7 +43,9 @@ pub struct DemoArgs {
 const WITNESSES: usize = 3;
 
 /// Certificate lifetime used by the demo: the shortest allowed, so a rotation happens within it.
-const DEMO_CERT_LIFETIME: &str = "60s";
+/// Long enough that rotation (at 2/3 of the lifetime, counted from the back-dated notBefore)
+/// comes after the steps before it, short enough to watch it happen.
+const DEMO_CERT_LIFETIME: &str = "90s";
 
 struct Demo {
     started: Instant,
@@ -58,6 +61,11 @@ impl Demo {
 
     fn spawn(&mut self, name: &str, args: &[&str], log: &Path) -> Result<()> {
         let exe = std::env::current_exe().context("locating the ztmesh binary")?;
+        self.spawn_exe(&exe, name, args, log)
+    }
+
+    /// Like [`Demo::spawn`], running the executable `exe`.
+    fn spawn_exe(&mut self, exe: &Path, name: &str, args: &[&str], log: &Path) -> Result<()> {
         let log_file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(exe)
@@ -325,10 +333,83 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ),
     }
 
-    // 3. Nodes
+    // Attestation and reference values: a release key signs a manifest allowing this binary;
+    // every node pins the release key, answers challenges with a simulated TEE and accepts
+    // simulated evidence toward Tier 1 (demo only: a real mesh uses TPM/TDX/SGX/SEV-SNP).
+    let exe = std::env::current_exe().context("locating the ztmesh binary")?;
+    let own_hash: [u8; 32] = sha2::Sha256::digest(std::fs::read(&exe)?).into();
+    let release_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let now_secs = ztmesh_node::timefmt::now().as_unix_secs();
+    let manifest = ztmesh_attest::manifest::Manifest::new(
+        "demo-1",
+        now_secs,
+        now_secs + 86_400,
+        [own_hash].into_iter().collect(),
+        [(
+            ztmesh_attest::EvidenceType::Dev,
+            ztmesh_attest::ReferenceValues(
+                [(
+                    "measurement".to_owned(),
+                    [hex::encode(own_hash)].into_iter().collect(),
+                )]
+                .into_iter()
+                .collect(),
+            ),
+        )]
+        .into_iter()
+        .collect(),
+    )?
+    .sign(&release_key)?;
+    let mut tee_seed = Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut tee_seed[..]);
+    let tee_public = ed25519_dalek::SigningKey::from_bytes(&tee_seed).verifying_key();
     for node in &nodes {
+        std::fs::write(node.dir.0.join("manifest.cose"), manifest.as_bytes())?;
+        ca_service::write_private_file(
+            &node.dir.0.join("dev-tee.key"),
+            hex::encode(*tee_seed).as_bytes(),
+        )?;
+        let mut config = node.dir.read_config()?;
+        config.health_interval_ms = 100;
+        config.attestation = ztmesh_node::attestation::AttestationConfig {
+            attester: ztmesh_node::attestation::Attester::Dev,
+            dev_tee_key_file: Some("dev-tee.key".into()),
+            dev_tee_public_key: Some(hex::encode(tee_public.as_bytes())),
+            release_key: Some(hex::encode(release_key.verifying_key().as_bytes())),
+            manifest: Some("manifest.cose".into()),
+            reattest_secs: 1,
+            ..Default::default()
+        };
+        node.dir.write_config(&config)?;
+    }
+    demo.step(&format!(
+        "release manifest demo-1 signed by a release key pinned in every node.toml: allows binary sha256 {}…",
+        &hex::encode(own_hash)[..16]
+    ));
+    demo.step("attestation: every node answers link challenges with a DEV (SIMULATED) TEE and accepts it toward tier 1 — demo only, not hardware");
+    // The last node runs the same program with one byte appended: it behaves the same, but its
+    // hash (and the measurement its TEE reports) is not in the manifest.
+    let foreign = root.join("ztmesh-unlisted");
+    let mut bytes = std::fs::read(&exe)?;
+    bytes.push(0);
+    std::fs::write(&foreign, bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o755))?;
+    }
+    demo.step(&format!(
+        "{} will run {} (one byte appended: its sha256 is not in the manifest)",
+        nodes[n - 1].name,
+        foreign.display()
+    ));
+
+    // 3. Nodes
+    for (i, node) in nodes.iter().enumerate() {
         let dir = node.dir.0.display().to_string();
-        demo.spawn(
+        let program = if i == n - 1 { foreign.clone() } else { exe.clone() };
+        demo.spawn_exe(
+            &program,
             &node.name,
             &["run", "--data-dir", &dir],
             &node.dir.0.join("run.log"),
@@ -519,9 +600,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     )
     .await?;
     demo.step(&format!(
-        "all {n} nodes verified and hold it after {} ms (fan-out 3, anti-entropy for the rest)",
+        "all {n} nodes verified and hold it after {} ms (pushed to gossip_fanout peers, anti-entropy for the rest)",
         published_at.elapsed().as_millis()
     ));
+
+    // Trust tiers, earned on the live links.
+    tiers_and_governance(&demo, &nodes, &apps, &tee_seed).await?;
 
     // 6. Delay-tolerant bundle to a node that is offline.
     let offline = 1;
@@ -617,6 +701,13 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     let mut links_before = std::collections::HashMap::new();
     for node in &nodes[..n - 1] {
+        if node.status().await.is_some_and(|s| s.rotations > 0) {
+            bail!(
+                "{} rotated before the rotation step could watch it (a very slow run); logs are in {}",
+                node.name,
+                root.display()
+            );
+        }
         if let Some(peers) = node.peers().await {
             for p in peers.peers.iter().filter(|p| p.connected) {
                 links_before.insert((node.node_id.clone(), p.node_id.clone()), p.link_id);
@@ -681,7 +772,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
 
     // 6. Rotation
-    demo.step("waiting for automatic rotation at 2/3 of the 60 s certificate lifetime…");
+    demo.step(&format!(
+        "waiting for automatic rotation at 2/3 of the {DEMO_CERT_LIFETIME} certificate lifetime…"
+    ));
     let mut serials_before = Vec::new();
     for node in survivors {
         serials_before.push(
@@ -741,6 +834,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     out!("  mesh           full mesh of mutual TLS 1.3 links formed");
     out!("  log            membership log cosigned by 2 of 3 witnesses; a rollback refused");
     out!("  gossip         an anomaly signature reached every node");
+    out!("  tiers          tier 1 earned by link attestation (dev = SIMULATED TEE), manifest binary and 100 health checks; the unlisted binary held at tier 2; a failing TEE demoted after 3 failures");
+    out!("  governance     gossip_fanout 3 -> 2 by a majority of tier 1 votes, applied live everywhere");
     out!("  bundles        a bundle sent to an offline node was delivered when it returned");
     out!(
         "  revocation     {} refused by all peers (signed record spread by gossip)",
@@ -786,6 +881,160 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     for (_, child) in &mut demo.children {
         let _ = child.start_kill();
     }
+    Ok(())
+}
+
+/// `peer` as `observer` lists it.
+async fn view_of(observer: &DemoNode, peer: &DemoNode) -> Option<ztmesh_node::api_types::PeerInfo> {
+    observer
+        .peers()
+        .await?
+        .peers
+        .into_iter()
+        .find(|p| p.node_id == peer.node_id)
+}
+
+/// Tier 1 earned by attestation + manifest binary + 100 health checks, the unlisted binary held
+/// at Tier 2, a governance vote changing gossip_fanout everywhere, and a node whose TEE starts
+/// failing demoted after three failed verifications.
+async fn tiers_and_governance(
+    demo: &Demo,
+    nodes: &[DemoNode],
+    apps: &[LocalApiClient],
+    tee_seed: &[u8; 32],
+) -> Result<()> {
+    let n = nodes.len();
+    let (first, unlisted) = (&nodes[0], &nodes[n - 1]);
+    let listed = &nodes[..n - 1];
+    demo.step("waiting for tier 1: verified attestation + manifest binary + ≥ 90% uptime over ≥ 100 health checks (100 ms apart here)…");
+    wait_for(
+        "every listed node to see the others at tier 1",
+        Duration::from_secs(90),
+        || async {
+            for observer in nodes {
+                for peer in listed {
+                    if peer.node_id != observer.node_id
+                        && view_of(observer, peer).await?.tier != "tier 1"
+                    {
+                        return None;
+                    }
+                }
+            }
+            Some(())
+        },
+    )
+    .await?;
+    let peers = first.peers().await.ok_or_else(|| anyhow!("node-1 API"))?;
+    for peer in &peers.peers {
+        let name = nodes
+            .iter()
+            .find(|d| d.node_id == peer.node_id)
+            .map_or("?", |d| d.name.as_str());
+        demo.step(&format!(
+            "node-1 sees {name}: {} — {} (last attestation {})",
+            peer.tier.to_uppercase(),
+            peer.tier_reason,
+            peer.last_attestation.as_deref().unwrap_or("none")
+        ));
+    }
+    let view = view_of(first, unlisted)
+        .await
+        .ok_or_else(|| anyhow!("node-1 does not list {}", unlisted.name))?;
+    if view.tier != "tier 2" {
+        bail!("{} should be held at tier 2, is {}", unlisted.name, view.tier);
+    }
+    demo.step(&format!(
+        "{} is held at TIER 2: binary {}",
+        unlisted.name,
+        view.binary.as_deref().unwrap_or("unknown")
+    ));
+
+    // Governance: node-1 proposes gossip_fanout = 2; the Tier 1 nodes vote.
+    let electorate = listed.len();
+    let id = apps[0].propose("gossip_fanout", 2, Some(300)).await?.id;
+    demo.step(&format!(
+        "node-1 proposes gossip_fanout = 2 (signed gossip, proposal {}…); electorate: {electorate} tier 1 nodes",
+        &id[..16]
+    ));
+    wait_for(
+        "every node to hold the proposal",
+        Duration::from_secs(20),
+        || async {
+            for app in apps {
+                if app.proposals().await.ok()?.proposals.is_empty() {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await?;
+    apps[n - 1].vote(&id, true).await?;
+    let needed = electorate / 2 + 1;
+    for (i, app) in apps[..needed].iter().enumerate() {
+        let before = apps[0].proposals().await?.parameters["gossip_fanout"];
+        app.vote(&id, true).await?;
+        demo.step(&format!(
+            "{} votes approve ({}/{electorate}; more than half needed), fan-out in force on node-1 before: {before}",
+            nodes[i].name,
+            i + 1
+        ));
+    }
+    wait_for(
+        "gossip_fanout = 2 on every node",
+        Duration::from_secs(20),
+        || async {
+            for app in apps {
+                if app.proposals().await.ok()?.parameters.get("gossip_fanout") != Some(&2) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await?;
+    let refusals = first
+        .status()
+        .await
+        .and_then(|s| s.trust.gate_refusals.get("governance").copied())
+        .unwrap_or(0);
+    demo.step(&format!(
+        "majority reached: gossip_fanout = 2 applied live on all {n} nodes and saved in governance.json; {}'s tier 2 vote was refused by the tier gate ({refusals} governance refusal(s) on node-1)",
+        unlisted.name
+    ));
+
+    // A TEE that starts failing: node-2's simulated TEE key is swapped.
+    let failing = &nodes[1];
+    let key_path = failing.dir.0.join("dev-tee.key");
+    ca_service::write_private_file(&key_path, hex::encode([0x42u8; 32]).as_bytes())?;
+    demo.step(&format!(
+        "{}'s TEE key is replaced: its evidence no longer verifies (re-attestation every second)",
+        failing.name
+    ));
+    let demoted = wait_for(
+        "node-1 to demote node-2 after 3 failed verifications",
+        Duration::from_secs(30),
+        || async {
+            let view = view_of(first, failing).await?;
+            (view.tier == "tier 2" && view.attestation_failures >= 3).then_some(view)
+        },
+    )
+    .await?;
+    demo.step(&format!(
+        "node-1 warned at 1 failure and demoted {} to TIER 2 at 3: {}",
+        failing.name, demoted.tier_reason
+    ));
+    ca_service::write_private_file(&key_path, hex::encode(tee_seed).as_bytes())?;
+    wait_for(
+        "node-2 back at tier 1",
+        Duration::from_secs(30),
+        || async { (view_of(first, failing).await?.tier == "tier 1").then_some(()) },
+    )
+    .await?;
+    demo.step(&format!(
+        "{}'s TEE key restored: the next verification succeeds and it is TIER 1 again",
+        failing.name
+    ));
     Ok(())
 }
 

@@ -73,6 +73,12 @@ enum Command {
     Anomalies(app::AnomaliesArgs),
     /// Stream a running node's events: anomaly signatures, bundles, revocations.
     Watch(app::WatchArgs),
+    /// Propose a governed parameter change (signed gossip; Tier 1 nodes vote).
+    Propose(app::ProposeArgs),
+    /// Vote on a proposal: approve or reject (only Tier 1 votes count).
+    Vote(app::VoteArgs),
+    /// List governance proposals and the parameters in force.
+    Proposals(app::ProposalsArgs),
     /// Attestation evidence: verify offline (tpm2, tdx, sgx, sev-snp, dev).
     #[command(subcommand)]
     Attest(attest_cmd::AttestCommand),
@@ -405,6 +411,9 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Publish(command) => app::publish(command).await,
         Command::Watch(args) => app::watch(args).await,
         Command::Anomalies(args) => app::anomalies(args).await,
+        Command::Propose(args) => app::propose(args).await,
+        Command::Vote(args) => app::vote(args).await,
+        Command::Proposals(args) => app::proposals(args).await,
         Command::Bundle(command) => app::bundle(command).await,
         Command::Attest(command) => attest_cmd::run(command).await,
         Command::Witness(command) => witness_cmd::run(command).await,
