@@ -236,8 +236,8 @@ impl Attestor {
         let mut tpm2_attestation_keys = Vec::new();
         for path in &config.tpm2_attestation_keys {
             let path = in_dir(dir, path);
-            let pem = std::fs::read_to_string(&path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let pem =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             tpm2_attestation_keys.push(
                 ztmesh_attest::tpm2::AttestationKey::from_pem(&pem)
                     .map_err(|e| format!("{}: {e}", path.display()))?,
@@ -302,7 +302,9 @@ impl Attestor {
 
     /// Whether the manifest lists `hash`.
     pub fn binary_in_manifest(&self, hash: &[u8; 32]) -> bool {
-        self.manifest.as_ref().is_some_and(|m| m.allows_binary(hash))
+        self.manifest
+            .as_ref()
+            .is_some_and(|m| m.allows_binary(hash))
     }
 
     fn dev_signing_key(&self) -> Result<SigningKey, String> {
@@ -604,13 +606,8 @@ mod tests {
     #[test]
     fn dev_evidence_is_refused_without_a_trusted_dev_key() {
         let f = fixture(true, true);
-        let strict = Attestor::load(
-            f._dir.path(),
-            &AttestationConfig::default(),
-            [0; 32],
-            NOW,
-        )
-        .unwrap();
+        let strict =
+            Attestor::load(f._dir.path(), &AttestationConfig::default(), [0; 32], NOW).unwrap();
         let LinkMessage::TeeResponse {
             nonce,
             evidence_type,
@@ -645,7 +642,15 @@ mod tests {
         ] {
             let error = f
                 .verifier
-                .verify(Some(&[1; 32]), &[1; 32], kind, evidence, &[0; 32], &[b"k"], NOW)
+                .verify(
+                    Some(&[1; 32]),
+                    &[1; 32],
+                    kind,
+                    evidence,
+                    &[0; 32],
+                    &[b"k"],
+                    NOW,
+                )
                 .unwrap_err();
             assert_ne!(error, LinkAttestError::NoAttester, "{kind}");
         }

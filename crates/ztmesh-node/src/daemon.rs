@@ -668,18 +668,23 @@ pub async fn run(
     // Decisions taken by governance before a restart stay in force.
     let decided = crate::governance::load_decided(&dir.0).map_err(NodeError::Inconsistent)?;
     let mut parameters = ztmesh_trust::Parameters::default();
-    let _ = parameters.set(ztmesh_trust::Param::GossipFanout, u64::from(config.gossip_fanout));
+    let _ = parameters.set(
+        ztmesh_trust::Param::GossipFanout,
+        u64::from(config.gossip_fanout),
+    );
     for (param, value) in &decided {
         parameters
             .set(*param, *value)
             .map_err(|e| NodeError::Inconsistent(format!("governance.json: {e}")))?;
-        tracing::info!(param = param.as_str(), value, "governance decision in force");
+        tracing::info!(
+            param = param.as_str(),
+            value,
+            "governance decision in force"
+        );
     }
-    let governance = ztmesh_trust::Governance::new(
-        ztmesh_trust::GovernancePolicy::default(),
-        parameters,
-    )
-    .map_err(|e| NodeError::Inconsistent(format!("governance: {e}")))?;
+    let governance =
+        ztmesh_trust::Governance::new(ztmesh_trust::GovernancePolicy::default(), parameters)
+            .map_err(|e| NodeError::Inconsistent(format!("governance: {e}")))?;
     let gossip = GossipDriver::new(
         config.node_id,
         gossip_config(parameters.gossip_fanout() as u32),
@@ -707,7 +712,9 @@ pub async fn run(
         tracing::warn!("attestation: answering challenges with the dev (SIMULATED TEE) attester");
     }
     if attestor.manifest().is_none() {
-        tracing::info!("attestation: no signed release manifest configured; no peer can reach tier 1");
+        tracing::info!(
+            "attestation: no signed release manifest configured; no peer can reach tier 1"
+        );
     }
     tracing::info!(binary_sha256 = %hex::encode(binary_sha256), "own executable");
     let mut tiers = ztmesh_trust::TrustBook::new(ztmesh_trust::TrustPolicy {
@@ -725,11 +732,13 @@ pub async fn run(
         attestor,
         governance: Mutex::new(governance),
         gates: Mutex::new(ztmesh_trust::Gates::new()),
-        health_override_ms: AtomicU64::new(if decided.contains_key(&ztmesh_trust::Param::HealthCheckIntervalSecs) {
-            u64::try_from(parameters.health_check_interval().as_millis()).unwrap_or(u64::MAX)
-        } else {
-            0
-        }),
+        health_override_ms: AtomicU64::new(
+            if decided.contains_key(&ztmesh_trust::Param::HealthCheckIntervalSecs) {
+                u64::try_from(parameters.health_check_interval().as_millis()).unwrap_or(u64::MAX)
+            } else {
+                0
+            },
+        ),
         attestations_ok: AtomicU64::new(0),
         attestations_failed: AtomicU64::new(0),
         dtn,

@@ -318,7 +318,11 @@ pub(crate) async fn post_proposal(
         let names: Vec<&str> = Param::ALL.iter().map(|p| p.as_str()).collect();
         ApiError::bad_request(
             "unknown_param",
-            format!("unknown parameter {:?}: one of {}", request.param, names.join(", ")),
+            format!(
+                "unknown parameter {:?}: one of {}",
+                request.param,
+                names.join(", ")
+            ),
         )
     })?;
     param
@@ -432,9 +436,17 @@ mod tests {
         let decided = load_decided(dir.path()).unwrap();
         assert_eq!(
             decided,
-            Decided::from([(Param::GossipFanout, 2), (Param::HealthCheckIntervalSecs, 30)])
+            Decided::from([
+                (Param::GossipFanout, 2),
+                (Param::HealthCheckIntervalSecs, 30)
+            ])
         );
-        for garbage in [&b"{\"gossip_fanout\": 99}"[..], b"{\"nope\": 1}", b"[1]", b"\xff"] {
+        for garbage in [
+            &b"{\"gossip_fanout\": 99}"[..],
+            b"{\"nope\": 1}",
+            b"[1]",
+            b"\xff",
+        ] {
             std::fs::write(dir.path().join(PARAMETERS_FILE), garbage).unwrap();
             assert!(load_decided(dir.path()).is_err());
         }

@@ -117,10 +117,17 @@ async fn peers(
                     .as_ref()
                     .map(|s| format!("{}/{}", s.health_successes, s.health_checks))
                     .unwrap_or_default(),
-                binary: status.as_ref().and_then(|s| s.binary).map(|(hash, listed)| {
-                    let listed = if listed { "in manifest" } else { "NOT in manifest" };
-                    format!("{} ({listed})", hex::encode(hash.0))
-                }),
+                binary: status
+                    .as_ref()
+                    .and_then(|s| s.binary)
+                    .map(|(hash, listed)| {
+                        let listed = if listed {
+                            "in manifest"
+                        } else {
+                            "NOT in manifest"
+                        };
+                        format!("{} ({listed})", hex::encode(hash.0))
+                    }),
                 attestation_failures: status.as_ref().map_or(0, |s| s.consecutive_failures),
             }
         })

@@ -127,9 +127,7 @@ impl LocalApiClient {
     }
 
     /// `GET /v1/governance/proposals`.
-    pub async fn proposals(
-        &self,
-    ) -> Result<crate::governance::ProposalsResponse, ClientError> {
+    pub async fn proposals(&self) -> Result<crate::governance::ProposalsResponse, ClientError> {
         let url = format!("{}/v1/governance/proposals", self.base);
         send_json(self.authorized(self.client.get(&url)), &url).await
     }

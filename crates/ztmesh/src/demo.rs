@@ -407,7 +407,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     // 3. Nodes
     for (i, node) in nodes.iter().enumerate() {
         let dir = node.dir.0.display().to_string();
-        let program = if i == n - 1 { foreign.clone() } else { exe.clone() };
+        let program = if i == n - 1 {
+            foreign.clone()
+        } else {
+            exe.clone()
+        };
         demo.spawn_exe(
             &program,
             &node.name,
@@ -941,7 +945,11 @@ async fn tiers_and_governance(
         .await
         .ok_or_else(|| anyhow!("node-1 does not list {}", unlisted.name))?;
     if view.tier != "tier 2" {
-        bail!("{} should be held at tier 2, is {}", unlisted.name, view.tier);
+        bail!(
+            "{} should be held at tier 2, is {}",
+            unlisted.name,
+            view.tier
+        );
     }
     demo.step(&format!(
         "{} is held at TIER 2: binary {}",
@@ -1025,11 +1033,9 @@ async fn tiers_and_governance(
         failing.name, demoted.tier_reason
     ));
     ca_service::write_private_file(&key_path, hex::encode(tee_seed).as_bytes())?;
-    wait_for(
-        "node-2 back at tier 1",
-        Duration::from_secs(30),
-        || async { (view_of(first, failing).await?.tier == "tier 1").then_some(()) },
-    )
+    wait_for("node-2 back at tier 1", Duration::from_secs(30), || async {
+        (view_of(first, failing).await?.tier == "tier 1").then_some(())
+    })
     .await?;
     demo.step(&format!(
         "{}'s TEE key restored: the next verification succeeds and it is TIER 1 again",

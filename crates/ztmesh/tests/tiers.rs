@@ -146,7 +146,10 @@ fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_
         "{view}"
     );
     assert!(
-        view["tier_reason"].as_str().unwrap().contains("dev attestation"),
+        view["tier_reason"]
+            .as_str()
+            .unwrap()
+            .contains("dev attestation"),
         "{view}"
     );
 
@@ -163,7 +166,11 @@ fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_
     assert_eq!(c_status["trust"]["binary_in_manifest"], false, "{c_status}");
     assert_ne!(c_status["trust"]["tier"], "tier 1", "{c_status}");
     assert!(
-        a.proc.as_ref().unwrap().log_text().contains("wrong_measurement"),
+        a.proc
+            .as_ref()
+            .unwrap()
+            .log_text()
+            .contains("wrong_measurement"),
         "a should log why c's evidence was refused"
     );
 
@@ -181,9 +188,11 @@ fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_
         serde_json::from_str(&node.cli_ok(&["proposals", "--json"])).unwrap()
     };
     wait_until("every node to hold the proposal", TIER_TIMEOUT, || {
-        [&a, &b, &c]
-            .iter()
-            .all(|n| held(n)["proposals"].as_array().is_some_and(|p| p.len() == 1))
+        [&a, &b, &c].iter().all(|n| {
+            held(n)["proposals"]
+                .as_array()
+                .is_some_and(|p| p.len() == 1)
+        })
     });
     c.cli_ok(&["vote", &id, "approve"]);
     a.cli_ok(&["vote", &id, "approve"]);
@@ -192,12 +201,16 @@ fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_
             .iter()
             .all(|n| held(n)["proposals"][0]["approvals"] == 1)
     });
-    wait_until("c's Tier 2 vote to be refused by the gate", TIER_TIMEOUT, || {
-        a.status()["status"]["trust"]["gate_refusals"]["governance"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 1
-    });
+    wait_until(
+        "c's Tier 2 vote to be refused by the gate",
+        TIER_TIMEOUT,
+        || {
+            a.status()["status"]["trust"]["gate_refusals"]["governance"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        },
+    );
     for node in [&a, &b, &c] {
         let view = held(node);
         assert_eq!(view["proposals"][0]["applied"], false, "{view}");
@@ -219,11 +232,15 @@ fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_
     // b's TEE key is swapped: its evidence no longer verifies. One failure is a warning;
     // three in a row demote it to Tier 2.
     std::fs::write(b.dir.join("dev-tee.key"), hex::encode([0x11u8; 32])).unwrap();
-    wait_until("a to demote b after 3 failed verifications", TIER_TIMEOUT, || {
-        peer_view(&a, &b).is_some_and(|v| {
-            v["tier"] == "tier 2" && v["attestation_failures"].as_u64().unwrap_or(0) >= 3
-        })
-    });
+    wait_until(
+        "a to demote b after 3 failed verifications",
+        TIER_TIMEOUT,
+        || {
+            peer_view(&a, &b).is_some_and(|v| {
+                v["tier"] == "tier 2" && v["attestation_failures"].as_u64().unwrap_or(0) >= 3
+            })
+        },
+    );
     let view = peer_view(&a, &b).unwrap();
     assert!(
         view["tier_reason"]
@@ -233,9 +250,14 @@ fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_
         "{view}"
     );
     let log = a.proc.as_ref().unwrap().log_text();
-    assert!(log.contains("attestation failed (warning)"), "no warning logged");
+    assert!(
+        log.contains("attestation failed (warning)"),
+        "no warning logged"
+    );
     assert!(log.contains("demoted below tier 1"), "no demotion logged");
     // The key comes back: the next success lifts it again.
     std::fs::write(b.dir.join("dev-tee.key"), &release.tee_seed_hex).unwrap();
-    wait_until("b back at tier 1", TIER_TIMEOUT, || tier_of(&a, &b) == "tier 1");
+    wait_until("b back at tier 1", TIER_TIMEOUT, || {
+        tier_of(&a, &b) == "tier 1"
+    });
 }
