@@ -460,11 +460,15 @@ impl Node {
                 }
                 Consequence::Revocation(record) => {
                     self.gossip.revoke_nodes(&record.revoked_nodes);
-                    {
+                    let revoked = {
                         let mut tiers = self.tiers();
                         for revoked in &record.revoked_nodes {
                             tiers.handle_revoked(*revoked, now());
                         }
+                        tiers.revoked().clone()
+                    };
+                    if let Err(error) = save_revoked(&self.dir.0, &revoked) {
+                        tracing::error!(%error, "could not persist the revoked node set");
                     }
                     self.log_tier_changes();
                     let node = self.clone();
@@ -717,14 +721,27 @@ pub async fn run(
         );
     }
     tracing::info!(binary_sha256 = %hex::encode(binary_sha256), "own executable");
-    let mut tiers = ztmesh_trust::TrustBook::new(ztmesh_trust::TrustPolicy {
-        dev_counts_as_hardware: attestor.dev_allowed(),
-        attestation_validity: parameters.attestation_validity(),
-        ..ztmesh_trust::TrustPolicy::default()
-    })
+    let revoked = load_revoked(&dir.0).map_err(NodeError::Inconsistent)?;
+    let revoked_nodes: Vec<NodeId> = revoked.iter().map(|(node, _)| *node).collect();
+    let mut tiers = ztmesh_trust::TrustBook::with_revoked(
+        ztmesh_trust::TrustPolicy {
+            dev_counts_as_hardware: attestor.dev_allowed(),
+            attestation_validity: parameters.attestation_validity(),
+            ..ztmesh_trust::TrustPolicy::default()
+        },
+        revoked,
+    )
     .map_err(|e| NodeError::Inconsistent(format!("trust policy: {e}")))?;
     tiers.handle_certificate(config.node_id, parsed.not_before, parsed.not_after, now());
 
+    // Revocations learnt before a restart stay in force in gossip too.
+    gossip.revoke_nodes(&revoked_nodes);
+    if !revoked_nodes.is_empty() {
+        tracing::info!(
+            count = revoked_nodes.len(),
+            "revoked nodes reloaded from revoked-nodes.json"
+        );
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let node = Arc::new(Node {
         tiers: Mutex::new(tiers),
@@ -986,6 +1003,31 @@ async fn dial(node: Arc<Node>, target: &DialTarget) -> Result<(), String> {
         run_link(node, tls, peer, Direction::Outbound, remote, Some(dialed)).await;
     });
     Ok(())
+}
+
+/// `revoked-nodes.json` in the node directory: node ids learnt revoked (from CA-signed records).
+pub const REVOKED_FILE: &str = "revoked-nodes.json";
+
+/// Reads `revoked-nodes.json` (empty when absent).
+pub(crate) fn load_revoked(dir: &std::path::Path) -> Result<ztmesh_trust::RevokedSet, String> {
+    let path = dir.join(REVOKED_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ztmesh_trust::RevokedSet::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes `revoked-nodes.json` atomically (temporary file, then rename).
+pub(crate) fn save_revoked(
+    dir: &std::path::Path,
+    revoked: &ztmesh_trust::RevokedSet,
+) -> Result<(), String> {
+    let path = dir.join(REVOKED_FILE);
+    let tmp = dir.join(format!("{REVOKED_FILE}.tmp"));
+    let text = serde_json::to_vec(revoked).map_err(|e| e.to_string())?;
+    crate::ca_service::write_private_file(&tmp, &text).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Whether a gossip frame is part of anti-entropy (a digest or a want list), which the tier

@@ -268,6 +268,18 @@ fn a_revocation_spreads_by_gossip_when_the_ca_pushes_it_to_one_node() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The revoked set is persisted: after a restart (with no CRL fetch for an hour) node1
+    // still holds the victim untrusted, as revoked.
+    let saved = std::fs::read_to_string(nodes[0].dir.join("revoked-nodes.json")).unwrap();
+    assert!(saved.contains(&victim), "{saved}");
+    nodes[0].kill9();
+    nodes[0].start();
+    let log = nodes[0].proc.as_ref().unwrap();
+    wait_until(
+        "node1 to reload its revoked set",
+        Duration::from_secs(30),
+        || log.log_text().contains("revoked nodes reloaded"),
+    );
 }
 
 #[test]
