@@ -164,16 +164,25 @@ impl AttestationToken {
     /// Refuses with [`TokenError::Encode`] what a receiver would refuse as malformed, so an
     /// issuer cannot hand out a token nobody accepts.
     pub fn issue(&self, issuer: &SigningKey, key_id: &[u8]) -> Result<Vec<u8>, TokenError> {
+        self.issue_with(key_id, |tbs| issuer.sign(tbs).to_bytes())
+    }
+
+    /// [`issue`](AttestationToken::issue) with the Ed25519 signature made by `sign` over the
+    /// COSE to-be-signed bytes, for an issuer whose key is not an `ed25519_dalek` key in memory
+    /// (the CA signs through its certificate key pair).
+    pub fn issue_with(
+        &self,
+        key_id: &[u8],
+        sign: impl FnOnce(&[u8]) -> [u8; 64],
+    ) -> Result<Vec<u8>, TokenError> {
         self.check().map_err(TokenError::Encode)?;
         let payload = self.to_cbor()?;
         let fields = ProtectedFields {
             content_type: Some(TOKEN_CONTENT_TYPE.into()),
             issued_at: Some(self.timestamp),
         };
-        let bytes = signed::sign_with(TOKEN_LABEL, key_id, &fields, payload, None, |tbs| {
-            issuer.sign(tbs).to_bytes()
-        })
-        .map_err(|e| TokenError::Encode(e.to_string()))?;
+        let bytes = signed::sign_with(TOKEN_LABEL, key_id, &fields, payload, None, sign)
+            .map_err(|e| TokenError::Encode(e.to_string()))?;
         if bytes.len() > MAX_TOKEN_LEN {
             // Unreachable within the field bounds, but never hand out bytes no node would read.
             return Err(TokenError::Encode(format!(

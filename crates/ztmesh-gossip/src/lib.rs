@@ -38,7 +38,7 @@ pub use error::{GossipError, Refusal};
 pub use frame::GossipFrame;
 pub use gossip::{Gossip, GossipEvent, GossipStats, Transmit};
 pub use membership::{Membership, OriginRefusal};
-pub use message::{MessageKind, UnsignedMessage, VerifiedMessage};
+pub use message::{claimed_kind, MessageKind, UnsignedMessage, VerifiedMessage};
 pub use message_id::{MessageId, MessageIdError};
 
 /// Domain-separation label of gossip signatures (the COSE external_aad): a gossip signature

@@ -229,6 +229,14 @@ pub(crate) struct Checked {
 /// Runs every receipt check on `cose`, in order: envelope shape, revoked origin, membership,
 /// signature, then (only now) the payload's meaning: header agreement, freshness, lifetime and
 /// body schema. The size cap and dedupe are the caller's, as they need its state.
+/// The kind a signed message's protected header claims, read without verifying anything.
+/// Only for decisions a node makes before the full check, such as whether a neighbour may hand
+/// this kind on at all (the relay gate); never a basis for trusting the message.
+pub fn claimed_kind(cose: &[u8], config: &GossipConfig) -> Option<MessageKind> {
+    let opened = signed::open(cose, GOSSIP_LABEL, config.max_message_len).ok()?;
+    MessageKind::from_content_type(opened.content_type()?)
+}
+
 pub(crate) fn check(
     cose: Vec<u8>,
     id: MessageId,
@@ -364,6 +372,31 @@ mod tests {
         ] {
             assert_eq!(MessageKind::from_content_type(unknown), None, "{unknown}");
         }
+    }
+
+    #[test]
+    fn the_claimed_kind_is_read_from_the_header_and_garbage_claims_nothing() {
+        let body = crate::kinds::GovernanceVote {
+            proposal_id: vec![7; 32],
+            approve: true,
+            token: Vec::new(),
+        }
+        .encode()
+        .unwrap();
+        let cose = UnsignedMessage {
+            origin: NodeId::from_bytes([1; 20]),
+            kind: MessageKind::Vote,
+            body,
+            created_at: Timestamp::from_unix_secs(1_000),
+            expires_at: Timestamp::from_unix_secs(2_000),
+            hop_limit: 3,
+        }
+        .sign(None, |_| [0; 64])
+        .unwrap();
+        let config = GossipConfig::default();
+        assert_eq!(claimed_kind(&cose, &config), Some(MessageKind::Vote));
+        assert_eq!(claimed_kind(b"not cose", &config), None);
+        assert_eq!(claimed_kind(&cose[..cose.len() / 2], &config), None);
     }
 
     /// serde's name for a kind, read back through CBOR text (no JSON dependency needed).

@@ -37,6 +37,72 @@ pub struct EnrollRequest {
     pub attestation: Option<Attestation>,
 }
 
+/// `POST /v1/log/events`: a mesh event a member reports for the membership log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LogEventReport {
+    /// A governance proposal this node applied.
+    GovernanceDecision {
+        /// The proposal id, 64 hex digits.
+        proposal: String,
+        /// The parameter.
+        param: String,
+        /// Its new value.
+        value: u64,
+    },
+    /// This node's trust book moved `node_id` to `tier`.
+    TierChange {
+        /// The node.
+        node_id: String,
+        /// `tier 1`, `tier 2` or `untrusted`.
+        tier: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `POST /v1/log/events` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogEventAnswer {
+    /// The index of the new entry; null when the log already said the same.
+    pub index: Option<u64>,
+}
+
+/// `POST /v1/attest/challenge` answer: the nonce the node's evidence must bind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttestChallengeResponse {
+    /// 32 bytes, hex.
+    pub nonce: String,
+    /// Until when it may be answered (RFC 3339).
+    pub expires_at: String,
+}
+
+/// `POST /v1/attest`: evidence answering the challenge, for an attestation token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestRequest {
+    /// The challenge nonce, hex.
+    pub nonce: String,
+    /// The evidence: report data = report_data_binding(nonce, TLS key of the presented
+    /// certificate).
+    pub attestation: Attestation,
+    /// SHA-256 of the node's executable, hex.
+    pub binary_sha256: String,
+}
+
+/// `POST /v1/attest` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttestResponse {
+    /// The attestation token (COSE_Sign1), base64.
+    pub token: String,
+    /// The platform verified.
+    pub platform: String,
+    /// When it was issued (RFC 3339).
+    pub issued_at: String,
+    /// The release manifest version the binary was found in.
+    pub manifest_version: String,
+}
+
 /// Mesh settings handed to a node at enrollment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MeshConfig {
@@ -252,6 +318,23 @@ pub struct StatusResponse {
     /// Attestation, tiers, enforcement and governance as this node sees them.
     #[serde(default)]
     pub trust: TrustStatus,
+    /// This node as a witness of the membership log (`[witness]` of node.toml); `null` when
+    /// not enabled.
+    #[serde(default)]
+    pub witness: Option<NodeWitnessStatus>,
+}
+
+/// The witness side of `GET /v1/status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeWitnessStatus {
+    /// Where `POST /add-checkpoint` listens (plain HTTP).
+    pub listen: String,
+    /// The witness's cosignature/v1 vkey, as the log policy lists it.
+    pub vkey: String,
+    /// Checkpoints cosigned since start.
+    pub cosigned: u64,
+    /// `add-checkpoint` requests refused since start because this node was not Tier 1.
+    pub refused_not_tier1: u64,
 }
 
 /// The trust side of `GET /v1/status`.
@@ -281,6 +364,32 @@ pub struct TrustStatus {
     /// Governed parameters in force.
     #[serde(default)]
     pub parameters: std::collections::BTreeMap<String, u64>,
+    /// This node's attestation token from the CA, attached to its proposals and votes.
+    #[serde(default)]
+    pub token: TokenStatus,
+    /// Governance decisions and tier changes reported to the CA's membership log since start.
+    #[serde(default)]
+    pub log_reports_sent: u64,
+    /// Reports dropped (queue full, or the CA refused or was unreachable five times).
+    #[serde(default)]
+    pub log_reports_dropped: u64,
+}
+
+/// This node's CA-issued attestation token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenStatus {
+    /// Whether it holds one.
+    pub held: bool,
+    /// The platform it vouches for.
+    pub platform: Option<String>,
+    /// When the CA issued it (RFC 3339).
+    pub issued_at: Option<String>,
+    /// Why the last attempt to get one failed, if it did.
+    pub last_error: Option<String>,
+    /// Tokens received from the CA since start.
+    pub refreshed: u64,
+    /// Proposals and votes received and not counted because their token did not hold.
+    pub refused_received: u64,
 }
 
 /// What a node knows of the CA's membership log (from checkpoints it fetched or was gossiped).
@@ -296,19 +405,64 @@ pub struct LogStatus {
     /// Policy names of the witnesses whose cosignatures made it acceptable.
     #[serde(default)]
     pub witnesses_met: Vec<String>,
-    /// Two valid checkpoints that cannot both be true were seen: the log (or its witnesses)
-    /// showed this node a different history than another. Stays set until the node restarts.
+    /// The log showed this node two histories that cannot both be true: two valid
+    /// checkpoints that conflict, a checkpoint from the CA older than one it showed before (a
+    /// rollback), or entries that do not make the accepted checkpoint. Saved in `state.db`:
+    /// it stays set across restarts.
     pub split_view: bool,
-    /// Split views detected since start.
+    /// Split views detected over the node's life (saved across restarts).
     pub split_view_alarms: u64,
+    /// While `split_view`: what conflicted, in words.
+    #[serde(default)]
+    pub split_view_reason: Option<String>,
     /// Validly log-signed checkpoints refused for want of a witness quorum, since start.
     pub quorum_not_met: u64,
     /// Checkpoints the CA served that were older than the accepted one (rollback attempts),
     /// since start. Older checkpoints relayed by gossip are late, not counted.
     pub stale: u64,
-    /// While `split_view`: the two conflicting checkpoint notes, the one held first first.
+    /// While `split_view`: the two conflicting checkpoint notes, the one held first first (or
+    /// the held note and how the log's entries contradict it).
     #[serde(default)]
     pub split_view_evidence: Vec<String>,
+    /// Log entries fetched from the CA and verified against the accepted checkpoint's root.
+    #[serde(default)]
+    pub entries_verified: u64,
+    /// Peer certificates checked against the verified log since start.
+    #[serde(default)]
+    pub certificates_checked: u64,
+    /// Peer certificates waiting for the verified log to move past their issuance.
+    #[serde(default)]
+    pub certificates_pending: u64,
+    /// Peer certificates never checked because too many were waiting (4096).
+    #[serde(default)]
+    pub certificates_dropped: u64,
+    /// CRL revocations checked against the verified log since start.
+    #[serde(default)]
+    pub revocations_checked: u64,
+    /// `unlogged_certificate` alarms since start: a peer certificate the CA issued without
+    /// logging it.
+    #[serde(default)]
+    pub unlogged_certificates: u64,
+    /// `unlogged_revocation` alarms since start: a CRL revocation missing from the log.
+    #[serde(default)]
+    pub unlogged_revocations: u64,
+    /// The latest of those alarms (at most 32), oldest first.
+    #[serde(default)]
+    pub unlogged: Vec<UnloggedFinding>,
+}
+
+/// A certificate or revocation the node was shown that the verified membership log does not
+/// hold (an alarm only: links and CRLs are not refused over it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnloggedFinding {
+    /// `unlogged_certificate` or `unlogged_revocation`.
+    pub kind: String,
+    /// The certificate serial, lowercase hex.
+    pub serial: String,
+    /// The peer that presented the certificate (`null` for a revocation).
+    pub node_id: Option<String>,
+    /// The certificate's notBefore, or the CRL's thisUpdate (RFC 3339).
+    pub issued: String,
 }
 
 /// Gossip counters of a node (since it started).

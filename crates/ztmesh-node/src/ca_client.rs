@@ -23,6 +23,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest consistency-proof answer read (a proof has at most 64 hashes of 44 characters).
 const MAX_PROOF_ANSWER: usize = 16 * 1024;
 
+/// Most log entries [`CaClient::log_entries`] asks for at once.
+pub const MAX_ENTRIES_PER_FETCH: u64 = 256;
+
+/// Largest log-entries answer read: [`MAX_ENTRIES_PER_FETCH`] leaves of the largest size the
+/// log accepts, in base64 with their JSON framing.
+const MAX_ENTRIES_ANSWER: usize = 2 * 1024 * 1024;
+
 /// Why a call to the CA failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -374,6 +381,7 @@ pub async fn enroll_attested(
         insecure_plaintext_key: matches!(options.protection, Protection::InsecurePlaintext),
         health_interval_ms: 15_000,
         attestation: Default::default(),
+        witness: Default::default(),
     };
     dir.write_config(&config)?;
     Ok(EnrollOutcome {
@@ -398,9 +406,19 @@ impl CaClient {
         ca_cert_der: &[u8],
         cert: Option<Arc<CurrentCertificate>>,
     ) -> Result<Self, ClientError> {
+        // No pooled connections: a kept-alive connection goes on presenting the certificate of
+        // its handshake, and the log watch's polling keeps one alive for ever, so after a
+        // rotation the CA would see the old certificate until it expires (and then refuse
+        // every call, the next rotation included). A few handshakes a minute are cheap.
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(crate::tls::ca_client_config(ca_cert_der, cert)?)
+            .timeout(REQUEST_TIMEOUT)
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| ClientError::Protocol(chain(&e)))?;
         Ok(CaClient {
             base: base.trim_end_matches('/').to_owned(),
-            client: http_client(crate::tls::ca_client_config(ca_cert_der, cert)?)?,
+            client,
         })
     }
 
@@ -422,6 +440,24 @@ impl CaClient {
         };
         let url = format!("{}/v1/rotate", self.base);
         send_json(self.client.post(&url).json(&request), &url).await
+    }
+
+    /// `POST /v1/log/events`: a mesh event for the membership log.
+    pub async fn log_event(&self, report: &LogEventReport) -> Result<LogEventAnswer, ClientError> {
+        let url = format!("{}/v1/log/events", self.base);
+        send_json(self.client.post(&url).json(report), &url).await
+    }
+
+    /// `POST /v1/attest/challenge`: a nonce for [`CaClient::attest`].
+    pub async fn attest_challenge(&self) -> Result<AttestChallengeResponse, ClientError> {
+        let url = format!("{}/v1/attest/challenge", self.base);
+        send_json(self.client.post(&url), &url).await
+    }
+
+    /// `POST /v1/attest`: evidence answering the challenge, for an attestation token.
+    pub async fn attest(&self, request: &AttestRequest) -> Result<AttestResponse, ClientError> {
+        let url = format!("{}/v1/attest", self.base);
+        send_json(self.client.post(&url).json(request), &url).await
     }
 
     /// `POST /v1/announce`.
@@ -482,6 +518,45 @@ impl CaClient {
             .map(|hash| {
                 ztmesh_tlog::Hash::from_base64(hash)
                     .map_err(|e| ClientError::Protocol(format!("{url}: {e}")))
+            })
+            .collect()
+    }
+
+    /// `GET /v1/log/entries?start=..&count=..`: up to `count` (at most
+    /// [`MAX_ENTRIES_PER_FETCH`]) membership-log entries from index `start`, as
+    /// `(index, leaf bytes)`; what they mean is for the caller to verify.
+    pub async fn log_entries(
+        &self,
+        start: u64,
+        count: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, ClientError> {
+        let count = count.min(MAX_ENTRIES_PER_FETCH);
+        let url = format!("{}/v1/log/entries", self.base);
+        let response = send(
+            self.client
+                .get(&url)
+                .query(&[("start", start), ("count", count)]),
+            &url,
+        )
+        .await?;
+        let bytes = read_limited(response, MAX_ENTRIES_ANSWER, &url).await?;
+        let answer: crate::membership_log::LogEntriesResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Protocol(format!("{url}: {e}")))?;
+        if answer.entries.len() as u64 > count {
+            return Err(ClientError::Protocol(format!(
+                "{url}: {} entries where at most {count} were asked for",
+                answer.entries.len()
+            )));
+        }
+        answer
+            .entries
+            .into_iter()
+            .map(|item| {
+                crate::membership_log::decode_leaf(&item.leaf)
+                    .map(|leaf| (item.index, leaf))
+                    .ok_or_else(|| {
+                        ClientError::Protocol(format!("{url}: entry {} is not a leaf", item.index))
+                    })
             })
             .collect()
     }

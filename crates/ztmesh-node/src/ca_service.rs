@@ -384,8 +384,11 @@ pub struct CaServeOptions {
     /// enrollment), and its witnesses with a URL are sent every checkpoint. Without one,
     /// checkpoints are signed but nobody cosigns them.
     pub log_policy: Option<PathBuf>,
-    /// What enrollment demands of attestation evidence.
+    /// What enrollment demands of attestation evidence (and what `POST /v1/attest` accepts).
     pub attestation: EnrollAttestationPolicy,
+    /// The signed release manifest (already verified under the pinned release key) that
+    /// attestation tokens vouch against; without one the CA issues no tokens.
+    pub manifest: Option<crate::ca_attest::ReleaseManifest>,
 }
 
 impl Default for CaServeOptions {
@@ -400,6 +403,7 @@ impl Default for CaServeOptions {
             revocation_push: 0,
             log_policy: None,
             attestation: EnrollAttestationPolicy::default(),
+            manifest: None,
         }
     }
 }
@@ -642,6 +646,10 @@ struct CaState {
     log_signer: Signer,
     /// The tlog-policy given with `--log-policy`, if any.
     log_policy: Option<Arc<LogPolicy>>,
+    /// Attestation challenges and tokens.
+    tokens: crate::ca_attest::TokenDesk,
+    /// Mesh-event reports per node in the current minute.
+    event_reports: Mutex<std::collections::HashMap<NodeId, (u64, u32)>>,
 }
 
 /// A running CA service: bind with [`CaService::bind`], then [`CaService::run`].
@@ -728,8 +736,27 @@ impl CaService {
             options.rate_limit_rpm,
             options.rate_limit_burst,
         ));
+        let tokens =
+            crate::ca_attest::TokenDesk::new(options.manifest.as_ref().map(|m| m.manifest.clone()));
+        if let Some(release) = &options.manifest {
+            let entry = membership_log::EventEntry::Manifest {
+                version: release.manifest.version().to_owned(),
+                sha256: hex::encode(release.sha256),
+                not_after: release.manifest.not_after(),
+                at: now.as_unix_secs(),
+            };
+            if let Some(index) = store.append_event(&entry)? {
+                tracing::info!(
+                    version = release.manifest.version(),
+                    index,
+                    "release manifest change recorded in the membership log"
+                );
+            }
+        }
         Ok(CaService {
             state: Arc::new(CaState {
+                tokens,
+                event_reports: Mutex::new(std::collections::HashMap::new()),
                 ca,
                 dir,
                 store,
@@ -807,12 +834,15 @@ fn router(state: Arc<CaState>) -> Router {
         .route("/v1/revoke", post(revoke))
         .route("/v1/tokens", post(create_token))
         .route("/v1/announce", post(announce))
+        .route("/v1/attest/challenge", post(attest_challenge))
+        .route("/v1/attest", post(attest))
         .route("/v1/log/key", get(log_key))
         .route("/v1/log/checkpoint", get(log_checkpoint))
         .route("/v1/log/entries", get(log_entries))
         .route("/v1/log/proof/inclusion", get(log_inclusion_proof))
         .route("/v1/log/proof/consistency", get(log_consistency_proof))
         .route("/v1/log/policy", get(log_policy))
+        .route("/v1/log/events", post(log_event))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -1078,6 +1108,170 @@ fn state_serial_revoked(
     serial: &Serial,
 ) -> Result<bool, crate::store::StoreError> {
     Ok(store.revoked_entries()?.iter().any(|e| &e.serial == serial))
+}
+
+/// Most mesh-event reports one node may make per minute (`POST /v1/log/events`).
+pub const EVENT_REPORTS_PER_MINUTE: u32 = 120;
+
+/// `POST /v1/log/events`: a member reports a governance decision it applied or a tier change
+/// its trust book made; the CA appends it to the membership log, naming the reporter, unless
+/// the log already says the same (then `index` is null).
+async fn log_event(
+    State(state): State<Arc<CaState>>,
+    presented: Option<Extension<PresentedCertificate>>,
+    body: Result<ApiJson<LogEventReport>, ApiError>,
+) -> Result<Json<LogEventAnswer>, ApiError> {
+    let node = authenticated_node(&state, presented).await?;
+    let ApiJson(report) = body?;
+    let at = now();
+    {
+        let minute = at.as_unix_secs() / 60;
+        let mut counts = state
+            .event_reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if counts.len() > 10_000 {
+            counts.retain(|_, (m, _)| *m == minute);
+        }
+        let slot = counts.entry(node.node_id).or_insert((minute, 0));
+        if slot.0 != minute {
+            *slot = (minute, 0);
+        }
+        if slot.1 >= EVENT_REPORTS_PER_MINUTE {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("at most {EVENT_REPORTS_PER_MINUTE} event reports a minute per node"),
+            ));
+        }
+        slot.1 += 1;
+    }
+    let entry = match report {
+        LogEventReport::GovernanceDecision {
+            proposal,
+            param,
+            value,
+        } => membership_log::EventEntry::GovernanceDecision {
+            proposal,
+            param,
+            value,
+            reporter: node.node_id,
+            at: at.as_unix_secs(),
+        },
+        LogEventReport::TierChange {
+            node_id,
+            tier,
+            reason,
+        } => membership_log::EventEntry::TierChange {
+            node_id: node_id
+                .parse()
+                .map_err(|_| ApiError::bad_request("malformed_event", "node_id: not a NodeId"))?,
+            tier,
+            reason,
+            reporter: node.node_id,
+            at: at.as_unix_secs(),
+        },
+    };
+    entry
+        .check()
+        .map_err(|e| ApiError::bad_request("malformed_event", e))?;
+    let store = state.store.clone();
+    let index = blocking(move || store.append_event(&entry))
+        .await?
+        .map_err(ApiError::internal)?;
+    Ok(Json(LogEventAnswer { index }))
+}
+
+/// `POST /v1/attest/challenge`: a fresh nonce for the calling node (see [`crate::ca_attest`]).
+async fn attest_challenge(
+    State(state): State<Arc<CaState>>,
+    presented: Option<Extension<PresentedCertificate>>,
+) -> Result<Json<AttestChallengeResponse>, ApiError> {
+    let node = authenticated_node(&state, presented).await?;
+    let mut nonce = [0u8; crate::ca_attest::NONCE_LEN];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+    let expires_at = state
+        .tokens
+        .challenge(node.node_id, nonce, now().as_unix_secs())?;
+    Ok(Json(AttestChallengeResponse {
+        nonce: hex::encode(nonce),
+        expires_at: crate::timefmt::rfc3339(Timestamp::from_unix_secs(expires_at)),
+    }))
+}
+
+/// `POST /v1/attest`: evidence answering the node's challenge; an attestation token when it
+/// verifies against the policy and the release manifest.
+async fn attest(
+    State(state): State<Arc<CaState>>,
+    presented: Option<Extension<PresentedCertificate>>,
+    body: Result<ApiJson<AttestRequest>, ApiError>,
+) -> Result<Json<AttestResponse>, ApiError> {
+    let node = authenticated_node(&state, presented).await?;
+    let ApiJson(request) = body?;
+    let nonce = hex::decode(&request.nonce)
+        .map_err(|_| ApiError::bad_request("malformed_nonce", "nonce: expected hex"))?;
+    let binary: [u8; 32] = hex::decode(&request.binary_sha256)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "malformed_binary_hash",
+                "binary_sha256: expected 64 hex digits",
+            )
+        })?;
+    let evidence_type: ztmesh_attest::EvidenceType =
+        request
+            .attestation
+            .kind
+            .parse()
+            .map_err(|e: ztmesh_attest::AttestError| {
+                ApiError::bad_request("malformed_attestation", format!("attestation.type: {e}"))
+            })?;
+    let cbor = decode_b64(
+        &request.attestation.payload,
+        "malformed_attestation",
+        "attestation.payload",
+    )?;
+    let payload = AttestationPayload::from_cbor(&cbor).map_err(|e| {
+        ApiError::bad_request(
+            "malformed_attestation",
+            format!("attestation.payload is not a CBOR {{evidence, collateral?}} map: {e}"),
+        )
+    })?;
+    let now = now();
+    let result = state.tokens.attest(
+        &state.ca,
+        &state.options.attestation,
+        &node,
+        &nonce,
+        evidence_type,
+        &payload,
+        binary,
+        now.as_unix_secs(),
+    );
+    let issued = match result {
+        Ok(issued) => issued,
+        Err(error) => {
+            tracing::warn!(node = %node.node_id, code = error.code(), "attestation token refused");
+            return Err(error);
+        }
+    };
+    if evidence_type == ztmesh_attest::EvidenceType::Dev {
+        tracing::warn!(node = %node.node_id, "attestation token for dev (simulated) evidence: it proves nothing about hardware");
+    } else {
+        tracing::info!(node = %node.node_id, platform = evidence_type.as_str(), "attestation token issued");
+    }
+    let manifest_version = state
+        .tokens
+        .manifest()
+        .map(|m| m.version().to_owned())
+        .unwrap_or_default();
+    Ok(Json(AttestResponse {
+        token: base64::engine::general_purpose::STANDARD.encode(&issued.bytes),
+        platform: evidence_type.as_str().to_owned(),
+        issued_at: crate::timefmt::rfc3339(now),
+        manifest_version,
+    }))
 }
 
 async fn rotate(

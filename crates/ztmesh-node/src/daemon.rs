@@ -165,12 +165,18 @@ pub(crate) struct Node {
     /// Attestation verifications that succeeded / failed (peers and self).
     pub(crate) attestations_ok: AtomicU64,
     pub(crate) attestations_failed: AtomicU64,
+    /// This node's attestation token from the CA and the count of refused received ones.
+    pub(crate) token: crate::node_token::TokenHolder,
+    /// Governance decisions and tier changes on their way to the CA's membership log.
+    pub(crate) log_reports: crate::log_report::EventReporter,
     /// The bundle router thread.
     pub(crate) dtn: DtnHandle,
     /// Events for local applications (`GET /v1/events`, `ztmesh watch`).
     pub(crate) events: EventHub,
     /// The membership-log watch: gossiped checkpoints in, status out.
     pub(crate) log_watch: LogWatch,
+    /// This node as a witness of the membership log (`[witness]`); `None` when not enabled.
+    pub(crate) witness: Option<crate::node_witness::NodeWitness>,
     /// SHA-256 of `api.token`, the bearer credential of local applications.
     pub(crate) api_token_hash: [u8; 32],
     passphrase: Option<Zeroizing<Vec<u8>>>,
@@ -303,7 +309,15 @@ impl Node {
                     .collect()
             },
             parameters: self.parameter_values(),
+            token: self.token.status(),
+            log_reports_sent: self.log_reports.counts().0,
+            log_reports_dropped: self.log_reports.counts().1,
         }
+    }
+
+    /// The client of the CA API (presenting this node's current certificate).
+    pub(crate) fn ca(&self) -> &CaClient {
+        &self.ca
     }
 
     /// How often health reports are sent and checked.
@@ -315,7 +329,7 @@ impl Node {
     }
 
     /// The SubjectPublicKeyInfo of this node's current TLS certificate.
-    fn own_tls_spki(&self) -> Option<Vec<u8>> {
+    pub(crate) fn own_tls_spki(&self) -> Option<Vec<u8>> {
         NodeCertificate::parse(&self.current.leaf_der())
             .ok()
             .map(|c| c.tls_public_key_spki_der)
@@ -428,6 +442,12 @@ impl Node {
         let mut tiers = self.tiers();
         while let Some(change) = tiers.poll_event() {
             tracing::info!(peer = %change.peer, from = %change.from, to = %change.to, reason = %change.reason, "tier change");
+            self.log_reports
+                .report(crate::api_types::LogEventReport::TierChange {
+                    node_id: change.peer.to_string(),
+                    tier: change.to.to_string(),
+                    reason: crate::log_report::clean_reason(&change.reason.to_string()),
+                });
         }
     }
 
@@ -698,8 +718,17 @@ pub async fn run(
     let api_token_hash: [u8; 32] = sha2::Sha256::digest(api_token.as_bytes()).into();
 
     let (dtn, dtn_commands, router) = crate::dtn_driver::prepare(config.node_id, &dir.state_db())?;
-    let (log_watch, log_watch_task) = crate::log_watch::prepare(&dir, &config.trust_domain)
-        .map_err(|e| NodeError::Inconsistent(e.to_string()))?;
+    let (log_watch, log_watch_task) = crate::log_watch::prepare(
+        &dir,
+        &config.trust_domain,
+        store.clone(),
+        now().as_unix_secs(),
+    )
+    .map_err(|e| NodeError::Inconsistent(e.to_string()))?;
+    let (witness, witness_task) = crate::node_witness::prepare(&dir, &config, &protection)
+        .await
+        .map_err(|e| NodeError::Inconsistent(format!("[witness]: {e}")))?
+        .unzip();
 
     let binary_sha256 = crate::attestation::own_binary_sha256().map_err(NodeError::Inconsistent)?;
     let attestor = crate::attestation::Attestor::load(
@@ -758,10 +787,13 @@ pub async fn run(
         ),
         attestations_ok: AtomicU64::new(0),
         attestations_failed: AtomicU64::new(0),
+        token: Default::default(),
+        log_reports: Default::default(),
         dtn,
         gossip,
         events: EventHub::default(),
         log_watch,
+        witness,
         api_token_hash,
         node_id: config.node_id,
         link_slots: Arc::new(Semaphore::new(config.max_peers)),
@@ -805,6 +837,8 @@ pub async fn run(
     tasks.spawn(accept_loop(node.clone(), mesh_listener, server_config));
     tasks.spawn(dial_loop(node.clone()));
     tasks.spawn(rotation_loop(node.clone()));
+    tasks.spawn(crate::node_token::token_loop(node.clone()));
+    tasks.spawn(crate::log_report::report_loop(node.clone()));
     tasks.spawn(crl_loop(node.clone()));
     tasks.spawn(announce_loop(node.clone()));
     tasks.spawn(gossip_loop(node.clone()));
@@ -813,6 +847,12 @@ pub async fn run(
         tasks.spawn(log_watch_loop(node.clone(), task));
     } else {
         tracing::info!("no log-policy.txt: the membership log is not watched");
+    }
+    if let Some(task) = witness_task {
+        let mut stop = node.shutdown.clone();
+        tasks.spawn(task.run(Arc::downgrade(&node), async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
     }
     {
         let node = node.clone();
@@ -1030,13 +1070,23 @@ pub(crate) fn save_revoked(
     std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Whether a gossip frame is part of anti-entropy (a digest or a want list), which the tier
-/// gate controls separately from pushed messages.
-fn is_anti_entropy(frame: &[u8]) -> bool {
-    matches!(
-        ztmesh_gossip::GossipFrame::decode(frame, &ztmesh_gossip::GossipConfig::default()),
-        Ok(ztmesh_gossip::GossipFrame::Digest { .. } | ztmesh_gossip::GossipFrame::Want { .. })
-    )
+/// The tier-gated action a gossip frame from a neighbour is: anti-entropy (a digest or a want
+/// list), or relaying a revocation record. Other pushed messages are gated by their origin's
+/// membership, not by the neighbour's tier. Frames that do not decode are left to the gossip
+/// core, which refuses them.
+fn gated_action(frame: &[u8]) -> Option<ztmesh_trust::Action> {
+    let config = ztmesh_gossip::GossipConfig::default();
+    match ztmesh_gossip::GossipFrame::decode(frame, &config).ok()? {
+        ztmesh_gossip::GossipFrame::Digest { .. } | ztmesh_gossip::GossipFrame::Want { .. } => {
+            Some(ztmesh_trust::Action::AntiEntropy)
+        }
+        ztmesh_gossip::GossipFrame::Message { cose, .. } => {
+            (ztmesh_gossip::claimed_kind(&cose, &config)
+                == Some(ztmesh_gossip::MessageKind::Revocation))
+            .then_some(ztmesh_trust::Action::RevocationRelay)
+        }
+        _ => None,
+    }
 }
 
 /// Registers a link, resolving duplicates by [`preferred_link`]. Returns false if this link
@@ -1101,6 +1151,8 @@ async fn run_link<S>(
     node.dispatch_gossip(drained);
     node.dtn.send(DtnCommand::LinkUp(peer_id));
     node.record_certificate(peer_id, peer.not_before, peer.not_after);
+    node.log_watch
+        .handle_peer_certificate(peer_id, &peer.serial, peer.not_before);
     tracing::info!(peer = %peer_id, direction = direction.as_str(), %remote, link = info.id, "link up");
 
     let reason = drive_link(&node, stream, &peer, &info, &mut rx).await;
@@ -1221,7 +1273,7 @@ where
                             }
                         }
                         LinkMessage::Gossip { frame } => {
-                            if is_anti_entropy(&frame) && !node.gate(&peer_id, ztmesh_trust::Action::AntiEntropy) {
+                            if gated_action(&frame).is_some_and(|action| !node.gate(&peer_id, action)) {
                                 continue;
                             }
                             let (result, drained) = node.gossip.handle_frame(peer_id, &frame, now());
@@ -1238,6 +1290,7 @@ where
                                 Ok(new) if new.node_id == peer_id => {
                                     tracing::debug!(peer = %peer_id, serial = %new.serial, "peer rotated its certificate");
                                     node.record_certificate(peer_id, new.not_before, new.not_after);
+                                    node.log_watch.handle_peer_certificate(peer_id, &new.serial, new.not_before);
                                     peer_spkis.truncate(1);
                                     peer_spkis.push(new.tls_public_key_spki_der.clone());
                                     *info.peer_cert.lock().unwrap_or_else(|p| p.into_inner()) = (new.serial, new.not_after);
@@ -1588,6 +1641,9 @@ async fn log_watch_loop(node: Arc<Node>, task: LogWatchTask) {
             last_fetch = Some(std::time::Instant::now());
             moved.extend(watcher.poll_log(&node.ca, now().as_unix_secs()).await);
         }
+        watcher
+            .cross_check(&node.ca, &node.log_watch, now().as_unix_secs())
+            .await;
         node.log_watch.set_status(watcher.status());
         if node.self_revoked.load(Ordering::SeqCst) {
             continue;
@@ -1616,4 +1672,65 @@ async fn log_watch_loop(node: Arc<Node>, task: LogWatchTask) {
 /// Resolves once shutdown is signalled (or the sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ztmesh_gossip::{GossipFrame, MessageId, MessageKind, UnsignedMessage};
+    use ztmesh_trust::Action;
+
+    fn message_frame(kind: MessageKind, body: Vec<u8>) -> Vec<u8> {
+        let cose = UnsignedMessage {
+            origin: NodeId::from_bytes([1; 20]),
+            kind,
+            body,
+            created_at: Timestamp::from_unix_secs(1_000),
+            expires_at: Timestamp::from_unix_secs(2_000),
+            hop_limit: 3,
+        }
+        .sign(None, |_| [0; 64])
+        .unwrap();
+        GossipFrame::Message { cose, hops_left: 2 }
+            .encode()
+            .unwrap()
+    }
+
+    #[test]
+    fn digests_wants_and_relayed_revocations_are_gated_other_messages_are_not() {
+        let digest = GossipFrame::Digest {
+            ids: vec![MessageId([1; 32])],
+            reply: false,
+        };
+        let want = GossipFrame::Want {
+            ids: vec![MessageId([1; 32])],
+        };
+        assert_eq!(
+            gated_action(&digest.encode().unwrap()),
+            Some(Action::AntiEntropy)
+        );
+        assert_eq!(
+            gated_action(&want.encode().unwrap()),
+            Some(Action::AntiEntropy)
+        );
+        let revocation = ztmesh_gossip::kinds::RevocationRecord {
+            crl: vec![0x30, 0x00],
+            revoked_nodes: Vec::new(),
+        }
+        .encode()
+        .unwrap();
+        assert_eq!(
+            gated_action(&message_frame(MessageKind::Revocation, revocation)),
+            Some(Action::RevocationRelay)
+        );
+        let vote = ztmesh_gossip::kinds::GovernanceVote {
+            proposal_id: vec![7; 32],
+            approve: true,
+            token: Vec::new(),
+        }
+        .encode()
+        .unwrap();
+        assert_eq!(gated_action(&message_frame(MessageKind::Vote, vote)), None);
+        assert_eq!(gated_action(b"garbage"), None);
+    }
 }

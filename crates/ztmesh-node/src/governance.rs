@@ -99,7 +99,9 @@ impl Node {
         body: GovernanceProposal,
         created_at: Timestamp,
     ) {
-        if !self.gate(&from, Action::Governance) {
+        if !self.gate(&from, Action::Governance)
+            || !self.check_token(&from, &body.token, "proposal")
+        {
             return;
         }
         let Some(param) = param_named(&body.param) else {
@@ -130,7 +132,7 @@ impl Node {
 
     /// A verified vote arrived (or was published here).
     pub(crate) fn handle_vote(self: &Arc<Self>, from: NodeId, body: GovernanceVote) {
-        if !self.gate(&from, Action::Governance) {
+        if !self.gate(&from, Action::Governance) || !self.check_token(&from, &body.token, "vote") {
             return;
         }
         let Ok(proposal_id) = <[u8; 32]>::try_from(body.proposal_id.as_slice()) else {
@@ -191,6 +193,12 @@ impl Node {
                         value,
                         proposal_id: hex::encode(proposal_id.0),
                     });
+                    self.log_reports
+                        .report(crate::api_types::LogEventReport::GovernanceDecision {
+                            proposal: hex::encode(proposal_id.0),
+                            param: param.as_str().to_owned(),
+                            value,
+                        });
                 }
                 GovernanceEvent::Expired { proposal_id } => {
                     tracing::info!(proposal = %proposal_id, "governance proposal expired without a majority");
@@ -308,6 +316,18 @@ pub struct ProposalsResponse {
     pub parameters: std::collections::BTreeMap<String, u64>,
 }
 
+/// The token to attach to this node's proposal or vote. Without one the message is still
+/// published (it is signed and harmless), but no receiver counts it; the node says so.
+fn own_token(node: &Node) -> Vec<u8> {
+    let token = node.token.current();
+    if token.is_empty() {
+        tracing::warn!(
+            "publishing without an attestation token from the CA: no node will count this"
+        );
+    }
+    token
+}
+
 pub(crate) async fn post_proposal(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
@@ -342,7 +362,7 @@ pub(crate) async fn post_proposal(
         param: param.as_str().to_owned(),
         value: request.value,
         expires_at: now().saturating_add(ttl),
-        token: Vec::new(),
+        token: own_token(&node),
     }
     .encode()
     .map_err(|e| ApiError::bad_request("invalid_proposal", e.to_string()))?;
@@ -373,7 +393,7 @@ pub(crate) async fn post_vote(
     let body = GovernanceVote {
         proposal_id,
         approve: request.approve,
-        token: Vec::new(),
+        token: own_token(&node),
     }
     .encode()
     .map_err(|e| ApiError::bad_request("invalid_vote", e.to_string()))?;

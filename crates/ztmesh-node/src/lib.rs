@@ -5,7 +5,8 @@
 //! - [`ca_service`] / [`ca_client`]: the CA's HTTPS API and its clients;
 //! - [`membership_log`]: the CA's transparency log of membership events and its witnesses;
 //! - [`daemon`]: the node (`ztmesh run`), with [`peer_table`] as its sans-IO dialing core;
-//! - [`store`]: SQLite state of the CA and of nodes.
+//! - [`store`]: SQLite state of the CA and of nodes;
+//! - [`witness_service`]: the tlog witness, which [`node_witness`] runs inside a Tier 1 node.
 //!
 //! Protocol decisions live in the sans-IO crates (`ztmesh-core`, `ztmesh-pki`) and in
 //! [`peer_table`] / [`rate_limit`]; this crate only moves bytes between them and the world.
@@ -15,6 +16,7 @@
 pub mod api_error;
 pub mod api_types;
 pub mod attestation;
+pub mod ca_attest;
 pub mod ca_client;
 pub mod ca_service;
 pub mod daemon;
@@ -27,11 +29,15 @@ pub mod gossip_driver;
 pub mod governance;
 pub mod https;
 pub mod local_api;
+mod log_audit;
+mod log_report;
 mod log_watch;
 pub mod membership_log;
 mod node_api;
 pub mod node_client;
 pub mod node_dir;
+mod node_token;
+pub mod node_witness;
 pub mod peer_table;
 pub mod rate_limit;
 pub mod store;

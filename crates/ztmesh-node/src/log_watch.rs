@@ -1,10 +1,12 @@
 //! The node as a monitor of the CA's membership log (DESIGN.md §3, "Transparency log and
-//! witnesses"): it follows the log through cosigned checkpoints, passes them on by gossip, and
-//! raises the split-view alarm when it sees two histories that cannot both be true.
+//! witnesses"): it follows the log through cosigned checkpoints, passes them on by gossip,
+//! raises the split-view alarm when it sees two histories that cannot both be true, and
+//! cross-checks the certificates and revocations it is shown against the log's entries.
 //!
-//! The decisions are the sans-IO [`CheckpointMonitor`]'s; this module feeds it. The policy is
-//! `log-policy.txt`, pinned at enrollment with the CA certificate; without it the log is not
-//! watched. Checkpoints come from two places, and both go through the same monitor:
+//! The decisions are the sans-IO [`CheckpointMonitor`]'s and [`log_audit`](crate::log_audit)'s;
+//! this module feeds them. The policy is `log-policy.txt`, pinned at enrollment with the CA
+//! certificate; without it the log is not watched. Checkpoints come from two places, and both
+//! go through the same monitor:
 //!
 //! - the CA itself (`GET /v1/log/checkpoint`), polled by the daemon's log-watch loop;
 //! - other members, as [`MessageKind::Checkpoint`](ztmesh_gossip::MessageKind) gossip: that is
@@ -13,23 +15,43 @@
 //!
 //! A larger checkpoint is accepted only once the CA has proved it consistent with the accepted
 //! one; while the CA cannot be reached the monitor keeps it pending and the loop retries. Every
-//! checkpoint that moves the accepted head is published as gossip.
+//! checkpoint that moves the accepted head is published as gossip. The CA's own checkpoints
+//! only ever grow, so one it serves that is older than the accepted head is its log rolled
+//! back (restored from a backup, or hiding entries from this node): a split view too. Gossiped
+//! older checkpoints are only late relays.
+//!
+//! The accepted head and the alarm (flag, count, reason, evidence) live in the node's
+//! `state.db` ([`NodeStore::save_log_watch`], compare-and-swap: the head only moves forward),
+//! saved after every change and resumed at start, so a CA rolled back while the node was down
+//! is caught as soon as the node looks again, and an alarm outlives a restart.
 //!
 //! The monitor lives in one task (the loop), so a proof always answers the request it was
 //! fetched for; the API reads a [`LogStatus`] snapshot the loop refreshes after every wake-up.
-//! What must never happen here: accepting a checkpoint the monitor did not, or blocking gossip
-//! delivery on the CA (received notes go through a bounded queue, dropped when full).
+//! What must never happen here: accepting a checkpoint the monitor did not, saving a head the
+//! monitor did not accept, or blocking gossip delivery or a link on the CA (received notes and
+//! peer certificates go through bounded queues).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use ztmesh_core::TrustDomain;
-use ztmesh_tlog::{CheckpointMonitor, Hash, Observation, Policy, PolicyParseError};
+use ztmesh_core::{NodeId, Timestamp, TrustDomain};
+use ztmesh_pki::{Crl, Serial};
+use ztmesh_tlog::{
+    Checkpoint, CheckpointMonitor, Hash, Note, Observation, Policy, PolicyParseError, SavedMonitor,
+    TreeHead,
+};
 
 use crate::api_types::LogStatus;
 use crate::ca_client::ClientError;
+use crate::log_audit::{
+    is_due, issuance_is_logged, revocation_is_logged, CertificateQueue, EntryFollower, FindingKind,
+    Findings, PendingCertificate, BATCHES_PER_WAKE, MAX_FOLLOWED_ENTRIES, MAX_PENDING_CERTIFICATES,
+};
 use crate::node_dir::{NodeDir, NodeDirError};
+use crate::store::{
+    LogWatchSwap, NodeStore, SavedLogAlarm, SavedLogHead, SavedLogWatch, StoreError,
+};
 
 /// How often the CA's latest checkpoint is fetched.
 pub(crate) const LOG_WATCH_INTERVAL: Duration = Duration::from_secs(10);
@@ -49,6 +71,9 @@ pub(crate) const CHECKPOINT_REPUBLISH_INTERVAL: Duration = Duration::from_secs(1
 /// Checkpoint notes received by gossip and not yet looked at; more are dropped (the next
 /// one, or the CA, tells the same story).
 pub(crate) const RECEIVED_QUEUE: usize = 16;
+
+/// Leaf hashes read per query when the verified entries are reloaded at start.
+const RELOAD_BATCH: usize = 10_000;
 
 /// Why a log policy cannot be used by this node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,13 +108,15 @@ pub fn parse_log_policy(
         .ok_or(LogPolicyError::NoMembershipLog { found, expected })
 }
 
-/// Where the monitor gets what it cannot know by itself: the log's latest checkpoint and
-/// consistency proofs. The CA client in production, an in-memory log in tests.
+/// Where the monitor gets what it cannot know by itself: the log's latest checkpoint,
+/// consistency proofs and entries. The CA client in production, an in-memory log in tests.
 pub(crate) trait LogSource {
     /// The latest cosigned checkpoint note; `None` while the log has none.
     async fn latest_checkpoint(&self) -> Result<Option<String>, ClientError>;
     /// The consistency proof from tree size `old` to `new`.
     async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ClientError>;
+    /// Up to `count` entries from index `start`, as `(index, leaf)`.
+    async fn entries(&self, start: u64, count: u64) -> Result<Vec<(u64, Vec<u8>)>, ClientError>;
 }
 
 impl LogSource for crate::ca_client::CaClient {
@@ -99,6 +126,10 @@ impl LogSource for crate::ca_client::CaClient {
 
     async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ClientError> {
         self.log_consistency_proof(old, new).await
+    }
+
+    async fn entries(&self, start: u64, count: u64) -> Result<Vec<(u64, Vec<u8>)>, ClientError> {
+        self.log_entries(start, count).await
     }
 }
 
@@ -120,22 +151,171 @@ impl Source {
     }
 }
 
-/// The monitor and what the node does with its answers. Owned by the log-watch loop.
+/// Size of a checkpoint note, if it is one.
+fn note_size(text: &str) -> Option<u64> {
+    let note = Note::parse(text).ok()?;
+    Checkpoint::parse(note.text()).ok().map(|c| c.size())
+}
+
+/// The reason shown for a split view the monitor found itself, from its evidence.
+fn describe_split_view(evidence: &(String, String)) -> String {
+    match (note_size(&evidence.0), note_size(&evidence.1)) {
+        (Some(held), Some(other)) if held == other => {
+            format!("two valid checkpoints of size {held} with different roots")
+        }
+        (Some(held), Some(other)) if other > held => format!(
+            "a valid checkpoint of size {other} that is not consistent with the accepted one of size {held} (its consistency proof failed)"
+        ),
+        _ => "two valid checkpoints that cannot both be true".to_owned(),
+    }
+}
+
+/// Why log watching cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogWatchError {
+    /// `log-policy.txt` or the CA certificate could not be read.
+    #[error(transparent)]
+    Dir(#[from] NodeDirError),
+    /// `log-policy.txt` is not a policy for this mesh's membership log.
+    #[error("{path}: {error}")]
+    Policy {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        error: LogPolicyError,
+    },
+    /// `state.db` could not be read.
+    #[error("state.db: {0}")]
+    Store(#[from] StoreError),
+    /// The head saved in `state.db` is not one the pinned policy accepts (the database is
+    /// damaged, or `log-policy.txt` was changed): starting from nothing would forget what
+    /// this node saw, so the node does not start.
+    #[error("state.db: the saved membership-log head cannot be resumed: {0}")]
+    Resume(String),
+}
+
+/// A fresh `monitor` carrying on from `saved`.
+fn resume_from(
+    fresh: &CheckpointMonitor,
+    saved: &SavedLogWatch,
+    now_secs: u64,
+) -> Result<CheckpointMonitor, LogWatchError> {
+    let state = SavedMonitor {
+        head: saved.head.as_ref().map(|head| head.note.clone()),
+        split_view: saved.alarm.as_ref().map(|alarm| alarm.evidence.clone()),
+        split_view_alarms: saved.alarms,
+    };
+    let monitor = fresh
+        .clone()
+        .resume(state, now_secs)
+        .map_err(|e| LogWatchError::Resume(e.to_string()))?;
+    if let Some(head) = &saved.head {
+        let expected = TreeHead {
+            size: head.size,
+            root: Hash::from_bytes(head.root),
+        };
+        if monitor.current() != Some(expected) {
+            return Err(LogWatchError::Resume(format!(
+                "the saved note is not the saved head of size {}",
+                head.size
+            )));
+        }
+    }
+    Ok(monitor)
+}
+
+/// Rebuilds the entry follower from the verified entries in the store.
+fn load_follower(store: &NodeStore) -> Result<EntryFollower, StoreError> {
+    let mut follower = EntryFollower::resume([], store.followed_newest_at()?, MAX_FOLLOWED_ENTRIES);
+    loop {
+        let page = store.followed_leaf_hashes(follower.size(), RELOAD_BATCH)?;
+        if page.is_empty() {
+            return Ok(follower);
+        }
+        follower.extend_verified(page);
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// The monitor, the cross-checks, and what the node does with their answers. Owned by the
+/// log-watch loop.
 pub(crate) struct Watcher {
     monitor: CheckpointMonitor,
+    /// The monitor as the policy makes it, with nothing accepted: what a reload resumes.
+    fresh: CheckpointMonitor,
     /// Checkpoints the CA served that were older than the accepted one. Older checkpoints by
     /// gossip are not counted: members relay what they accepted, and a late relay or a
     /// message pulled by anti-entropy after a newer head is no rollback attempt. A CA that
     /// answers with an older head than it already showed this node is one.
     stale_from_ca: u64,
+    store: Arc<NodeStore>,
+    /// The monitor's state as last saved; saving happens when it differs.
+    saved: SavedMonitor,
+    /// Why the alarm was raised, while it is.
+    alarm_reason: Option<String>,
+    follower: EntryFollower,
+    findings: Findings,
+    /// The CA certificate, to read the CRL saved in `state.db`.
+    ca_der: Vec<u8>,
+    /// The CRL whose revocations were checked (its number), or one not yet due
+    /// (`(number, thisUpdate)`), so it is not parsed again on every wake-up.
+    crl_checked: Option<u64>,
+    crl_waiting: Option<(u64, Timestamp)>,
+    /// Whether the follower's capacity was reported (once).
+    follower_full_reported: bool,
 }
 
 impl Watcher {
-    pub(crate) fn new(monitor: CheckpointMonitor) -> Self {
-        Watcher {
-            monitor,
-            stale_from_ca: 0,
+    /// A watcher carrying on from what `store` saved (a fresh one on a new node).
+    pub(crate) fn open(
+        monitor: CheckpointMonitor,
+        store: Arc<NodeStore>,
+        ca_der: Vec<u8>,
+        now_secs: u64,
+    ) -> Result<Self, LogWatchError> {
+        let saved = store.log_watch()?;
+        let resumed = resume_from(&monitor, &saved, now_secs)?;
+        let follower = load_follower(&store)?;
+        if let Some(head) = resumed.current() {
+            tracing::info!(
+                size = head.size,
+                root = %head.root,
+                entries_verified = follower.size(),
+                "membership log: carrying on from the saved checkpoint"
+            );
         }
+        if let Some(alarm) = &saved.alarm {
+            tracing::error!(
+                reason = %alarm.reason,
+                checkpoint_a = ?alarm.evidence.0,
+                checkpoint_b = ?alarm.evidence.1,
+                "SPLIT VIEW (saved before the restart): the membership log showed this node two histories"
+            );
+        }
+        Ok(Watcher {
+            saved: resumed.saved(),
+            monitor: resumed,
+            fresh: monitor,
+            stale_from_ca: 0,
+            store,
+            alarm_reason: saved.alarm.map(|alarm| alarm.reason),
+            follower,
+            findings: Findings::default(),
+            ca_der,
+            crl_checked: None,
+            crl_waiting: None,
+            follower_full_reported: false,
+        })
     }
 
     /// The note of the accepted head.
@@ -144,7 +324,8 @@ impl Watcher {
     }
 
     /// Looks at one checkpoint note, fetching a consistency proof from `log` if the monitor
-    /// asks for one. Returns the note to publish when the accepted head moved.
+    /// asks for one, and saves what changed. Returns the note to publish when the accepted
+    /// head moved.
     pub(crate) async fn feed(
         &mut self,
         note: &str,
@@ -156,6 +337,18 @@ impl Watcher {
         let alarms = self.monitor.stats().split_view_alarms;
         let observation = match self.monitor.observe(note, now_secs) {
             Ok(Observation::NeedsConsistency { from, to }) => self.prove(from, to, log).await,
+            Ok(Observation::Stale { size }) if source == Source::Ca => {
+                self.stale_from_ca += 1;
+                let held = self.monitor.current_note().unwrap_or_default().to_owned();
+                let accepted = before.map_or(0, |head| head.size);
+                Some(self.raise(
+                    held,
+                    note.to_owned(),
+                    format!(
+                        "the CA served a valid checkpoint of size {size}, older than the accepted one of size {accepted}: its log was rolled back"
+                    ),
+                ))
+            }
             Ok(observation) => Some(observation),
             Err(error) => {
                 match source {
@@ -166,11 +359,9 @@ impl Watcher {
             }
         };
         if let Some(observation) = observation {
-            if source == Source::Ca && matches!(observation, Observation::Stale { .. }) {
-                self.stale_from_ca += 1;
-            }
             self.report(&observation, source, alarms);
         }
+        self.persist(now_secs).await;
         self.moved_since(before)
     }
 
@@ -198,13 +389,14 @@ impl Watcher {
         if let Some(observation) = self.prove(from, to, log).await {
             self.report(&observation, Source::Gossip, alarms);
         }
+        self.persist(crate::timefmt::now().as_unix_secs()).await;
         self.moved_since(before)
     }
 
     async fn prove(
         &mut self,
-        from: ztmesh_tlog::TreeHead,
-        to: ztmesh_tlog::TreeHead,
+        from: TreeHead,
+        to: TreeHead,
         log: &impl LogSource,
     ) -> Option<Observation> {
         match log.consistency_proof(from.size, to.size).await {
@@ -222,14 +414,22 @@ impl Watcher {
         }
     }
 
-    fn moved_since(&self, before: Option<ztmesh_tlog::TreeHead>) -> Option<String> {
+    /// Raises the alarm for a conflict found outside the monitor, with its reason.
+    fn raise(&mut self, held: String, conflicting: String, reason: String) -> Observation {
+        if self.monitor.split_view().is_none() {
+            self.alarm_reason = Some(reason);
+        }
+        self.monitor.raise_split_view(held, conflicting)
+    }
+
+    fn moved_since(&self, before: Option<TreeHead>) -> Option<String> {
         if self.monitor.current() == before {
             return None;
         }
         self.monitor.current_note().map(str::to_owned)
     }
 
-    fn report(&self, observation: &Observation, source: Source, alarms_before: u64) {
+    fn report(&mut self, observation: &Observation, source: Source, alarms_before: u64) {
         let from = source.as_str();
         match observation {
             Observation::Accepted { size, root } => {
@@ -245,30 +445,302 @@ impl Watcher {
             }
             Observation::Stale { size } => {
                 let current = self.monitor.current().map(|head| head.size);
-                match source {
-                    Source::Ca => tracing::warn!(
-                        size,
-                        ?current,
-                        "the CA served a checkpoint older than the accepted one"
-                    ),
-                    Source::Gossip => tracing::debug!(size, ?current, "stale gossiped checkpoint"),
-                }
+                tracing::debug!(size, ?current, "stale gossiped checkpoint");
             }
             Observation::SplitView { evidence } => {
                 if self.monitor.stats().split_view_alarms > alarms_before {
+                    let reason = self
+                        .alarm_reason
+                        .get_or_insert_with(|| describe_split_view(evidence))
+                        .clone();
                     // Debug formatting keeps each note (several lines) on the one log line.
                     tracing::error!(
                         from,
+                        %reason,
                         checkpoint_a = ?evidence.0,
                         checkpoint_b = ?evidence.1,
-                        "SPLIT VIEW: two membership-log checkpoints that cannot both be true; the log or its witnesses misbehave"
+                        "SPLIT VIEW: the membership log showed this node two histories that cannot both be true; the log or its witnesses misbehave"
                     );
                 }
             }
         }
     }
 
-    /// What `GET /v1/status` shows.
+    /// Saves the monitor's head and alarm if they changed since the last save. The store
+    /// compares and swaps: a saved state ahead of this monitor (another writer, or a saved
+    /// head this monitor conflicts with) wins, and the monitor carries on from it.
+    async fn persist(&mut self, now_secs: u64) {
+        let state = self.monitor.saved();
+        if state == self.saved {
+            return;
+        }
+        let head = self
+            .monitor
+            .current()
+            .zip(state.head.clone())
+            .map(|(tree, note)| SavedLogHead {
+                size: tree.size,
+                root: *tree.root.as_bytes(),
+                note,
+            });
+        let alarm = state.split_view.clone().map(|evidence| SavedLogAlarm {
+            reason: self
+                .alarm_reason
+                .clone()
+                .unwrap_or_else(|| describe_split_view(&evidence)),
+            evidence,
+        });
+        let watch = SavedLogWatch {
+            head,
+            alarm,
+            alarms: state.split_view_alarms,
+        };
+        let store = self.store.clone();
+        match blocking(move || store.save_log_watch(&watch)).await {
+            Ok(LogWatchSwap::Saved) => self.saved = state,
+            Ok(outcome) => {
+                tracing::error!(
+                    ?outcome,
+                    "the membership-log state saved in state.db is ahead of this node's monitor; carrying on from it"
+                );
+                self.reload(now_secs).await;
+            }
+            // Not marked saved: the next change (or wake-up) tries again.
+            Err(error) => tracing::warn!(%error, "could not save the membership-log state"),
+        }
+    }
+
+    /// Carries on from what the store holds.
+    async fn reload(&mut self, now_secs: u64) {
+        let store = self.store.clone();
+        let saved = match blocking(move || store.log_watch()).await {
+            Ok(saved) => saved,
+            Err(error) => {
+                tracing::warn!(%error, "could not read the saved membership-log state");
+                return;
+            }
+        };
+        match resume_from(&self.fresh, &saved, now_secs) {
+            Ok(monitor) => {
+                self.saved = monitor.saved();
+                self.monitor = monitor;
+                self.alarm_reason = saved.alarm.map(|alarm| alarm.reason);
+            }
+            Err(error) => tracing::error!(%error, "keeping the monitor in memory"),
+        }
+        let store = self.store.clone();
+        match blocking(move || load_follower(&store)).await {
+            Ok(follower) => self.follower = follower,
+            Err(error) => tracing::warn!(%error, "could not reload the verified log entries"),
+        }
+    }
+
+    /// The cross-checks, once per wake-up of the loop: fetch and verify the entries up to the
+    /// accepted checkpoint (a bounded number of batches), then check the peer certificates
+    /// and the CRL the log has moved past.
+    pub(crate) async fn cross_check(
+        &mut self,
+        log: &impl LogSource,
+        watch: &LogWatch,
+        now_secs: u64,
+    ) {
+        self.follow(log, now_secs).await;
+        self.check_certificates(watch).await;
+        self.check_crl().await;
+    }
+
+    async fn follow(&mut self, log: &impl LogSource, now_secs: u64) {
+        // Alarmed, the log's word is worth nothing more: the entries verified so far stay.
+        if self.monitor.split_view().is_some() {
+            return;
+        }
+        let Some(accepted) = self.monitor.current() else {
+            return;
+        };
+        if self.follower.is_full(accepted.size) && !self.follower_full_reported {
+            self.follower_full_reported = true;
+            tracing::warn!(
+                entries_verified = self.follower.size(),
+                log_size = accepted.size,
+                "the membership log is larger than this node follows; newer certificates are no longer cross-checked"
+            );
+        }
+        for _ in 0..BATCHES_PER_WAKE {
+            let Some(request) = self.follower.next_request(accepted.size) else {
+                return;
+            };
+            let answer = match log.entries(request.0, request.1).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    tracing::debug!(%error, start = request.0, "could not fetch membership-log entries");
+                    return;
+                }
+            };
+            let batch = match self.follower.handle_entries(request, &answer) {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(%error, "the CA's membership-log entries answer is unusable");
+                    return;
+                }
+            };
+            let proof = if batch.needs_proof(accepted) {
+                match log.consistency_proof(batch.end(), accepted.size).await {
+                    Ok(proof) => proof,
+                    Err(error) => {
+                        tracing::debug!(%error, from = batch.end(), to = accepted.size, "waiting for a consistency proof of entries");
+                        return;
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            if let Err(reason) = batch.verify(accepted, &proof) {
+                let alarms = self.monitor.stats().split_view_alarms;
+                let held = self.monitor.current_note().unwrap_or_default().to_owned();
+                let conflicting = format!(
+                    "membership-log entries {}..{} as served by the CA: {reason}",
+                    batch.start(),
+                    batch.end()
+                );
+                let observation = self.raise(held, conflicting, reason);
+                self.report(&observation, Source::Ca, alarms);
+                self.persist(now_secs).await;
+                return;
+            }
+            let (store, start, entries) =
+                (self.store.clone(), batch.start(), batch.entries().to_vec());
+            match blocking(move || store.append_followed_entries(start, &entries)).await {
+                Ok(true) => self.follower.commit(batch),
+                Ok(false) => {
+                    // The store holds other entries than this follower (another writer) or an
+                    // older head (its save failed): carry on from the store.
+                    tracing::warn!(
+                        start,
+                        "verified log entries not kept; reloading the saved state"
+                    );
+                    self.reload(now_secs).await;
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not keep verified log entries");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn check_certificates(&mut self, watch: &LogWatch) {
+        let due = watch.take_due_certificates(self.follower.newest_at());
+        if due.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let looked_up = due.clone();
+        let results = blocking(move || {
+            looked_up
+                .into_iter()
+                .map(|pending| {
+                    let kinds = store.logged_kinds(&pending.serial.to_hex())?;
+                    Ok((pending, issuance_is_logged(&kinds)))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await;
+        let results = match results {
+            Ok(results) => results,
+            Err(error) => {
+                tracing::warn!(%error, "could not check peer certificates against the log");
+                watch.requeue(due);
+                return;
+            }
+        };
+        for (pending, logged) in results {
+            let new = self.findings.record(
+                FindingKind::UnloggedCertificate,
+                &pending.serial,
+                Some(pending.node_id),
+                pending.not_before,
+                logged,
+            );
+            if new {
+                tracing::warn!(
+                    node = %pending.node_id,
+                    serial = %pending.serial,
+                    not_before = %crate::timefmt::rfc3339(pending.not_before),
+                    "UNLOGGED CERTIFICATE (unlogged_certificate): a peer holds a certificate from the CA that the membership log does not show; the CA issued it without logging it"
+                );
+            }
+        }
+    }
+
+    async fn check_crl(&mut self) {
+        let Some(log_time) = self.follower.newest_at() else {
+            return;
+        };
+        if self
+            .crl_waiting
+            .is_some_and(|(_, this_update)| !is_due(this_update, Some(log_time)))
+        {
+            // The CRL in force was read already and the log has not moved past it yet; a
+            // newer CRL is looked at once the log does.
+            return;
+        }
+        let (store, ca_der, checked) = (self.store.clone(), self.ca_der.clone(), self.crl_checked);
+        type CrlCheck = (u64, Timestamp, Option<Vec<(Serial, bool)>>);
+        let result = blocking(move || -> Result<Option<CrlCheck>, StoreError> {
+            let Some((number, der)) = store.latest_crl()? else {
+                return Ok(None);
+            };
+            if Some(number) == checked {
+                return Ok(None);
+            }
+            let crl = Crl::parse_and_verify(&der, &ca_der)
+                .map_err(|e| StoreError::Corrupt(format!("saved CRL: {e}")))?;
+            if !is_due(crl.this_update, Some(log_time)) {
+                return Ok(Some((number, crl.this_update, None)));
+            }
+            let mut results = Vec::with_capacity(crl.entries.len());
+            for entry in crl.entries {
+                let kinds = store.logged_kinds(&entry.serial.to_hex())?;
+                results.push((entry.serial, revocation_is_logged(&kinds)));
+            }
+            Ok(Some((number, crl.this_update, Some(results))))
+        })
+        .await;
+        let (number, this_update, results) = match result {
+            Ok(Some(check)) => check,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "could not check the CRL against the log");
+                return;
+            }
+        };
+        let Some(results) = results else {
+            self.crl_waiting = Some((number, this_update));
+            return;
+        };
+        self.crl_waiting = None;
+        self.crl_checked = Some(number);
+        for (serial, logged) in results {
+            if self.findings.record(
+                FindingKind::UnloggedRevocation,
+                &serial,
+                None,
+                this_update,
+                logged,
+            ) {
+                tracing::warn!(
+                    %serial,
+                    crl_number = number,
+                    this_update = %crate::timefmt::rfc3339(this_update),
+                    "UNLOGGED REVOCATION (unlogged_revocation): the CRL revokes a certificate the membership log shows no revocation of"
+                );
+            }
+        }
+    }
+
+    /// What `GET /v1/status` shows (the pending certificates are filled in by
+    /// [`LogWatch::set_status`]).
     pub(crate) fn status(&self) -> LogStatus {
         let stats = self.monitor.stats();
         let current = self.monitor.current();
@@ -284,20 +756,33 @@ impl Watcher {
                 .unwrap_or_default(),
             split_view: evidence.is_some(),
             split_view_alarms: stats.split_view_alarms,
+            split_view_reason: evidence.and(self.alarm_reason.clone()),
             quorum_not_met: stats.quorum_not_met,
             stale: self.stale_from_ca,
             split_view_evidence: evidence
                 .map(|(a, b)| vec![a.clone(), b.clone()])
                 .unwrap_or_default(),
+            entries_verified: self.follower.size(),
+            certificates_checked: self.findings.certificates_checked,
+            certificates_pending: 0,
+            certificates_dropped: 0,
+            revocations_checked: self.findings.revocations_checked,
+            unlogged_certificates: self.findings.unlogged_certificates,
+            unlogged_revocations: self.findings.unlogged_revocations,
+            unlogged: self.findings.recent(),
         }
     }
 }
 
-/// The node's side of the watch: the queue gossip delivery feeds and the status the API reads.
+/// The node's side of the watch: the queues gossip delivery and links feed, and the status
+/// the API reads.
 pub(crate) struct LogWatch {
     /// `None` when the node has no log policy (nothing is watched, notes are ignored).
     received: Option<mpsc::Sender<String>>,
     status: Mutex<LogStatus>,
+    /// Peer certificates accepted on links, waiting for the log (see
+    /// [`log_audit`](crate::log_audit)).
+    certificates: Mutex<CertificateQueue>,
 }
 
 /// What the log-watch loop owns.
@@ -306,28 +791,14 @@ pub(crate) struct LogWatchTask {
     pub(crate) received: mpsc::Receiver<String>,
 }
 
-/// Why log watching cannot start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum LogWatchError {
-    /// `log-policy.txt` could not be read.
-    #[error(transparent)]
-    Dir(#[from] NodeDirError),
-    /// `log-policy.txt` is not a policy for this mesh's membership log.
-    #[error("{path}: {error}")]
-    Policy {
-        /// The file.
-        path: std::path::PathBuf,
-        /// What is wrong with it.
-        error: LogPolicyError,
-    },
-}
-
-/// Reads the pinned policy: with one, the watch and the task that drives it; without, a watch
-/// that says so in the status and ignores gossiped checkpoints.
+/// Reads the pinned policy: with one, the watch and the task that drives it, carrying on from
+/// what `store` saved; without, a watch that says so in the status and ignores gossiped
+/// checkpoints and peer certificates.
 pub(crate) fn prepare(
     dir: &NodeDir,
     trust_domain: &TrustDomain,
+    store: Arc<NodeStore>,
+    now_secs: u64,
 ) -> Result<(LogWatch, Option<LogWatchTask>), LogWatchError> {
     let Some(text) = dir.read_log_policy()? else {
         return Ok((LogWatch::off(), None));
@@ -336,11 +807,13 @@ pub(crate) fn prepare(
         path: dir.log_policy(),
         error,
     })?;
-    let watcher = Watcher::new(monitor);
+    let ca_der = NodeDir::read_cert(&dir.ca_cert())?;
+    let watcher = Watcher::open(monitor, store, ca_der, now_secs)?;
     let (sender, received) = mpsc::channel(RECEIVED_QUEUE);
     let watch = LogWatch {
         received: Some(sender),
         status: Mutex::new(watcher.status()),
+        certificates: Mutex::new(CertificateQueue::new(MAX_PENDING_CERTIFICATES)),
     };
     Ok((watch, Some(LogWatchTask { watcher, received })))
 }
@@ -350,6 +823,7 @@ impl LogWatch {
         LogWatch {
             received: None,
             status: Mutex::new(LogStatus::default()),
+            certificates: Mutex::new(CertificateQueue::new(0)),
         }
     }
 
@@ -367,6 +841,38 @@ impl LogWatch {
         }
     }
 
+    /// A peer certificate accepted on a link (at link-up, or by a certificate update): it is
+    /// checked against the log once the log has moved past its issuance. Never blocks on
+    /// anything but a short lock, never refuses anything.
+    pub(crate) fn handle_peer_certificate(
+        &self,
+        node_id: NodeId,
+        serial: &Serial,
+        not_before: Timestamp,
+    ) {
+        if self.received.is_none() {
+            return;
+        }
+        self.certificates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .handle_certificate(node_id, serial, not_before);
+    }
+
+    fn take_due_certificates(&self, log_time: Option<u64>) -> Vec<PendingCertificate> {
+        self.certificates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_due(log_time)
+    }
+
+    fn requeue(&self, certificates: Vec<PendingCertificate>) {
+        let mut queue = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
+        for pending in certificates {
+            queue.handle_certificate(pending.node_id, &pending.serial, pending.not_before);
+        }
+    }
+
     pub(crate) fn status(&self) -> LogStatus {
         self.status
             .lock()
@@ -374,7 +880,12 @@ impl LogWatch {
             .clone()
     }
 
-    pub(crate) fn set_status(&self, status: LogStatus) {
+    pub(crate) fn set_status(&self, mut status: LogStatus) {
+        {
+            let queue = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
+            status.certificates_pending = queue.len() as u64;
+            status.certificates_dropped = queue.dropped();
+        }
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
     }
 }
@@ -383,7 +894,9 @@ impl LogWatch {
 mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
-    use ztmesh_tlog::{Checkpoint, CosignatureSigner, MerkleTree, Note, Signer, TreeHead};
+    use ztmesh_tlog::{CosignatureSigner, MerkleTree, Signer};
+
+    use crate::membership_log::{EntryKind, LogEntry};
 
     const NOW: u64 = 1_800_000_000;
 
@@ -408,12 +921,23 @@ mod tests {
         )
     }
 
-    fn tree(branch: &str, size: u64) -> MerkleTree {
+    /// `size` leaves named `<branch>-<i>` (not membership entries: kind `unknown`).
+    fn leaves(branch: &str, size: u64) -> Vec<Vec<u8>> {
+        (0..size)
+            .map(|i| format!("{branch}-{i}").into_bytes())
+            .collect()
+    }
+
+    fn tree_of(leaves: &[Vec<u8>]) -> MerkleTree {
         let mut tree = MerkleTree::new();
-        for i in 0..size {
-            tree.append(format!("{branch}-{i}").as_bytes());
+        for leaf in leaves {
+            tree.append(leaf);
         }
         tree
+    }
+
+    fn tree(branch: &str, size: u64) -> MerkleTree {
+        tree_of(&leaves(branch, size))
     }
 
     fn note(tree: &MerkleTree, size: u64, witnesses: &[u8]) -> String {
@@ -427,27 +951,42 @@ mod tests {
         note.to_string()
     }
 
-    /// An in-memory CA log: serves the checkpoint of `served` leaves of `tree`, and proofs
-    /// from `tree` (or nothing while unreachable).
+    /// An in-memory CA log: serves the checkpoint of `served` leaves of its tree, proofs from
+    /// that tree, and its leaves as entries (or other leaves, for a lying log), or nothing
+    /// while unreachable.
     struct FakeLog {
         state: Mutex<FakeState>,
     }
 
     struct FakeState {
         tree: MerkleTree,
+        /// What `entries` answers from.
+        leaves: Vec<Vec<u8>>,
         served: Option<u64>,
         reachable: bool,
         proofs_served: usize,
+        entries_served: usize,
     }
 
     impl FakeLog {
         fn new(tree: MerkleTree, served: Option<u64>) -> Self {
+            FakeLog::of_leaves(Vec::new(), served, tree)
+        }
+
+        fn with_leaves(leaves: Vec<Vec<u8>>, served: Option<u64>) -> Self {
+            let tree = tree_of(&leaves);
+            FakeLog::of_leaves(leaves, served, tree)
+        }
+
+        fn of_leaves(leaves: Vec<Vec<u8>>, served: Option<u64>, tree: MerkleTree) -> Self {
             FakeLog {
                 state: Mutex::new(FakeState {
                     tree,
+                    leaves,
                     served,
                     reachable: true,
                     proofs_served: 0,
+                    entries_served: 0,
                 }),
             }
         }
@@ -485,10 +1024,36 @@ mod tests {
                     .map_err(|e| ClientError::Protocol(e.to_string()))
             })
         }
+
+        async fn entries(
+            &self,
+            start: u64,
+            count: u64,
+        ) -> Result<Vec<(u64, Vec<u8>)>, ClientError> {
+            self.with(|s| {
+                if !s.reachable {
+                    return Err(unreachable());
+                }
+                s.entries_served += 1;
+                Ok(s.leaves
+                    .iter()
+                    .enumerate()
+                    .map(|(i, leaf)| (i as u64, leaf.clone()))
+                    .skip(start as usize)
+                    .take(count as usize)
+                    .collect())
+            })
+        }
     }
 
-    fn watcher() -> Watcher {
-        Watcher::new(parse_log_policy(&policy_text(), &trust_domain()).unwrap())
+    fn store_in(temp: &tempfile::TempDir) -> Arc<NodeStore> {
+        Arc::new(NodeStore::open(&temp.path().join("state.db")).unwrap())
+    }
+
+    /// A watcher on the store in `temp`: a node starting (again) on that data directory.
+    fn watcher_in(temp: &tempfile::TempDir) -> Watcher {
+        let monitor = parse_log_policy(&policy_text(), &trust_domain()).unwrap();
+        Watcher::open(monitor, store_in(temp), Vec::new(), NOW).unwrap()
     }
 
     fn head(tree: &MerkleTree, size: u64) -> TreeHead {
@@ -528,8 +1093,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_watcher_follows_the_cas_log_and_publishes_each_new_head_once() {
+        let temp = tempfile::tempdir().unwrap();
         let ca = FakeLog::new(tree("a", 20), None);
-        let mut watcher = watcher();
+        let mut watcher = watcher_in(&temp);
         assert_eq!(watcher.poll_log(&ca, NOW).await, None);
         ca.with(|s| s.served = Some(3));
         let first = watcher.poll_log(&ca, NOW).await;
@@ -550,9 +1116,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_gossiped_checkpoint_waits_for_its_proof_while_the_ca_is_unreachable() {
+        let temp = tempfile::tempdir().unwrap();
         let log = tree("a", 12);
         let ca = FakeLog::new(log.clone(), Some(4));
-        let mut watcher = watcher();
+        let mut watcher = watcher_in(&temp);
         watcher.poll_log(&ca, NOW).await.unwrap();
         ca.with(|s| s.reachable = false);
         let gossiped = note(&log, 12, &[1, 2]);
@@ -575,9 +1142,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_gossiped_fork_raises_one_sticky_alarm() {
+        let temp = tempfile::tempdir().unwrap();
         let log = tree("a", 6);
         let ca = FakeLog::new(log.clone(), Some(6));
-        let mut watcher = watcher();
+        let mut watcher = watcher_in(&temp);
         let held = watcher.poll_log(&ca, NOW).await.unwrap();
         let forged = note(&tree("b", 6), 6, &[1, 2]);
         assert_eq!(watcher.feed(&forged, Source::Gossip, &ca, NOW).await, None);
@@ -585,6 +1153,10 @@ mod tests {
         assert!(status.split_view);
         assert_eq!(status.split_view_alarms, 1);
         assert_eq!(status.split_view_evidence, [held, forged.clone()]);
+        assert_eq!(
+            status.split_view_reason.as_deref(),
+            Some("two valid checkpoints of size 6 with different roots")
+        );
         // The CA's own view and the forgery keep coming: the alarm stays, counted once.
         watcher.poll_log(&ca, NOW).await;
         watcher.feed(&forged, Source::Gossip, &ca, NOW).await;
@@ -594,29 +1166,39 @@ mod tests {
 
     #[tokio::test]
     async fn a_ca_proof_that_does_not_hold_is_a_split_view() {
+        let temp = tempfile::tempdir().unwrap();
         // The CA serves checkpoints of one history and proofs of another.
         let ca = FakeLog::new(tree("b", 9), None);
-        let mut watcher = watcher();
+        let mut watcher = watcher_in(&temp);
         watcher
             .feed(&note(&tree("a", 9), 3, &[1, 2]), Source::Gossip, &ca, NOW)
             .await
             .unwrap();
         ca.with(|s| s.served = Some(9));
         assert_eq!(watcher.poll_log(&ca, NOW).await, None);
-        assert!(watcher.status().split_view);
+        let status = watcher.status();
+        assert!(status.split_view);
+        assert!(
+            status
+                .split_view_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("not consistent")),
+            "{status:?}"
+        );
     }
 
     #[tokio::test]
     async fn refused_notes_are_counted_and_change_nothing() {
+        let temp = tempfile::tempdir().unwrap();
         let log = tree("a", 8);
         let ca = FakeLog::new(log.clone(), Some(8));
-        let mut watcher = watcher();
+        let mut watcher = watcher_in(&temp);
         watcher.poll_log(&ca, NOW).await.unwrap();
         // One witness of the two required.
         watcher
             .feed(&note(&log, 8, &[1]), Source::Gossip, &ca, NOW)
             .await;
-        // An older checkpoint relayed late: not taken, and no rollback attempt.
+        // An older checkpoint relayed late: not taken, and no rollback.
         watcher
             .feed(&note(&log, 5, &[1, 2]), Source::Gossip, &ca, NOW)
             .await;
@@ -627,22 +1209,276 @@ mod tests {
             (status.size, status.quorum_not_met, status.stale),
             (Some(8), 1, 0)
         );
-        // The CA itself going back in time is one.
+        assert!(!status.split_view);
+    }
+
+    #[tokio::test]
+    async fn the_ca_going_back_in_time_is_a_rollback_alarm() {
+        let temp = tempfile::tempdir().unwrap();
+        let log = tree("a", 8);
+        let ca = FakeLog::new(log.clone(), Some(8));
+        let mut watcher = watcher_in(&temp);
+        let held = watcher.poll_log(&ca, NOW).await.unwrap();
         ca.with(|s| s.served = Some(5));
         assert_eq!(watcher.poll_log(&ca, NOW).await, None);
         let status = watcher.status();
         assert_eq!((status.size, status.stale), (Some(8), 1));
-        assert!(!status.split_view);
+        assert!(status.split_view);
+        assert_eq!(status.split_view_evidence, [held, note(&log, 5, &[1, 2])]);
+        assert!(
+            status
+                .split_view_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("rolled back")),
+            "{status:?}"
+        );
+    }
+
+    /// The node follows the log to size 12, stops; the CA is rolled back while it is down.
+    /// Whatever the CA shows it after the restart (an older checkpoint, another one of the
+    /// same size, a larger one of another history), it raises the alarm and keeps its head.
+    #[tokio::test]
+    async fn after_a_restart_the_saved_head_catches_a_rolled_back_or_forked_log() {
+        let honest = tree("a", 20);
+        let forks: [(&str, FakeLog); 3] = [
+            ("rolled back", FakeLog::new(honest.clone(), Some(7))),
+            ("same size", FakeLog::new(tree("b", 20), Some(12))),
+            ("not consistent", FakeLog::new(tree("b", 20), Some(20))),
+        ];
+        for (expected, forked) in forks {
+            let temp = tempfile::tempdir().unwrap();
+            {
+                let ca = FakeLog::new(honest.clone(), Some(5));
+                let mut watcher = watcher_in(&temp);
+                watcher.poll_log(&ca, NOW).await.unwrap();
+                ca.with(|s| s.served = Some(12));
+                watcher.poll_log(&ca, NOW).await.unwrap();
+                assert_eq!(watcher.status().size, Some(12));
+            }
+            let mut restarted = watcher_in(&temp);
+            let status = restarted.status();
+            assert_eq!(status.size, Some(12), "carried on from the saved head");
+            assert!(!status.split_view);
+            assert_eq!(restarted.poll_log(&forked, NOW).await, None);
+            let status = restarted.status();
+            assert!(status.split_view, "{expected}: {status:?}");
+            assert_eq!(status.size, Some(12), "{expected}: the head is kept");
+            assert_eq!(status.split_view_evidence[0], note(&honest, 12, &[1, 2]));
+            let reason = status.split_view_reason.clone().unwrap();
+            assert!(
+                reason.contains(expected)
+                    || (expected == "same size" && reason.contains("size 12")),
+                "{expected}: {reason}"
+            );
+            // And the alarm outlives the next restart, counted once.
+            drop(restarted);
+            let again = watcher_in(&temp);
+            let saved = again.status();
+            assert!(saved.split_view);
+            assert_eq!(saved.split_view_alarms, 1);
+            assert_eq!(saved.split_view_evidence, status.split_view_evidence);
+            assert_eq!(saved.split_view_reason, Some(reason));
+        }
+    }
+
+    /// Another writer saved a larger head in the same state.db (a second process, or this
+    /// monitor's own save of an earlier run that raced): the smaller head is not saved over
+    /// it, and the monitor carries on from the saved one.
+    #[tokio::test]
+    async fn a_saved_head_ahead_of_the_monitor_wins_the_race() {
+        let temp = tempfile::tempdir().unwrap();
+        let log = tree("a", 30);
+        let ca = FakeLog::new(log.clone(), Some(4));
+        let mut behind = watcher_in(&temp);
+        let mut ahead = watcher_in(&temp);
+        ca.with(|s| s.served = Some(25));
+        ahead.poll_log(&ca, NOW).await.unwrap();
+        ca.with(|s| s.served = Some(9));
+        // `behind` accepts 9 in memory; the store says 25.
+        behind.poll_log(&ca, NOW).await;
+        assert_eq!(behind.status().size, Some(25));
+        assert_eq!(store_in(&temp).log_watch().unwrap().head.unwrap().size, 25);
+        // A conflicting head of the saved size becomes the saved alarm.
+        let fork = FakeLog::new(tree("b", 30), Some(25));
+        let mut forked = Watcher::open(
+            parse_log_policy(&policy_text(), &trust_domain()).unwrap(),
+            store_in(&tempfile::tempdir().unwrap()),
+            Vec::new(),
+            NOW,
+        )
+        .unwrap();
+        forked.store = store_in(&temp);
+        forked.poll_log(&fork, NOW).await;
+        let status = forked.status();
+        assert!(status.split_view, "{status:?}");
+        assert_eq!(status.size, Some(25));
+        assert_eq!(status.root, Some(log.root_at(25).unwrap().to_base64()));
+        assert!(store_in(&temp).log_watch().unwrap().alarm.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_saved_head_the_policy_no_longer_accepts_stops_the_start() {
+        let temp = tempfile::tempdir().unwrap();
+        let log = tree("a", 3);
+        let ca = FakeLog::new(log.clone(), Some(3));
+        watcher_in(&temp).poll_log(&ca, NOW).await.unwrap();
+        // A policy asking for a witness that did not cosign.
+        let stricter = format!(
+            "log {}\nwitness A {}\nwitness B {}\nwitness C {}\ngroup G all A B C\nquorum G\n",
+            log_key().vkey(),
+            witness(1).vkey(),
+            witness(2).vkey(),
+            witness(3).vkey()
+        );
+        let monitor = parse_log_policy(&stricter, &trust_domain()).unwrap();
+        assert!(matches!(
+            Watcher::open(monitor, store_in(&temp), Vec::new(), NOW),
+            Err(LogWatchError::Resume(_))
+        ));
+    }
+
+    fn serial(n: u8) -> Serial {
+        Serial::from_bytes(&[0x40, n, 7, 7])
+    }
+
+    fn node(n: u8) -> NodeId {
+        NodeId::from_bytes([n; 20])
+    }
+
+    fn entry(kind: EntryKind, n: u8, at: u64) -> Vec<u8> {
+        LogEntry {
+            kind,
+            node_id: node(n),
+            serial: serial(n).to_hex(),
+            not_after: matches!(kind, EntryKind::Enroll | EntryKind::Rotate).then_some(at + 3600),
+            at,
+        }
+        .to_leaf()
+    }
+
+    /// A log of enrollments of nodes 1..=n at NOW - 1000 + 10 i, then node 1's rotation at NOW.
+    fn membership(n: u8) -> Vec<Vec<u8>> {
+        let mut log: Vec<Vec<u8>> = (1..=n)
+            .map(|i| entry(EntryKind::Enroll, i, NOW - 1000 + 10 * u64::from(i)))
+            .collect();
+        log.push(entry(EntryKind::Rotate, 100, NOW));
+        log
+    }
+
+    #[tokio::test]
+    async fn entries_are_followed_up_to_the_accepted_head_and_kept_across_restarts() {
+        let temp = tempfile::tempdir().unwrap();
+        let log: Vec<Vec<u8>> = (0..600u32)
+            .map(|i| entry(EntryKind::Enroll, (i % 250) as u8, NOW - 600 + u64::from(i)))
+            .collect();
+        let ca = FakeLog::with_leaves(log.clone(), Some(600));
+        let watch = LogWatch::off();
+        let mut watcher = watcher_in(&temp);
+        watcher.poll_log(&ca, NOW).await.unwrap();
+        watcher.cross_check(&ca, &watch, NOW).await;
+        assert_eq!(watcher.status().entries_verified, 600);
+        // In bounded batches, each below the head verified by a proof.
+        let batches = 600u64.div_ceil(crate::log_audit::ENTRIES_PER_BATCH) as usize;
+        assert_eq!(ca.with(|s| s.entries_served), batches);
+        assert_eq!(ca.with(|s| s.proofs_served), batches - 1);
+        // Nothing new: nothing fetched.
+        watcher.cross_check(&ca, &watch, NOW).await;
+        assert_eq!(ca.with(|s| s.entries_served), batches);
+        drop(watcher);
+        let restarted = watcher_in(&temp);
+        assert_eq!(restarted.status().entries_verified, 600);
+        assert_eq!(restarted.follower.newest_at(), Some(NOW - 1));
+    }
+
+    #[tokio::test]
+    async fn a_log_whose_entries_do_not_make_its_checkpoint_is_a_split_view() {
+        let temp = tempfile::tempdir().unwrap();
+        let honest = membership(5);
+        // Checkpoints and proofs of the honest log, but node 3's enrollment taken out of the
+        // entries served (replaced by another).
+        let mut served = honest.clone();
+        served[2] = entry(EntryKind::Enroll, 33, NOW - 970);
+        let ca = FakeLog::of_leaves(served, Some(6), tree_of(&honest));
+        let watch = LogWatch::off();
+        let mut watcher = watcher_in(&temp);
+        watcher.poll_log(&ca, NOW).await.unwrap();
+        watcher.cross_check(&ca, &watch, NOW).await;
+        let status = watcher.status();
+        assert!(status.split_view, "{status:?}");
+        assert_eq!(status.entries_verified, 0, "nothing unverified is kept");
+        assert!(
+            status
+                .split_view_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("hash to root")),
+            "{status:?}"
+        );
+        assert!(status.split_view_evidence[1].contains("entries 0..6"));
+        // Saved like any alarm.
+        assert!(watcher_in(&temp).status().split_view);
+    }
+
+    #[tokio::test]
+    async fn peer_certificates_are_checked_once_the_log_moved_past_them() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = NodeDir(temp.path().to_owned());
+        dir.write_log_policy(&policy_text()).unwrap();
+        let log = membership(3);
+        let ca = FakeLog::with_leaves(log.clone(), Some(log.len() as u64));
+        let store = store_in(&temp);
+        let monitor = parse_log_policy(&policy_text(), &trust_domain()).unwrap();
+        let mut watcher = Watcher::open(monitor, store, Vec::new(), NOW).unwrap();
+        let (watch, _) = {
+            let (sender, receiver) = mpsc::channel(1);
+            (
+                LogWatch {
+                    received: Some(sender),
+                    status: Mutex::new(LogStatus::default()),
+                    certificates: Mutex::new(CertificateQueue::new(16)),
+                },
+                receiver,
+            )
+        };
+        let at = |secs: u64| Timestamp::from_unix_secs(secs);
+        // Node 2's logged certificate (the CA back-dates notBefore by 60 s).
+        watch.handle_peer_certificate(node(2), &serial(2), at(NOW - 980 - 60));
+        // Node 7's: valid from the CA, never logged.
+        watch.handle_peer_certificate(node(7), &serial(7), at(NOW - 500));
+        // Node 8's, issued just now: the log has not moved past it yet.
+        watch.handle_peer_certificate(node(8), &serial(8), at(NOW - 30));
+        // Before the log is verified nothing is judged.
+        watcher.cross_check(&ca, &watch, NOW).await;
+        let status = watcher.status();
+        assert_eq!(status.certificates_checked, 0);
+        watcher.poll_log(&ca, NOW).await.unwrap();
+        watcher.cross_check(&ca, &watch, NOW).await;
+        watch.set_status(watcher.status());
+        let status = watch.status();
+        assert_eq!(status.entries_verified, 4);
+        assert_eq!(status.certificates_checked, 2);
+        assert_eq!(status.certificates_pending, 1);
+        assert_eq!(status.unlogged_certificates, 1);
+        assert_eq!(status.unlogged.len(), 1);
+        assert_eq!(status.unlogged[0].kind, "unlogged_certificate");
+        assert_eq!(status.unlogged[0].serial, serial(7).to_hex());
+        assert_eq!(status.unlogged[0].node_id, Some(node(7).to_string()));
+        // A certificate update of node 7 presenting it again: not counted twice.
+        watch.handle_peer_certificate(node(7), &serial(7), at(NOW - 500));
+        watcher.cross_check(&ca, &watch, NOW).await;
+        assert_eq!(watcher.status().unlogged_certificates, 1);
+        assert!(!watcher.status().split_view, "an alarm of its own kind");
     }
 
     #[test]
     fn without_a_policy_nothing_is_watched() {
         let temp = tempfile::tempdir().unwrap();
         let dir = NodeDir(temp.path().to_owned());
-        let (watch, task) = prepare(&dir, &trust_domain()).unwrap();
+        let (watch, task) = prepare(&dir, &trust_domain(), store_in(&temp), NOW).unwrap();
         assert!(task.is_none());
         assert!(!watch.status().policy);
         assert!(!watch.handle_gossip(note(&tree("a", 1), 1, &[1, 2])));
+        watch.handle_peer_certificate(node(1), &serial(1), Timestamp::from_unix_secs(NOW));
+        assert!(watch.take_due_certificates(Some(u64::MAX)).is_empty());
     }
 
     #[test]
@@ -651,7 +1487,7 @@ mod tests {
         let dir = NodeDir(temp.path().to_owned());
         dir.write_log_policy(&policy_text()).unwrap();
         assert!(matches!(
-            prepare(&dir, &"other.mesh".parse().unwrap()),
+            prepare(&dir, &"other.mesh".parse().unwrap(), store_in(&temp), NOW),
             Err(LogWatchError::Policy { .. })
         ));
     }
@@ -661,7 +1497,9 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let dir = NodeDir(temp.path().to_owned());
         dir.write_log_policy(&policy_text()).unwrap();
-        let (watch, task) = prepare(&dir, &trust_domain()).unwrap();
+        // Only read here (to check saved CRLs later), never parsed as a certificate.
+        std::fs::write(dir.ca_cert(), ztmesh_pki::cert_der_to_pem(b"ca")).unwrap();
+        let (watch, task) = prepare(&dir, &trust_domain(), store_in(&temp), NOW).unwrap();
         let mut task = task.unwrap();
         assert!(watch.status().policy);
         let n = note(&tree("a", 1), 1, &[1, 2]);

@@ -124,6 +124,167 @@ pub struct LogEntry {
     pub at: u64,
 }
 
+/// Longest `reason` of a tier-change entry, in bytes.
+pub const MAX_EVENT_REASON_LEN: usize = 200;
+
+/// A mesh event the CA records beside the certificate events of [`LogEntry`]: a change of the
+/// release manifest it vouches against, a governance decision, a tier change a member observed.
+/// The leaf is the JSON serde writes for it, tagged by `kind` first; readers built before a
+/// kind existed see an entry they cannot decode (it still counts for the tree).
+///
+/// Decisions and tier changes are reported by members (`POST /v1/log/events`): the entry names
+/// the reporter, and records what it said, not that it is true. The CA appends a report only
+/// when it changes what the log says (a new decision, another tier for the same reporter and
+/// node, another manifest), so repeated reports cost nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum EventEntry {
+    /// The CA started vouching against another signed release manifest.
+    Manifest {
+        /// Its version.
+        version: String,
+        /// SHA-256 of the signed manifest bytes, lowercase hex.
+        sha256: String,
+        /// Its end of validity (Unix seconds).
+        not_after: u64,
+        /// When the CA committed the event (Unix seconds).
+        at: u64,
+    },
+    /// A governance proposal reached its majority on the reporting node and was applied there.
+    GovernanceDecision {
+        /// The proposal's gossip id, lowercase hex.
+        proposal: String,
+        /// The parameter.
+        param: String,
+        /// Its new value.
+        value: u64,
+        /// The member that reported it.
+        reporter: NodeId,
+        /// When the CA committed the event (Unix seconds).
+        at: u64,
+    },
+    /// The reporting member's trust book moved `node_id` to `tier`.
+    TierChange {
+        /// The node whose tier changed.
+        node_id: NodeId,
+        /// `tier 1`, `tier 2` or `untrusted`.
+        tier: String,
+        /// Why, as the reporter's trust book says.
+        reason: String,
+        /// The member that reported it.
+        reporter: NodeId,
+        /// When the CA committed the event (Unix seconds).
+        at: u64,
+    },
+}
+
+impl EventEntry {
+    /// The JSON name of the kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventEntry::Manifest { .. } => "manifest",
+            EventEntry::GovernanceDecision { .. } => "governance_decision",
+            EventEntry::TierChange { .. } => "tier_change",
+        }
+    }
+
+    /// The leaf bytes.
+    pub fn to_leaf(&self) -> Vec<u8> {
+        // Strings, integers and ids into a Vec: serde_json has no way to fail here.
+        serde_json::to_vec(self).expect("an EventEntry always serializes")
+    }
+
+    /// Parses leaf bytes, refusing anything but the exact bytes [`EventEntry::to_leaf`] writes
+    /// for an entry within bounds.
+    pub fn from_leaf(leaf: &[u8]) -> Result<Self, EntryError> {
+        if leaf.len() > MAX_LEAF_LEN {
+            return Err(EntryError::TooLarge(leaf.len()));
+        }
+        let entry: EventEntry =
+            serde_json::from_slice(leaf).map_err(|e| EntryError::Malformed(e.to_string()))?;
+        entry.check().map_err(EntryError::Malformed)?;
+        if entry.to_leaf() != leaf {
+            return Err(EntryError::NotCanonical);
+        }
+        Ok(entry)
+    }
+
+    /// The field bounds; the message names the field.
+    pub fn check(&self) -> Result<(), String> {
+        let hex64 = |text: &str| {
+            text.len() == 64
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let short_token = |text: &str, max: usize| {
+            !text.is_empty()
+                && text.len() <= max
+                && text.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        };
+        match self {
+            EventEntry::Manifest {
+                version, sha256, ..
+            } => {
+                if !short_token(version, 64) {
+                    return Err("version: 1 to 64 printable ASCII characters".into());
+                }
+                if !hex64(sha256) {
+                    return Err("sha256: 64 lowercase hex digits".into());
+                }
+            }
+            EventEntry::GovernanceDecision {
+                proposal,
+                param,
+                value,
+                ..
+            } => {
+                if !hex64(proposal) {
+                    return Err("proposal: 64 lowercase hex digits".into());
+                }
+                let known = crate::governance::param_named(param)
+                    .ok_or_else(|| format!("param: unknown parameter {param:?}"))?;
+                known.check(*value).map_err(|e| format!("value: {e}"))?;
+            }
+            EventEntry::TierChange { tier, reason, .. } => {
+                if !["tier 1", "tier 2", "untrusted"].contains(&tier.as_str()) {
+                    return Err("tier: one of \"tier 1\", \"tier 2\", \"untrusted\"".into());
+                }
+                if reason.trim().is_empty()
+                    || reason.len() > MAX_EVENT_REASON_LEN
+                    || reason.chars().any(char::is_control)
+                {
+                    return Err(format!(
+                        "reason: 1 to {MAX_EVENT_REASON_LEN} bytes, no control characters"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What a repeated report is judged against: the CA appends this entry only when the
+    /// value last recorded under the key differs.
+    pub fn dedupe(&self) -> (String, String) {
+        match self {
+            EventEntry::Manifest { sha256, .. } => ("manifest".into(), sha256.clone()),
+            EventEntry::GovernanceDecision {
+                proposal,
+                param,
+                value,
+                ..
+            } => (format!("governance:{proposal}"), format!("{param}={value}")),
+            EventEntry::TierChange {
+                node_id,
+                tier,
+                reporter,
+                ..
+            } => (format!("tier:{reporter}:{node_id}"), tier.clone()),
+        }
+    }
+}
+
 /// Why bytes are not a membership-log leaf this CA could have written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -1099,6 +1260,176 @@ mod tests {
 
     fn store(dir: &tempfile::TempDir) -> Arc<CaStore> {
         Arc::new(CaStore::open(&dir.path().join("ca.db")).unwrap())
+    }
+
+    fn events() -> Vec<EventEntry> {
+        vec![
+            EventEntry::Manifest {
+                version: "1.2.3".into(),
+                sha256: "ab".repeat(32),
+                not_after: NOW_SECS + 86_400,
+                at: NOW_SECS,
+            },
+            EventEntry::GovernanceDecision {
+                proposal: "cd".repeat(32),
+                param: "gossip_fanout".into(),
+                value: 2,
+                reporter: node(1),
+                at: NOW_SECS,
+            },
+            EventEntry::TierChange {
+                node_id: node(2),
+                tier: "tier 1".into(),
+                reason: "attested (dev), binary in manifest, 100% over ≥ 100 checks".into(),
+                reporter: node(1),
+                at: NOW_SECS,
+            },
+        ]
+    }
+
+    #[test]
+    fn event_entries_round_trip_exactly_and_refuse_anything_else() {
+        for event in events() {
+            let leaf = event.to_leaf();
+            assert!(
+                leaf.starts_with(format!("{{\"kind\":\"{}\"", event.kind()).as_bytes()),
+                "{}",
+                String::from_utf8_lossy(&leaf)
+            );
+            assert_eq!(EventEntry::from_leaf(&leaf).unwrap(), event);
+            // A certificate-event reader does not mistake it for one of its own.
+            assert!(LogEntry::from_leaf(&leaf).is_err());
+            // White space, an unknown field, a truncation: refused.
+            let text = String::from_utf8(leaf.clone()).unwrap();
+            let spaced = text.replacen(':', ": ", 1);
+            assert!(EventEntry::from_leaf(spaced.as_bytes()).is_err());
+            let extra = text.replacen('{', "{\"x\":1,", 1);
+            assert!(EventEntry::from_leaf(extra.as_bytes()).is_err());
+            assert!(EventEntry::from_leaf(&leaf[..leaf.len() - 1]).is_err());
+        }
+        // Out of bounds, each named.
+        let bad = [
+            (
+                EventEntry::Manifest {
+                    version: String::new(),
+                    sha256: "ab".repeat(32),
+                    not_after: 0,
+                    at: 0,
+                },
+                "version",
+            ),
+            (
+                EventEntry::Manifest {
+                    version: "1".into(),
+                    sha256: "AB".repeat(32),
+                    not_after: 0,
+                    at: 0,
+                },
+                "sha256",
+            ),
+            (
+                EventEntry::GovernanceDecision {
+                    proposal: "cd".repeat(31),
+                    param: "gossip_fanout".into(),
+                    value: 2,
+                    reporter: node(1),
+                    at: 0,
+                },
+                "proposal",
+            ),
+            (
+                EventEntry::GovernanceDecision {
+                    proposal: "cd".repeat(32),
+                    param: "warp_speed".into(),
+                    value: 2,
+                    reporter: node(1),
+                    at: 0,
+                },
+                "param",
+            ),
+            (
+                EventEntry::GovernanceDecision {
+                    proposal: "cd".repeat(32),
+                    param: "gossip_fanout".into(),
+                    value: 999,
+                    reporter: node(1),
+                    at: 0,
+                },
+                "value",
+            ),
+            (
+                EventEntry::TierChange {
+                    node_id: node(2),
+                    tier: "tier 0".into(),
+                    reason: "r".into(),
+                    reporter: node(1),
+                    at: 0,
+                },
+                "tier",
+            ),
+            (
+                EventEntry::TierChange {
+                    node_id: node(2),
+                    tier: "tier 1".into(),
+                    reason: "a\nb".into(),
+                    reporter: node(1),
+                    at: 0,
+                },
+                "reason",
+            ),
+            (
+                EventEntry::TierChange {
+                    node_id: node(2),
+                    tier: "tier 1".into(),
+                    reason: "r".repeat(MAX_EVENT_REASON_LEN + 1),
+                    reporter: node(1),
+                    at: 0,
+                },
+                "reason",
+            ),
+        ];
+        for (event, field) in bad {
+            let error = event.check().unwrap_err();
+            assert!(error.starts_with(field), "{error}");
+            assert!(EventEntry::from_leaf(&event.to_leaf()).is_err());
+        }
+    }
+
+    #[test]
+    fn an_event_is_appended_once_per_change_and_grows_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let log = MembershipLog::open(store.clone(), &signer()).unwrap();
+        for event in events() {
+            assert!(store.append_event(&event).unwrap().is_some());
+            // The same report again changes nothing.
+            assert_eq!(store.append_event(&event).unwrap(), None);
+        }
+        assert_eq!(log.sync().unwrap(), 3);
+        // Another tier for the same reporter and node is a change; another reporter too.
+        let demoted = EventEntry::TierChange {
+            node_id: node(2),
+            tier: "tier 2".into(),
+            reason: "3 consecutive failed attestation verifications".into(),
+            reporter: node(1),
+            at: NOW_SECS + 5,
+        };
+        assert_eq!(store.append_event(&demoted).unwrap(), Some(3));
+        let other_reporter = EventEntry::TierChange {
+            node_id: node(2),
+            tier: "tier 2".into(),
+            reason: "same view".into(),
+            reporter: node(3),
+            at: NOW_SECS + 6,
+        };
+        assert_eq!(store.append_event(&other_reporter).unwrap(), Some(4));
+        assert_eq!(log.sync().unwrap(), 5);
+        let leaves = log.entries(0, 10).unwrap();
+        assert_eq!(EventEntry::from_leaf(&leaves[3].1).unwrap(), demoted);
+        // The state survives reopening the database.
+        drop(log);
+        let reopened = Arc::new(CaStore::open(&dir.path().join("ca.db")).unwrap());
+        assert_eq!(reopened.append_event(&demoted).unwrap(), None);
     }
 
     fn enroll(store: &CaStore, node_id: NodeId, serial_number: u16) {

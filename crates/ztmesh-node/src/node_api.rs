@@ -182,6 +182,7 @@ async fn status(
         },
         log: node.log_watch.status(),
         trust: node.trust_status(),
+        witness: node.witness_status(),
     }))
 }
 

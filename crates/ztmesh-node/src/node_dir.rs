@@ -10,6 +10,7 @@
 //! | `log-policy.txt` | membership-log tlog-policy, pinned at enrollment with the CA; absent = log not watched |
 //! | `state.db` | SQLite: peers, latest CRL, certificate history |
 //! | `node.addr.json` | written by `ztmesh run` once listening: bound addresses and pid |
+//! | `witness/` | default place of the witness data directory when `[witness]` is enabled |
 //!
 //! Rotation writes `node.key.new` and `node.pem.new`, then renames the key and then the
 //! certificate. If a crash falls between the two renames, start-up finds a key that does not
@@ -71,6 +72,13 @@ pub struct NodeConfig {
     /// release key and the signed manifest.
     #[serde(default)]
     pub attestation: crate::attestation::AttestationConfig,
+    /// This node as a witness of its mesh's membership log (off by default; not written
+    /// while default).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::node_witness::NodeWitnessConfig::is_default"
+    )]
+    pub witness: crate::node_witness::NodeWitnessConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -108,6 +116,7 @@ impl NodeConfig {
             return Err("health_interval_ms must be between 100 and 3600000".into());
         }
         self.attestation.validate()?;
+        self.witness.validate()?;
         if !self.ca_url.starts_with("https://") {
             return Err("ca_url must be an https:// URL".into());
         }

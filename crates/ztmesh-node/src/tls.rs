@@ -419,6 +419,9 @@ pub fn ca_client_config(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // A resumed session carries the client certificate of its first handshake: after a
+    // rotation the CA must see the current one.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 

@@ -20,6 +20,11 @@
 //! checked against a head someone else has moved since is answered 409 with the new size and
 //! is never cosigned. A test hook between steps 3 and 4 lets tests force that race.
 //!
+//! Before step 2 the router asks its [`CosignGate`] whether this witness may cosign at all. The
+//! standalone `ztmesh witness serve` always may ([`always_open`]); a node witnessing its own
+//! mesh's log may only while it is Tier 1 (`node_witness`), and a closed gate is a 503 that
+//! reads and changes nothing.
+//!
 //! The protocol is plain text, not the JSON of the `/v1` APIs: 200 answers are cosignature
 //! lines (`text/plain`), a 409 carries the known tree size (`text/x.tlog.size`), and every other
 //! refusal is one short line of explanation. [`AddCheckpointError::http_status`] is the one
@@ -35,6 +40,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -573,6 +579,10 @@ pub enum AddCheckpointError {
     /// The decision task failed (500, a local fault).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The [`CosignGate`] is closed: this witness does not cosign now, for the reason given
+    /// (503; nothing was read or stored).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl AddCheckpointError {
@@ -587,6 +597,7 @@ impl AddCheckpointError {
             AddCheckpointError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             AddCheckpointError::BodyUnreadable(_) => StatusCode::BAD_REQUEST,
             AddCheckpointError::SizeOutOfRange(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AddCheckpointError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AddCheckpointError::Store(_)
             | AddCheckpointError::Sign(_)
             | AddCheckpointError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -602,12 +613,14 @@ impl IntoResponse for AddCheckpointError {
                 return text_response(status, TLOG_SIZE_CONTENT_TYPE, body);
             }
         }
-        let body = if status.is_server_error() {
-            // Details of local faults go to the log, not to whoever sent the request.
-            "internal error\n".to_owned()
-        } else {
-            format!("{self}\n")
-        };
+        let body =
+            if status.is_server_error() && !matches!(self, AddCheckpointError::Unavailable(_)) {
+                // Details of local faults go to the log, not to whoever sent the request; why the
+                // gate is closed is no secret and tells the log operator when to come back.
+                "internal error\n".to_owned()
+            } else {
+                format!("{self}\n")
+            };
         text_response(status, TEXT_PLAIN, body)
     }
 }
@@ -624,6 +637,16 @@ fn text_response(status: StatusCode, content_type: &'static str, body: String) -
 /// Runs between a request's checks and its compare-and-swap (tests only).
 type BeforeSwapHook = Arc<dyn Fn(&AcceptedCheckpoint) + Send + Sync>;
 
+/// Asked before every `add-checkpoint` decision: `Ok` lets the witness decide, `Err(reason)`
+/// answers 503 with the reason and leaves the state alone. It must be quick and must not
+/// block: it runs on the async executor.
+pub type CosignGate = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The gate of a standalone witness: always open.
+pub fn always_open() -> CosignGate {
+    Arc::new(|| Ok(()))
+}
+
 /// The witness proper: trusted logs, cosigning key and state, without any HTTP.
 pub struct Witness {
     store: WitnessStore,
@@ -632,6 +655,8 @@ pub struct Witness {
     /// Lets a test stop a request after its checks and before its compare-and-swap, so another
     /// request can move the head in between: the race the swap exists for.
     before_swap: Option<BeforeSwapHook>,
+    /// Cosignatures given since this value was made (for status pages).
+    cosigned: AtomicU64,
 }
 
 impl std::fmt::Debug for Witness {
@@ -651,7 +676,14 @@ impl Witness {
             logs,
             signer,
             before_swap: None,
+            cosigned: AtomicU64::new(0),
         }
+    }
+
+    /// The same witness cosigning only for `logs`, whatever else its configuration trusts: a
+    /// node witnessing its own mesh keeps to that mesh's log.
+    pub fn with_logs(self, logs: TrustedLogs) -> Witness {
+        Witness { logs, ..self }
     }
 
     /// Loads the witness in `dir`: configuration, key (the passphrase is checked here) and
@@ -704,6 +736,11 @@ impl Witness {
         &self.logs
     }
 
+    /// Cosignatures given since start.
+    pub fn cosigned(&self) -> u64 {
+        self.cosigned.load(Ordering::Relaxed)
+    }
+
     /// Decides on one `add-checkpoint` body at `now_secs` (POSIX seconds, the cosignature
     /// timestamp) and returns the 200 body: the cosignature line. Blocks on the database.
     pub fn add_checkpoint(&self, body: &[u8], now_secs: u64) -> Result<String, AddCheckpointError> {
@@ -718,6 +755,9 @@ impl Witness {
         };
         let result = self.decide(&request, now_secs);
         log_decision(&request, &result);
+        if result.is_ok() {
+            self.cosigned.fetch_add(1, Ordering::Relaxed);
+        }
         result
     }
 
@@ -831,13 +871,21 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, AddCheckp
     Ok(buffer)
 }
 
+/// What every request of the router shares.
+#[derive(Clone)]
+struct RouterState {
+    witness: Arc<Witness>,
+    gate: CosignGate,
+}
+
 async fn add_checkpoint(
-    State(witness): State<Arc<Witness>>,
+    State(RouterState { witness, gate }): State<RouterState>,
     client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let client = client.map(|Extension(ClientAddr(addr))| addr);
+    // The body is read (bounded) even when the gate is closed, so the connection stays usable.
     let body = match read_body(&headers, body).await {
         Ok(body) => body,
         Err(error) => {
@@ -845,6 +893,10 @@ async fn add_checkpoint(
             return error.into_response();
         }
     };
+    if let Err(reason) = gate() {
+        tracing::info!(?client, %reason, "add-checkpoint refused: not cosigning now");
+        return AddCheckpointError::Unavailable(reason).into_response();
+    }
     let decided =
         tokio::task::spawn_blocking(move || witness.add_checkpoint(&body, now().as_unix_secs()))
             .await
@@ -875,15 +927,15 @@ async fn method_not_allowed() -> Response {
     response
 }
 
-/// The witness's HTTP routes.
-pub fn router(witness: Arc<Witness>) -> Router {
+/// The witness's HTTP routes; `gate` is asked before every decision.
+pub fn router(witness: Arc<Witness>, gate: CosignGate) -> Router {
     Router::new()
         .route("/add-checkpoint", post(add_checkpoint))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         // One semaphore shared by every route: the bound is on the whole witness.
         .layer(GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS))
-        .with_state(witness)
+        .with_state(RouterState { witness, gate })
 }
 
 /// A running witness: bind with [`WitnessService::bind`], then [`WitnessService::run`].
@@ -912,14 +964,24 @@ impl WitnessService {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes.
+    /// The witness served.
+    pub fn witness(&self) -> &Arc<Witness> {
+        &self.witness
+    }
+
+    /// Serves until `shutdown` completes, always cosigning (the standalone witness).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_gated(always_open(), shutdown).await;
+    }
+
+    /// Serves until `shutdown` completes, asking `gate` before every decision.
+    pub async fn run_gated(self, gate: CosignGate, shutdown: impl Future<Output = ()>) {
         tracing::info!(
             vkey = %self.witness.verifier(),
             logs = self.witness.logs().len(),
             "witness serving"
         );
-        serve_http(self.listener, router(self.witness), shutdown).await;
+        serve_http(self.listener, router(self.witness, gate), shutdown).await;
     }
 }
 
@@ -1194,6 +1256,7 @@ mod tests {
         assert_eq!(status(AddCheckpointError::BodyTimeout), 408);
         assert_eq!(status(AddCheckpointError::SizeOutOfRange(u64::MAX)), 422);
         assert_eq!(status(AddCheckpointError::Internal("x".into())), 500);
+        assert_eq!(status(AddCheckpointError::Unavailable("x".into())), 503);
     }
 
     async fn call(router: Router, request: http::Request<Body>) -> (StatusCode, String, String) {
@@ -1223,7 +1286,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let mut log = Log::new(ORIGIN, 1);
         log.grow(6, "e");
-        let router = router(Arc::new(witness(&dir, &log)));
+        let router = router(Arc::new(witness(&dir, &log)), always_open());
 
         let (status, content_type, body) =
             call(router.clone(), post("/add-checkpoint", log.body(0, 6))).await;
@@ -1306,7 +1369,7 @@ mod tests {
                 open = opened.wait(open).unwrap();
             }
         }));
-        let router = router(Arc::new(witness));
+        let router = router(Arc::new(witness), always_open());
         let requests: Vec<_> = (0..MAX_CONCURRENT_REQUESTS + 1)
             .map(|_| {
                 let request = post("/add-checkpoint", log.body(0, 5));

@@ -11,8 +11,8 @@
 //! Errors are split by whose fault they are. Peer faults (bytes that arrived from elsewhere and
 //! are wrong) are [`ProofError`], [`NoteError`], [`CheckpointError`], [`CosignatureError`],
 //! [`WitnessError`], [`PolicyError`] and [`MonitorError`]; local faults (the caller misused an
-//! API or configured a bad key) are [`TreeError`], [`SignError`], [`KeyError`],
-//! [`PolicyParseError`] and [`UnexpectedProof`].
+//! API, configured a bad key or saved a damaged state) are [`TreeError`], [`SignError`],
+//! [`KeyError`], [`PolicyParseError`], [`UnexpectedProof`] and [`ResumeError`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -28,8 +28,11 @@ pub mod witness;
 pub use checkpoint::{Checkpoint, CheckpointError, TreeHead};
 pub use cosignature::{CosignatureError, CosignatureSigner, CosignatureVerifier};
 pub use key::{KeyError, SIGNATURE_TYPE_COSIGNATURE_V1, SIGNATURE_TYPE_ED25519};
-pub use merkle::{Hash, MerkleTree, ProofError, TreeError};
-pub use monitor::{CheckpointMonitor, MonitorError, MonitorStats, Observation, UnexpectedProof};
+pub use merkle::{Hash, MerkleFrontier, MerkleTree, ProofError, TreeError};
+pub use monitor::{
+    CheckpointMonitor, MonitorError, MonitorStats, Observation, ResumeError, SavedMonitor,
+    UnexpectedProof,
+};
 pub use note::{Note, NoteError, NoteSignature, SignError, Signer, VerifiedNote, Verifier};
 pub use policy::{Policy, PolicyError, PolicyParseError};
 pub use witness::{

@@ -375,6 +375,71 @@ impl MerkleTree {
     }
 }
 
+/// The right edge of an append-only tree: the roots of the perfect subtrees its leaves split
+/// into (one per set bit of the size, largest first). That is all it takes to append leaves
+/// and compute the root, in O(log n) memory, for a follower that checks a log's entries
+/// against its signed roots without answering proofs itself (which needs a [`MerkleTree`]).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct MerkleFrontier {
+    size: u64,
+    /// Perfect subtree roots, leftmost (largest) first.
+    peaks: Vec<Hash>,
+}
+
+impl fmt::Debug for MerkleFrontier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MerkleFrontier")
+            .field("size", &self.size)
+            .field("root", &self.root())
+            .finish()
+    }
+}
+
+impl MerkleFrontier {
+    /// The frontier of the empty tree.
+    pub fn new() -> Self {
+        MerkleFrontier::default()
+    }
+
+    /// Number of leaves appended.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends a leaf holding `data` and returns its index.
+    pub fn append(&mut self, data: &[u8]) -> u64 {
+        self.append_leaf_hash(leaf_hash(data))
+    }
+
+    /// Appends an already hashed leaf (see [`leaf_hash`]) and returns its index.
+    pub fn append_leaf_hash(&mut self, hash: Hash) -> u64 {
+        let index = self.size;
+        // Every trailing set bit of the old size is a subtree of the new leaf's size, left of
+        // it: merge them, smallest first, like a binary counter carrying.
+        let mut merged = hash;
+        let mut carry = index;
+        while carry & 1 == 1 {
+            let Some(left) = self.peaks.pop() else { break };
+            merged = node_hash(&left, &merged);
+            carry >>= 1;
+        }
+        self.peaks.push(merged);
+        self.size += 1;
+        index
+    }
+
+    /// The root of the leaves appended so far (RFC 6962 `MTH`): the peaks folded from the right.
+    pub fn root(&self) -> Hash {
+        match self.peaks.split_last() {
+            None => empty_root(),
+            Some((last, rest)) => rest
+                .iter()
+                .rev()
+                .fold(*last, |right, left| node_hash(left, &right)),
+        }
+    }
+}
+
 /// Checks that `proof` shows the leaf with hash `leaf` at `index` in the tree of `size` leaves
 /// with root `root` (RFC 9162 §2.1.3.2).
 pub fn verify_inclusion(
@@ -745,6 +810,20 @@ mod tests {
             prop_assert!(verify_consistency(old_size, new_size, &proof, &old_root, &wrong).is_err());
             // (A claimed new size is not checked against the root here: an RFC 6962 root does not
             // commit to its size, which is why sizes only count inside signed checkpoints.)
+        }
+
+        #[test]
+        fn the_frontier_has_the_roots_of_the_full_tree(n in 0u64..300) {
+            let tree = tree_of(n);
+            let mut frontier = MerkleFrontier::new();
+            prop_assert_eq!(frontier.root(), empty_root());
+            for i in 0..n {
+                prop_assert_eq!(frontier.append(&i.to_be_bytes()), i);
+                prop_assert_eq!(frontier.root(), tree.root_at(i + 1).unwrap());
+                prop_assert_eq!(frontier.size(), i + 1);
+            }
+            // O(log n): one peak per set bit of the size.
+            prop_assert_eq!(frontier.peaks.len() as u32, n.count_ones());
         }
 
         #[test]

@@ -19,9 +19,17 @@
 //!
 //! A split view ([`Observation::SplitView`]) is sticky: the monitor keeps both notes as evidence,
 //! accepts nothing more, and answers every later valid checkpoint with the same evidence until
-//! the operator acknowledges it ([`CheckpointMonitor::acknowledge_split_view`]) or the process
-//! restarts. It must never accept a checkpoint that fails the policy, nor move its head except
+//! the operator acknowledges it ([`CheckpointMonitor::acknowledge_split_view`]); a monitor
+//! resumed from a saved alarmed state is alarmed still. It must never accept a checkpoint that fails the policy, nor move its head except
 //! along a verified proof; it never performs IO and never reads a clock (`now` is an argument).
+//!
+//! A monitor that restarts must not forget what it accepted, or a log rolled back while it was
+//! down would look new to it: [`CheckpointMonitor::saved`] is what the caller persists after
+//! every change, and [`CheckpointMonitor::resume`] starts a monitor again from it (the saved
+//! head is verified against the policy once more; the alarm, its evidence and its count come
+//! back as they were). Conflicts the caller finds outside the monitor (the log's entries do not
+//! make the accepted root, the log itself serves an older head than it showed before) are
+//! raised with [`CheckpointMonitor::raise_split_view`].
 //!
 //! Memory is bounded: one accepted head, one pending target (a larger checkpoint replaces a
 //! smaller pending one) and one pair of evidence notes, each at most
@@ -87,6 +95,35 @@ pub struct UnexpectedProof {
     pub to_size: u64,
 }
 
+/// [`CheckpointMonitor::resume`] could not take the saved head: the saved state is damaged,
+/// or the policy changed since it was saved. A local fault: the note was accepted once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResumeError {
+    /// The saved note is not a checkpoint of the watched log signed as the policy demands.
+    #[error("the saved head is refused: {0}")]
+    Refused(MonitorError),
+    /// The saved note is validly signed by the log but its cosignatures no longer meet the
+    /// policy's quorum.
+    #[error("the saved head does not meet the witness quorum (counted: {cosigners:?})")]
+    QuorumNotMet {
+        /// Policy names of the witnesses whose cosignatures counted.
+        cosigners: BTreeSet<String>,
+    },
+}
+
+/// What a monitor keeps across restarts: written by [`CheckpointMonitor::saved`], read by
+/// [`CheckpointMonitor::resume`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SavedMonitor {
+    /// The note of the accepted head (full text with signatures).
+    pub head: Option<String>,
+    /// The split-view evidence, while alarmed.
+    pub split_view: Option<(String, String)>,
+    /// Split views detected over the monitor's whole life.
+    pub split_view_alarms: u64,
+}
+
 /// What an observed checkpoint (or a consistency proof) meant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
@@ -129,7 +166,8 @@ pub enum Observation {
     },
 }
 
-/// Counters since the monitor was created.
+/// Counters since the monitor was created (`split_view_alarms`: since it was first created,
+/// across [`CheckpointMonitor::resume`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MonitorStats {
     /// Times the accepted head moved (the first checkpoint included).
@@ -249,9 +287,67 @@ impl CheckpointMonitor {
         self.split_view.take()
     }
 
-    /// Looks at one checkpoint note (full text with signature lines) at `now_secs` (POSIX
-    /// seconds); see the [module documentation](self) for what each answer means.
-    pub fn observe(&mut self, note_text: &str, now_secs: u64) -> Result<Observation, MonitorError> {
+    /// What to persist so that [`CheckpointMonitor::resume`] can carry on after a restart.
+    pub fn saved(&self) -> SavedMonitor {
+        SavedMonitor {
+            head: self.current.as_ref().map(|head| head.note.clone()),
+            split_view: self.split_view.clone(),
+            split_view_alarms: self.stats.split_view_alarms,
+        }
+    }
+
+    /// This (fresh) monitor carrying on from `saved` at `now_secs`: the saved head becomes the
+    /// accepted head again, once its note passes the policy as it did when it was accepted;
+    /// the alarm, its evidence and the alarm count are restored as saved. Nothing is pending
+    /// and the other counters start at 0. The saved evidence is taken as is: it is shown to
+    /// the operator, never compared with anything.
+    pub fn resume(mut self, saved: SavedMonitor, now_secs: u64) -> Result<Self, ResumeError> {
+        self.current = match &saved.head {
+            None => None,
+            Some(note) => match self.verify(note, now_secs) {
+                Ok(Ok(head)) => Some(head),
+                Ok(Err(cosigners)) => return Err(ResumeError::QuorumNotMet { cosigners }),
+                Err(error) => return Err(ResumeError::Refused(error)),
+            },
+        };
+        self.pending = None;
+        // An alarm counts at least once, whatever the saved count says.
+        let alarms = saved
+            .split_view_alarms
+            .max(u64::from(saved.split_view.is_some()));
+        self.split_view = saved.split_view;
+        self.stats = MonitorStats {
+            split_view_alarms: alarms,
+            ..MonitorStats::default()
+        };
+        Ok(self)
+    }
+
+    /// Raises the split-view alarm for a conflict the caller found outside the monitor, with
+    /// `held` (the accepted note) and `conflicting` (what contradicts it) as evidence: the
+    /// log's entries do not make the accepted root, or the log itself served a checkpoint
+    /// older than one it showed before. Already alarmed, the first evidence stays and nothing
+    /// is counted again. Answers [`Observation::SplitView`] with the evidence in force.
+    pub fn raise_split_view(&mut self, held: String, conflicting: String) -> Observation {
+        if let Some(evidence) = &self.split_view {
+            return Observation::SplitView {
+                evidence: evidence.clone(),
+            };
+        }
+        let evidence = (held, conflicting);
+        self.pending = None;
+        self.stats.split_view_alarms += 1;
+        self.split_view = Some(evidence.clone());
+        Observation::SplitView { evidence }
+    }
+
+    /// Parses and verifies a note against the watched log and the policy: the head it makes,
+    /// or (inner `Err`) the cosigners that counted when they fall short of the quorum.
+    fn verify(
+        &self,
+        note_text: &str,
+        now_secs: u64,
+    ) -> Result<Result<Head, BTreeSet<String>>, MonitorError> {
         if note_text.len() > MAX_CHECKPOINT_NOTE_LEN {
             return Err(MonitorError::TooLarge {
                 len: note_text.len(),
@@ -279,20 +375,28 @@ impl CheckpointMonitor {
                     .map(|(name, _)| name)
                     .collect();
                 if !self.policy.evaluate(timely.iter().map(String::as_str)) {
-                    return Ok(self.quorum_not_met(timely));
+                    return Ok(Err(timely));
                 }
                 timely
             }
-            Err(PolicyError::QuorumNotMet { cosigners }) => {
-                return Ok(self.quorum_not_met(cosigners))
-            }
+            Err(PolicyError::QuorumNotMet { cosigners }) => return Ok(Err(cosigners)),
             Err(error) => return Err(MonitorError::Policy(error)),
         };
-        let observed = Head {
+        Ok(Ok(Head {
             tree,
             note: note.to_string(),
             cosigners,
+        }))
+    }
+
+    /// Looks at one checkpoint note (full text with signature lines) at `now_secs` (POSIX
+    /// seconds); see the [module documentation](self) for what each answer means.
+    pub fn observe(&mut self, note_text: &str, now_secs: u64) -> Result<Observation, MonitorError> {
+        let observed = match self.verify(note_text, now_secs)? {
+            Ok(head) => head,
+            Err(cosigners) => return Ok(self.quorum_not_met(cosigners)),
         };
+        let tree = observed.tree;
 
         if let Some(evidence) = &self.split_view {
             return Ok(Observation::SplitView {
@@ -391,14 +495,6 @@ impl CheckpointMonitor {
         self.stats.accepted += 1;
         self.current = Some(head);
         accepted
-    }
-
-    fn raise_split_view(&mut self, held: String, conflicting: String) -> Observation {
-        let evidence = (held, conflicting);
-        self.pending = None;
-        self.stats.split_view_alarms += 1;
-        self.split_view = Some(evidence.clone());
-        Observation::SplitView { evidence }
     }
 }
 
@@ -857,6 +953,173 @@ mod tests {
             blind.observe(&good, NOW),
             Err(MonitorError::OtherLog { watched: None, .. })
         ));
+    }
+
+    /// A monitor restarted from what `monitor` saved.
+    fn restarted(monitor: &CheckpointMonitor) -> CheckpointMonitor {
+        CheckpointMonitor::new(policy())
+            .resume(monitor.saved(), NOW)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_resumed_monitor_holds_its_head_against_rollbacks_forks_and_inconsistent_successors() {
+        let (honest, fork) = (tree("a", 20), tree("b", 20));
+        let mut before = CheckpointMonitor::new(policy());
+        before.observe(&note(&honest, 4, &[1, 2]), NOW).unwrap();
+        assert_eq!(grow(&mut before, &honest, 4, 10), accepted(&honest, 10));
+        let held = before.current_note().unwrap().to_owned();
+
+        let mut monitor = restarted(&before);
+        assert_eq!(monitor.current(), Some(head(&honest, 10)));
+        assert_eq!(monitor.current_note(), Some(held.as_str()));
+        assert_eq!(
+            monitor.current_cosigners().unwrap(),
+            &BTreeSet::from(["A".to_owned(), "B".to_owned()])
+        );
+        assert_eq!(monitor.pending(), None);
+        assert_eq!(monitor.stats(), MonitorStats::default());
+        // The older checkpoint it accepted before is stale now, from any history.
+        assert_eq!(
+            monitor.observe(&note(&honest, 4, &[1, 2]), NOW).unwrap(),
+            Observation::Stale { size: 4 }
+        );
+        assert_eq!(
+            monitor.observe(&note(&fork, 9, &[1, 2]), NOW).unwrap(),
+            Observation::Stale { size: 9 }
+        );
+        // A larger one from another history fails its proof.
+        let mut inconsistent = restarted(&before);
+        let successor = note(&fork, 14, &[1, 3]);
+        assert!(matches!(
+            inconsistent.observe(&successor, NOW).unwrap(),
+            Observation::NeedsConsistency { .. }
+        ));
+        let proof = fork.consistency_proof(10, 14).unwrap();
+        assert_eq!(
+            inconsistent
+                .handle_consistency(head(&honest, 10), head(&fork, 14), &proof)
+                .unwrap(),
+            Observation::SplitView {
+                evidence: (held.clone(), successor)
+            }
+        );
+        // The same size with another root is a split view.
+        let forged = note(&fork, 10, &[2, 3]);
+        assert_eq!(
+            monitor.observe(&forged, NOW).unwrap(),
+            Observation::SplitView {
+                evidence: (held, forged)
+            }
+        );
+        // The honest log still grows from the resumed head on a calm monitor.
+        let mut calm = restarted(&before);
+        assert_eq!(grow(&mut calm, &honest, 10, 20), accepted(&honest, 20));
+    }
+
+    #[test]
+    fn an_alarm_survives_a_restart_with_its_evidence_and_count() {
+        let (honest, fork) = (tree("a", 9), tree("b", 9));
+        let mut before = CheckpointMonitor::new(policy());
+        before.observe(&note(&honest, 6, &[1, 2]), NOW).unwrap();
+        before.observe(&note(&fork, 6, &[1, 2]), NOW).unwrap();
+        let evidence = before.split_view().unwrap().clone();
+        let saved = before.saved();
+        assert_eq!(saved.split_view_alarms, 1);
+
+        let mut monitor = restarted(&before);
+        assert_eq!(monitor.split_view(), Some(&evidence));
+        assert_eq!(monitor.stats().split_view_alarms, 1);
+        assert_eq!(monitor.current(), Some(head(&honest, 6)));
+        // Still alarmed: honest growth is not accepted, and nothing is counted again.
+        assert_eq!(
+            monitor.observe(&note(&honest, 9, &[1, 2]), NOW).unwrap(),
+            Observation::SplitView {
+                evidence: evidence.clone()
+            }
+        );
+        assert_eq!(monitor.stats().split_view_alarms, 1);
+        // Acknowledged, saved and restarted: calm, with the count kept.
+        monitor.acknowledge_split_view();
+        let calm = restarted(&monitor);
+        assert_eq!(calm.split_view(), None);
+        assert_eq!(calm.stats().split_view_alarms, 1);
+        // A saved alarm with a lost count still counts once.
+        let repaired = CheckpointMonitor::new(policy())
+            .resume(
+                SavedMonitor {
+                    split_view_alarms: 0,
+                    ..saved
+                },
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(repaired.stats().split_view_alarms, 1);
+    }
+
+    #[test]
+    fn a_damaged_or_no_longer_acceptable_saved_head_is_refused() {
+        let log = tree("a", 5);
+        let fresh = || CheckpointMonitor::new(policy());
+        let saved = |head: String| SavedMonitor {
+            head: Some(head),
+            ..SavedMonitor::default()
+        };
+        // Nothing saved: a fresh monitor.
+        let empty = fresh().resume(SavedMonitor::default(), NOW).unwrap();
+        assert_eq!(empty.current(), None);
+        assert_eq!(empty.saved(), SavedMonitor::default());
+        assert!(matches!(
+            fresh().resume(saved("garbage".into()), NOW),
+            Err(ResumeError::Refused(MonitorError::Note(_)))
+        ));
+        assert_eq!(
+            fresh().resume(saved(note(&log, 5, &[3])), NOW).unwrap_err(),
+            ResumeError::QuorumNotMet {
+                cosigners: BTreeSet::from(["C".to_owned()])
+            }
+        );
+        let stranger = Signer::new("other.test/log", SigningKey::from_bytes(&[5; 32])).unwrap();
+        assert!(matches!(
+            fresh().resume(saved(note_by(&stranger, &log, 5, &[1, 2], NOW)), NOW),
+            Err(ResumeError::Refused(MonitorError::OtherLog { .. }))
+        ));
+        // Cosignatures dated after the restart's clock do not count.
+        let future = note_by(&log_key(), &log, 5, &[1, 2], NOW + 10_000);
+        assert!(matches!(
+            fresh().resume(saved(future), NOW),
+            Err(ResumeError::QuorumNotMet { .. })
+        ));
+    }
+
+    #[test]
+    fn an_alarm_raised_by_the_caller_is_sticky_and_counted_once() {
+        let log = tree("a", 8);
+        let mut monitor = CheckpointMonitor::new(policy());
+        let held = note(&log, 8, &[1, 2]);
+        monitor.observe(&held, NOW).unwrap();
+        monitor.observe(&note(&log, 8, &[1, 2]), NOW).unwrap();
+        let raised = monitor.raise_split_view(held.clone(), "entries 0..8 hash elsewhere".into());
+        let evidence = (held.clone(), "entries 0..8 hash elsewhere".to_owned());
+        assert_eq!(
+            raised,
+            Observation::SplitView {
+                evidence: evidence.clone()
+            }
+        );
+        // A second report keeps the first evidence and is not counted.
+        assert_eq!(
+            monitor.raise_split_view(held.clone(), "another".into()),
+            Observation::SplitView {
+                evidence: evidence.clone()
+            }
+        );
+        assert_eq!(monitor.stats().split_view_alarms, 1);
+        assert_eq!(
+            monitor.observe(&held, NOW).unwrap(),
+            Observation::SplitView { evidence }
+        );
+        assert_eq!(monitor.current(), Some(head(&log, 8)));
     }
 
     proptest! {

@@ -12,7 +12,8 @@ use ztmesh_core::{NodeId, Timestamp};
 
 use crate::tiers::{Reason, Tier, TrustBook};
 
-/// Something a peer asks this node to take part in.
+/// Something a peer asks this node to take part in, or (for [`Action::Witness`]) something this
+/// node does on the mesh's behalf and so checks against its own tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
@@ -26,16 +27,20 @@ pub enum Action {
     Governance,
     /// Threshold key-share traffic.
     KeyShare,
+    /// Cosigning the mesh's membership log as one of its witnesses. The node checks its own
+    /// tier: a cosignature vouches for the log to every member, so only Tier 1 gives one.
+    Witness,
 }
 
 impl Action {
     /// Every action, in table order.
-    pub const ALL: [Action; 5] = [
+    pub const ALL: [Action; 6] = [
         Action::AntiEntropy,
         Action::PeerExchange,
         Action::RevocationRelay,
         Action::Governance,
         Action::KeyShare,
+        Action::Witness,
     ];
 
     /// A stable name, for logs and metric labels.
@@ -46,6 +51,7 @@ impl Action {
             Action::RevocationRelay => "revocation_relay",
             Action::Governance => "governance",
             Action::KeyShare => "key_share",
+            Action::Witness => "witness",
         }
     }
 
@@ -56,6 +62,7 @@ impl Action {
             Action::RevocationRelay => 2,
             Action::Governance => 3,
             Action::KeyShare => 4,
+            Action::Witness => 5,
         }
     }
 }
@@ -70,7 +77,7 @@ impl fmt::Display for Action {
 pub const fn required_tier(action: Action) -> Tier {
     match action {
         Action::AntiEntropy | Action::PeerExchange | Action::RevocationRelay => Tier::Tier2,
-        Action::Governance | Action::KeyShare => Tier::Tier1,
+        Action::Governance | Action::KeyShare | Action::Witness => Tier::Tier1,
     }
 }
 

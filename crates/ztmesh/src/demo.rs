@@ -241,6 +241,42 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "{WITNESSES} witnesses of the membership log started; quorum policy: 2 of 3"
     ));
 
+    // Attestation and reference values: a release key signs a manifest allowing this binary;
+    // every node pins the release key, answers challenges with a simulated TEE and accepts
+    // simulated evidence toward Tier 1 (demo only: a real mesh uses TPM/TDX/SGX/SEV-SNP).
+    let exe = std::env::current_exe().context("locating the ztmesh binary")?;
+    let own_hash: [u8; 32] = sha2::Sha256::digest(std::fs::read(&exe)?).into();
+    let release_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let now_secs = ztmesh_node::timefmt::now().as_unix_secs();
+    let manifest = ztmesh_attest::manifest::Manifest::new(
+        "demo-1",
+        now_secs,
+        now_secs + 86_400,
+        [own_hash].into_iter().collect(),
+        [(
+            ztmesh_attest::EvidenceType::Dev,
+            ztmesh_attest::ReferenceValues(
+                [(
+                    "measurement".to_owned(),
+                    [hex::encode(own_hash)].into_iter().collect(),
+                )]
+                .into_iter()
+                .collect(),
+            ),
+        )]
+        .into_iter()
+        .collect(),
+    )?
+    .sign(&release_key)?;
+    let mut tee_seed = Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut tee_seed[..]);
+    let tee_public = ed25519_dalek::SigningKey::from_bytes(&tee_seed).verifying_key();
+    // The CA checks the same evidence before it issues attestation tokens.
+    let manifest_path = root.join("manifest.cose");
+    std::fs::write(&manifest_path, manifest.as_bytes())?;
+    let manifest_arg = manifest_path.display().to_string();
+    let tee_public_hex = hex::encode(tee_public.as_bytes());
+    let release_public_hex = hex::encode(release_key.verifying_key().as_bytes());
     let ca_dir_text = ca_dir.0.display().to_string();
     let policy_text_arg = policy_path.display().to_string();
     demo.spawn(
@@ -259,6 +295,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             "1",
             "--log-policy",
             &policy_text_arg,
+            // Attestation tokens: dev evidence (demo only) checked against the manifest.
+            "--allow-dev-attestation",
+            "--dev-tee-key",
+            &tee_public_hex,
+            "--release-key",
+            &release_public_hex,
+            "--manifest",
+            &manifest_arg,
         ],
         &ca_dir.0.join("serve.log"),
     )?;
@@ -333,36 +377,6 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ),
     }
 
-    // Attestation and reference values: a release key signs a manifest allowing this binary;
-    // every node pins the release key, answers challenges with a simulated TEE and accepts
-    // simulated evidence toward Tier 1 (demo only: a real mesh uses TPM/TDX/SGX/SEV-SNP).
-    let exe = std::env::current_exe().context("locating the ztmesh binary")?;
-    let own_hash: [u8; 32] = sha2::Sha256::digest(std::fs::read(&exe)?).into();
-    let release_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    let now_secs = ztmesh_node::timefmt::now().as_unix_secs();
-    let manifest = ztmesh_attest::manifest::Manifest::new(
-        "demo-1",
-        now_secs,
-        now_secs + 86_400,
-        [own_hash].into_iter().collect(),
-        [(
-            ztmesh_attest::EvidenceType::Dev,
-            ztmesh_attest::ReferenceValues(
-                [(
-                    "measurement".to_owned(),
-                    [hex::encode(own_hash)].into_iter().collect(),
-                )]
-                .into_iter()
-                .collect(),
-            ),
-        )]
-        .into_iter()
-        .collect(),
-    )?
-    .sign(&release_key)?;
-    let mut tee_seed = Zeroizing::new([0u8; 32]);
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut tee_seed[..]);
-    let tee_public = ed25519_dalek::SigningKey::from_bytes(&tee_seed).verifying_key();
     for node in &nodes {
         std::fs::write(node.dir.0.join("manifest.cose"), manifest.as_bytes())?;
         ca_service::write_private_file(
@@ -510,14 +524,26 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .json()
         .await?;
     let mut tree = ztmesh_tlog::MerkleTree::new();
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
     for entry in &entries.entries {
-        tree.append(&base64::engine::general_purpose::STANDARD.decode(&entry.leaf)?);
+        let leaf = base64::engine::general_purpose::STANDARD.decode(&entry.leaf)?;
+        let kind = serde_json::from_slice::<serde_json::Value>(&leaf)
+            .ok()
+            .and_then(|v| v["kind"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into());
+        *kinds.entry(kind).or_default() += 1;
+        tree.append(&leaf);
     }
     if tree.size() != size || tree.root() != verified.checkpoint.root() {
         bail!("the membership log entries do not hash to the cosigned checkpoint");
     }
     demo.step(&format!(
-        "membership log: {size} entries (enrollments); checkpoint cosigned by {} — policy met, entries hash to its root",
+        "membership log: {size} entries ({}); checkpoint cosigned by {} — policy met, entries hash to its root",
+        kinds
+            .iter()
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         verified.cosigners.keys().cloned().collect::<Vec<_>>().join(", ")
     ));
     let _ = checkpoint_text;
@@ -609,7 +635,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     ));
 
     // Trust tiers, earned on the live links.
-    tiers_and_governance(&demo, &nodes, &apps, &tee_seed).await?;
+    tiers_and_governance(&demo, &nodes, &apps, &tee_seed, (&ca_https, &ca_url)).await?;
 
     // 6. Delay-tolerant bundle to a node that is offline.
     let offline = 1;
@@ -906,6 +932,7 @@ async fn tiers_and_governance(
     nodes: &[DemoNode],
     apps: &[LocalApiClient],
     tee_seed: &[u8; 32],
+    (ca_https, ca_url): (&reqwest::Client, &str),
 ) -> Result<()> {
     let n = nodes.len();
     let (first, unlisted) = (&nodes[0], &nodes[n - 1]);
@@ -955,6 +982,27 @@ async fn tiers_and_governance(
         "{} is held at TIER 2: binary {}",
         unlisted.name,
         view.binary.as_deref().unwrap_or("unknown")
+    ));
+
+    // Attestation tokens: the CA verified the same evidence and vouches for the listed
+    // binaries; proposals and votes count only with a token.
+    let refused = wait_for(
+        "the listed nodes to hold attestation tokens",
+        Duration::from_secs(60),
+        || async {
+            for node in listed {
+                if !node.status().await?.trust.token.held {
+                    return None;
+                }
+            }
+            unlisted.status().await?.trust.token.last_error
+        },
+    )
+    .await?;
+    demo.step(&format!(
+        "the CA verified each listed node's DEV (SIMULATED) evidence against the manifest and issued attestation tokens; proposals and votes count only with one. {}'s request was refused: {}",
+        unlisted.name,
+        refused
     ));
 
     // Governance: node-1 proposes gossip_fanout = 2; the Tier 1 nodes vote.
@@ -1009,6 +1057,42 @@ async fn tiers_and_governance(
     demo.step(&format!(
         "majority reached: gossip_fanout = 2 applied live on all {n} nodes and saved in governance.json; {}'s tier 2 vote was refused by the tier gate ({refusals} governance refusal(s) on node-1)",
         unlisted.name
+    ));
+
+    // Members report the decision and their tier changes to the CA's membership log.
+    let events = wait_for(
+        "the decision in the membership log",
+        Duration::from_secs(30),
+        || async {
+            let answer: ztmesh_node::membership_log::LogEntriesResponse = ca_https
+                .get(format!("{ca_url}/v1/log/entries?start=0&count=1000"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let events: Vec<ztmesh_node::membership_log::EventEntry> = answer
+                .entries
+                .iter()
+                .filter_map(|e| ztmesh_node::membership_log::decode_leaf(&e.leaf))
+                .filter_map(|leaf| ztmesh_node::membership_log::EventEntry::from_leaf(&leaf).ok())
+                .collect();
+            events
+                .iter()
+                .any(|e| {
+                    matches!(e, ztmesh_node::membership_log::EventEntry::GovernanceDecision { param, value: 2, .. } if param == "gossip_fanout")
+                })
+                .then_some(events)
+        },
+    )
+    .await?;
+    let count = |kind: &str| events.iter().filter(|e| e.kind() == kind).count();
+    demo.step(&format!(
+        "membership log now records {} governance decision (gossip_fanout = 2, once however many nodes report it), {} tier change(s) reported by members and {} release manifest",
+        count("governance_decision"),
+        count("tier_change"),
+        count("manifest")
     ));
 
     // A TEE that starts failing: node-2's simulated TEE key is swapped.

@@ -12,7 +12,7 @@ use ztmesh_core::Timestamp;
 use ztmesh_node::ca_client;
 use ztmesh_node::ca_service::{self, CaDir};
 use ztmesh_node::membership_log::{
-    decode_leaf, LogEntriesResponse, LogEntry, MAX_ENTRIES_PER_REQUEST,
+    decode_leaf, EventEntry, LogEntriesResponse, LogEntry, MAX_ENTRIES_PER_REQUEST,
 };
 use ztmesh_node::node_dir::NodeDir;
 use ztmesh_node::timefmt::rfc3339;
@@ -193,6 +193,9 @@ struct ShownEntry {
     /// The leaf decoded; `null` when this version cannot decode it (a newer kind).
     #[serde(default, skip_deserializing)]
     entry: Option<LogEntry>,
+    /// The leaf decoded as a mesh event (manifest change, governance decision, tier change).
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    event: Option<EventEntry>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -219,11 +222,18 @@ async fn show(args: LogShowArgs) -> Result<()> {
                     item.index
                 );
             }
-            let entry = decode_leaf(&item.leaf).and_then(|leaf| LogEntry::from_leaf(&leaf).ok());
+            let leaf = decode_leaf(&item.leaf);
+            let entry = leaf
+                .as_deref()
+                .and_then(|leaf| LogEntry::from_leaf(leaf).ok());
+            let event = leaf
+                .as_deref()
+                .and_then(|leaf| EventEntry::from_leaf(leaf).ok());
             shown.push(ShownEntry {
                 index: item.index,
                 leaf: item.leaf,
                 entry,
+                event,
             });
             next += 1;
         }
@@ -249,6 +259,15 @@ async fn show(args: LogShowArgs) -> Result<()> {
         "AT"
     );
     for item in shown {
+        if let Some(event) = &item.event {
+            out!(
+                "{:<6} {:<19} {}",
+                item.index,
+                event.kind(),
+                describe_event(event)
+            );
+            continue;
+        }
         match item.entry {
             Some(entry) => out!(
                 "{:<6} {:<19} {:<34} {:<34} {:<21} {}",
@@ -269,6 +288,46 @@ async fn show(args: LogShowArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One line for a mesh event.
+fn describe_event(event: &EventEntry) -> String {
+    let at = |t: u64| rfc3339(Timestamp::from_unix_secs(t));
+    match event {
+        EventEntry::Manifest {
+            version,
+            sha256,
+            not_after,
+            at: when,
+        } => format!(
+            "release manifest {version} (sha256 {sha256}, not after {}) at {}",
+            at(*not_after),
+            at(*when)
+        ),
+        EventEntry::GovernanceDecision {
+            proposal,
+            param,
+            value,
+            reporter,
+            at: when,
+        } => format!(
+            "{param} = {value} (proposal {}…) reported by {reporter} at {}",
+            &proposal[..16],
+            at(*when)
+        ),
+        EventEntry::TierChange {
+            node_id,
+            tier,
+            reason,
+            reporter,
+            at: when,
+        } => format!(
+            "{node_id} → {tier} ({reason}) reported by {reporter} at {}",
+            at(*when)
+        ),
+        #[allow(unreachable_patterns)]
+        _ => "a mesh event this version cannot describe".into(),
+    }
 }
 
 /// Reads a whole file of at most `limit` bytes as UTF-8.

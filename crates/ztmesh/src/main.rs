@@ -187,6 +187,15 @@ struct CaServeArgs {
     /// tpm2 evidence signed by any other key is refused.
     #[arg(long = "tpm2-attestation-key", value_name = "FILE")]
     tpm2_attestation_keys: Vec<PathBuf>,
+    /// The release public key (Ed25519, hex or `ztmesh manifest keygen`'s vkey) that signs
+    /// --manifest.
+    #[arg(long, value_name = "KEY", requires = "manifest")]
+    release_key: Option<String>,
+    /// The signed release manifest attestation tokens vouch against (POST /v1/attest): a
+    /// token is issued only for a listed binary with listed measurements. Without it the CA
+    /// issues no tokens.
+    #[arg(long, value_name = "FILE", requires = "release_key")]
+    manifest: Option<PathBuf>,
     #[command(flatten)]
     passphrase: PassphraseArgs,
 }
@@ -469,6 +478,7 @@ async fn ca_serve(args: CaServeArgs) -> Result<()> {
             args.dev_tee_key.as_deref(),
             &args.tpm2_attestation_keys,
         )?,
+        manifest: release_manifest(args.release_key.as_deref(), args.manifest.as_deref())?,
     };
     let service = ca_service::CaService::bind(dir.clone(), ca, args.listen, options).await?;
     let addr = service.local_addr()?;
@@ -604,6 +614,34 @@ fn read_attestation_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> 
 }
 
 /// The `ca serve` attestation flags as a policy.
+/// Opens `--manifest` under `--release-key`: the signature must verify and the manifest must
+/// not have expired.
+fn release_manifest(
+    key: Option<&str>,
+    path: Option<&std::path::Path>,
+) -> Result<Option<ztmesh_node::ca_attest::ReleaseManifest>> {
+    let (Some(key), Some(path)) = (key, path) else {
+        return Ok(None);
+    };
+    let key = ztmesh_attest::manifest::parse_release_key(key)
+        .map_err(|e| anyhow!("--release-key: {e}"))?;
+    let bytes = read_attestation_file(path, "--manifest")?;
+    let manifest = ztmesh_attest::manifest::SignedManifest::open(
+        &bytes,
+        &key,
+        ztmesh_node::timefmt::now().as_unix_secs(),
+    )
+    .map_err(|e| anyhow!("--manifest {}: {e}", path.display()))?;
+    eprintln!(
+        "attestation tokens vouch against release manifest {}",
+        manifest.version()
+    );
+    Ok(Some(ztmesh_node::ca_attest::ReleaseManifest {
+        manifest,
+        sha256: <sha2::Sha256 as sha2::Digest>::digest(&bytes).into(),
+    }))
+}
+
 fn attestation_policy(
     required: bool,
     dev_tee_key: Option<&str>,
@@ -767,11 +805,32 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
             log.quorum_not_met,
             log.stale
         );
+        out!(
+            "log audit     {} entries verified, {} certificates checked ({} waiting), {} revocations checked",
+            log.entries_verified,
+            log.certificates_checked,
+            log.certificates_pending,
+            log.revocations_checked
+        );
     }
     if log.split_view {
         out!(
-            "SPLIT VIEW    two valid membership-log checkpoints conflict ({} alarm(s)); see `status --json`",
-            log.split_view_alarms
+            "SPLIT VIEW    the membership log showed two histories ({} alarm(s)): {}; see `status --json`",
+            log.split_view_alarms,
+            log.split_view_reason.as_deref().unwrap_or("two valid checkpoints conflict")
+        );
+    }
+    for finding in &log.unlogged {
+        out!(
+            "UNLOGGED      {} serial {}{} (issued {}): not in the membership log",
+            finding.kind,
+            finding.serial,
+            finding
+                .node_id
+                .as_deref()
+                .map(|node| format!(" of {node}"))
+                .unwrap_or_default(),
+            finding.issued
         );
     }
     let trust = &status.trust;
@@ -796,6 +855,20 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
             ""
         }
     );
+    let token = &trust.token;
+    out!(
+        "token         {}; {} refused from others",
+        match (token.held, &token.platform, &token.last_error) {
+            (true, platform, _) => format!(
+                "CA attestation token for {} issued {}",
+                platform.as_deref().unwrap_or("?"),
+                token.issued_at.as_deref().unwrap_or("?")
+            ),
+            (false, _, Some(error)) => format!("none ({error})"),
+            (false, _, None) => "none".to_owned(),
+        },
+        token.refused_received
+    );
     if !trust.gate_refusals.is_empty() {
         let refusals: Vec<String> = trust
             .gate_refusals
@@ -811,6 +884,15 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
             .map(|(name, value)| format!("{name}={value}"))
             .collect();
         out!("parameters    {}", params.join(", "));
+    }
+    if let Some(witness) = &status.witness {
+        out!(
+            "witness       http://{}/add-checkpoint, {} cosigned, {} refused (not tier 1), vkey {}",
+            witness.listen,
+            witness.cosigned,
+            witness.refused_not_tier1,
+            witness.vkey
+        );
     }
     out!(
         "peers         {} connected, {} known",

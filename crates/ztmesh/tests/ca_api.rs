@@ -2252,3 +2252,203 @@ fn node_crl_push_refuses_garbage_foreign_and_stale_crls() {
     node.proc.as_mut().unwrap().assert_running();
     assert_eq!(node_status(&own)["node_id"], node.node_id.as_str());
 }
+
+#[test]
+fn attest_issues_a_token_only_for_bound_fresh_evidence_and_answers_garbage_with_json_errors() {
+    use ztmesh_attest::token::{AttestationToken, TokenPolicy};
+    let root = tempdir();
+    // A release key and a manifest listing one binary hash and one dev measurement.
+    let key_path = root.path().join("release.key");
+    let release_key = ztmesh_ok(&[
+        "manifest",
+        "keygen",
+        "--out",
+        key_path.to_str().unwrap(),
+        "--insecure-plaintext-key",
+    ])
+    .trim()
+    .to_owned();
+    let binary = root.path().join("some-binary");
+    std::fs::write(&binary, b"a release build").unwrap();
+    let binary_hash: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(b"a release build").into();
+    let measurement = [0x4d; 32];
+    let manifest = root.path().join("manifest.cose");
+    ztmesh_ok(&[
+        "manifest",
+        "sign",
+        "--key",
+        key_path.to_str().unwrap(),
+        "--insecure-plaintext-key",
+        "--version",
+        "7.0.0",
+        "--binary",
+        binary.to_str().unwrap(),
+        "--measurement",
+        &format!("dev:measurement={}", hex::encode(measurement)),
+        "--not-after",
+        "1d",
+        "-o",
+        manifest.to_str().unwrap(),
+    ]);
+    let tee = ed25519_dalek::SigningKey::from_bytes(&[0x7e; 32]);
+    let tee_public = hex::encode(tee.verifying_key().as_bytes());
+    let mut args = NO_RATE_LIMIT.to_vec();
+    args.extend_from_slice(&[
+        "--allow-dev-attestation",
+        "--dev-tee-key",
+        &tee_public,
+        "--release-key",
+        &release_key,
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    let ca = TestCa::start(root.path(), &args);
+    let node = ca.enroll(root.path(), "n1");
+    let creds = NodeCreds::read(&node);
+    let tls_spki = ztmesh_pki::NodeCertificate::parse(&creds.cert_der)
+        .unwrap()
+        .tls_public_key_spki_der;
+    let http = Http::ca_with_cert(&ca, &creds.cert_der, &creds.tls_key);
+    let evidence = |nonce: &[u8], spki: &[u8], measured: [u8; 32]| -> String {
+        let report_data = ztmesh_attest::report_data_binding(nonce, spki);
+        let evidence =
+            ztmesh_attest::dev::generate(&tee, &measured, &report_data, now().as_unix_secs());
+        b64(&ca_service::AttestationPayload {
+            evidence,
+            collateral: None,
+        }
+        .to_cbor())
+    };
+    let request = |nonce: &str, payload: &str, binary: [u8; 32]| {
+        json!({
+            "nonce": nonce,
+            "attestation": {"type": "dev", "payload": payload},
+            "binary_sha256": hex::encode(binary),
+        })
+    };
+
+    // Without a client certificate: 401 on both routes.
+    Http::ca(&ca)
+        .post_json("/v1/attest/challenge", &json!({}))
+        .assert_error(401, "client_certificate_required");
+    Http::ca(&ca)
+        .post_json("/v1/attest", &request("00", "", binary_hash))
+        .assert_error(401, "client_certificate_required");
+    // No challenge yet.
+    http.post_json(
+        "/v1/attest",
+        &request(
+            &hex::encode([1; 32]),
+            &evidence(&[1; 32], &tls_spki, measurement),
+            binary_hash,
+        ),
+    )
+    .assert_error(403, "unknown_nonce");
+
+    let challenge = || -> Vec<u8> {
+        let reply = http.post_raw("/v1/attest/challenge", None, Vec::new());
+        reply.assert_status(200);
+        hex::decode(reply.json()["nonce"].as_str().unwrap()).unwrap()
+    };
+    let nonce = challenge();
+    assert_eq!(nonce.len(), 32);
+    let nonce_hex = hex::encode(&nonce);
+    let good = evidence(&nonce, &tls_spki, measurement);
+    // Garbage is a 400 with a code, and leaves the challenge standing.
+    http.post_json("/v1/attest", &request("zz", &good, binary_hash))
+        .assert_error(400, "malformed_nonce");
+    let mut bad = request(&nonce_hex, &good, binary_hash);
+    bad["binary_sha256"] = json!("abc");
+    http.post_json("/v1/attest", &bad)
+        .assert_error(400, "malformed_binary_hash");
+    let mut bad = request(&nonce_hex, &good, binary_hash);
+    bad["attestation"]["type"] = json!("quantum");
+    http.post_json("/v1/attest", &bad)
+        .assert_error(400, "malformed_attestation");
+    http.post_json("/v1/attest", &request(&nonce_hex, "%%%", binary_hash))
+        .assert_error(400, "malformed_attestation");
+    http.post_json(
+        "/v1/attest",
+        &request(&nonce_hex, &b64(b"not cbor"), binary_hash),
+    )
+    .assert_error(400, "malformed_attestation");
+    let mut bad = request(&nonce_hex, &good, binary_hash);
+    bad["extra"] = json!(1);
+    assert_eq!(http.post_json("/v1/attest", &bad).status, 400);
+    http.post_raw("/v1/attest", Some("application/json"), b"{".to_vec())
+        .assert_status(400);
+
+    // The bound evidence earns a token naming the node's identity key.
+    let reply = http.post_json("/v1/attest", &request(&nonce_hex, &good, binary_hash));
+    reply.assert_status(200);
+    let answer = reply.json();
+    assert_eq!(answer["platform"], "dev");
+    assert_eq!(answer["manifest_version"], "7.0.0");
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(answer["token"].as_str().unwrap())
+        .unwrap();
+    let issuer = ztmesh_pki::ca_envelope_key(&ca.ca_der()).unwrap();
+    let listed = ztmesh_attest::manifest::SignedManifest::open(
+        &std::fs::read(&manifest).unwrap(),
+        &ztmesh_attest::manifest::parse_release_key(&release_key).unwrap(),
+        now().as_unix_secs(),
+    )
+    .unwrap();
+    let platforms = [ztmesh_attest::EvidenceType::Dev].into_iter().collect();
+    let opened = AttestationToken::verify(
+        &token,
+        &issuer.verifying_key(),
+        &TokenPolicy {
+            manifest: Some(&listed),
+            max_age: Duration::from_secs(3600),
+            platforms: &platforms,
+            subject: Some(&creds.identity.public().to_spki_der()),
+        },
+        now().as_unix_secs(),
+    )
+    .unwrap();
+    assert_eq!(opened.binary_hash, binary_hash);
+    // The nonce is spent.
+    http.post_json("/v1/attest", &request(&nonce_hex, &good, binary_hash))
+        .assert_error(403, "unknown_nonce");
+
+    // Each way evidence can fail is a 403 with its code.
+    let nonce = challenge();
+    http.post_json(
+        "/v1/attest",
+        &request(
+            &hex::encode(&nonce),
+            &evidence(&nonce, b"another TLS key", measurement),
+            binary_hash,
+        ),
+    )
+    .assert_error(403, "attestation_refused");
+    let nonce = challenge();
+    http.post_json(
+        "/v1/attest",
+        &request(
+            &hex::encode(&nonce),
+            &evidence(&nonce, &tls_spki, [0; 32]),
+            binary_hash,
+        ),
+    )
+    .assert_error(403, "attestation_refused");
+    let nonce = challenge();
+    http.post_json(
+        "/v1/attest",
+        &request(
+            &hex::encode(&nonce),
+            &evidence(&nonce, &tls_spki, measurement),
+            [0xee; 32],
+        ),
+    )
+    .assert_error(403, "binary_not_approved");
+
+    // A CA without a manifest issues no tokens.
+    let plain_root = root.path().join("plain");
+    let plain = start_ca(&plain_root);
+    let plain_node = NodeCreds::read(&plain.enroll(&plain_root, "n2"));
+    Http::ca_with_cert(&plain, &plain_node.cert_der, &plain_node.tls_key)
+        .post_raw("/v1/attest/challenge", None, Vec::new())
+        .assert_error(503, "no_manifest");
+}

@@ -4,9 +4,11 @@
 //!
 //! The forged-checkpoint tests play the log themselves (their own log key and witnesses, listed
 //! in a `log-policy.txt` they write) and post checkpoints as gossip signed by a member, over
-//! mutual TLS with that member's certificate. The last test runs the whole chain instead: a CA
-//! serving its log with a policy, a real witness process cosigning it, nodes pinning that policy
-//! at enrollment, following the log, and catching a fork signed with the CA's own log key.
+//! mutual TLS with that member's certificate. The other tests run the whole chain instead: a
+//! CA serving its log with a policy, a real witness process cosigning it, nodes pinning that
+//! policy at enrollment and following the log. They catch a fork signed with the CA's own log
+//! key; a CA whose database was rolled back (to a genuinely cosigned older checkpoint) while a
+//! node was down; and a certificate and a CRL signed with the CA's key but never logged.
 
 mod common;
 
@@ -33,6 +35,24 @@ fn protection() -> Protection<'static> {
 /// A log of `size` leaves named `<branch>-<i>`.
 fn tree(branch: &str, size: u64) -> MerkleTree {
     let mut tree = MerkleTree::new();
+    for i in 0..size {
+        tree.append(format!("{branch}-{i}").as_bytes());
+    }
+    tree
+}
+
+/// Leaves every played log starts with. Nodes fetch the CA's entries to check each checkpoint
+/// they accept against them: the CA's own log (a handful of entries here) must stay shorter
+/// than the played ones, so that it can prove nothing either way about them, where a CA
+/// holding as many entries would rightly be caught contradicting the played checkpoints.
+const PLAYED_PREFIX: u64 = 1 << 16;
+
+/// A played log: [`PLAYED_PREFIX`] shared leaves, then `size` leaves named `<branch>-<i>`.
+fn played_tree(branch: &str, size: u64) -> MerkleTree {
+    let mut tree = MerkleTree::new();
+    for i in 0..PLAYED_PREFIX {
+        tree.append(format!("shared-{i}").as_bytes());
+    }
     for i in 0..size {
         tree.append(format!("{branch}-{i}").as_bytes());
     }
@@ -85,10 +105,11 @@ impl PlayedLog {
     }
 
     /// The checkpoint of `tree` at `size` cosigned by the witnesses numbered in `by` (1-based).
+    /// (`tree` is a [`played_tree`]; `size` counts its leaves after the shared prefix.)
     fn note(&self, tree: &MerkleTree, size: u64, by: &[usize]) -> String {
         let witnesses: Vec<&CosignatureSigner> =
             by.iter().map(|i| &self.witnesses[i - 1]).collect();
-        checkpoint_note(&self.log, tree, size, &witnesses)
+        checkpoint_note(&self.log, tree, PLAYED_PREFIX + size, &witnesses)
     }
 }
 
@@ -128,6 +149,22 @@ impl Member {
             identity,
             certificate,
         }
+    }
+
+    /// Posts a CRL (DER) to `to`'s `POST /v1/crl`; returns the HTTP status.
+    fn post_crl(&self, to: &TestNode, der: Vec<u8>) -> u16 {
+        let url = format!("https://{}/v1/crl", to.api_addr());
+        self.rt.block_on(async {
+            self.client
+                .post(&url)
+                .header("content-type", "application/pkix-crl")
+                .body(der)
+                .send()
+                .await
+                .expect("an answer")
+                .status()
+                .as_u16()
+        })
     }
 
     /// Signs `note` as a checkpoint message of this member and posts it to `to`'s
@@ -211,7 +248,7 @@ fn a_forged_checkpoint_of_the_same_size_gossiped_to_a_node_raises_the_split_view
     let member = Member::new(&ca, &nodes[0]);
 
     // The checkpoint everybody should see: posted to node1, relayed to node2 by gossip.
-    let honest = played.note(&tree("honest", 5), 5, &[1, 2]);
+    let honest = played.note(&played_tree("honest", 5), 5, &[1, 2]);
     let (size, root_hash) = head_of(&honest);
     assert_posted(member.post_checkpoint(&nodes[0], &honest));
     for node in &nodes {
@@ -227,7 +264,7 @@ fn a_forged_checkpoint_of_the_same_size_gossiped_to_a_node_raises_the_split_view
     }
 
     // A second history of the same size, validly signed by the log and two witnesses.
-    let forged = played.note(&tree("forged", 5), 5, &[2, 3]);
+    let forged = played.note(&played_tree("forged", 5), 5, &[2, 3]);
     assert_ne!(head_of(&forged).1, root_hash);
     assert_posted(member.post_checkpoint(&nodes[0], &forged));
     for node in &nodes {
@@ -259,7 +296,7 @@ fn a_forged_checkpoint_of_the_same_size_gossiped_to_a_node_raises_the_split_view
     // Sticky: more of the forgery does not count again (a note without quorum posted after it
     // marks when node2 has looked at it), and the nodes keep running.
     assert_posted(member.post_checkpoint(&nodes[1], &forged));
-    assert_posted(member.post_checkpoint(&nodes[1], &played.note(&tree("x", 5), 5, &[1])));
+    assert_posted(member.post_checkpoint(&nodes[1], &played.note(&played_tree("x", 5), 5, &[1])));
     wait_until("node2 to look at both notes", WAIT, || {
         log_status(&nodes[1])["quorum_not_met"] == 1
     });
@@ -279,7 +316,7 @@ fn a_checkpoint_without_a_witness_quorum_is_not_accepted() {
     let mut nodes = nodes_with_policy(root.path(), &ca, 1, &played.policy());
     let node = &nodes[0];
     let member = Member::new(&ca, node);
-    let log = tree("honest", 8);
+    let log = played_tree("honest", 8);
 
     // Validly signed by the log, cosigned by one witness of the two required.
     assert_posted(member.post_checkpoint(node, &played.note(&log, 6, &[3])));
@@ -299,14 +336,14 @@ fn a_checkpoint_without_a_witness_quorum_is_not_accepted() {
     // The same checkpoint with the quorum is accepted ...
     assert_posted(member.post_checkpoint(node, &played.note(&log, 6, &[1, 3])));
     wait_until("the checkpoint with quorum to be accepted", WAIT, || {
-        log_status(node)["size"] == 6
+        log_status(node)["size"] == PLAYED_PREFIX + 6
     });
     assert_eq!(
         log_status(node)["witnesses_met"],
         serde_json::json!(["w1", "w3"])
     );
     // ... a fork without quorum still changes nothing ...
-    assert_posted(member.post_checkpoint(node, &played.note(&tree("forged", 6), 6, &[2])));
+    assert_posted(member.post_checkpoint(node, &played.note(&played_tree("forged", 6), 6, &[2])));
     wait_until("the second refusal", WAIT, || {
         log_status(node)["quorum_not_met"] == 2
     });
@@ -318,7 +355,7 @@ fn a_checkpoint_without_a_witness_quorum_is_not_accepted() {
         log_status(node)["quorum_not_met"] == 3
     });
     let status = log_status(node);
-    assert_eq!(status["size"], 6, "{status}");
+    assert_eq!(status["size"], PLAYED_PREFIX + 6, "{status}");
     assert_eq!(status["stale"], 0, "{status}");
     assert_eq!(status["split_view"], false, "{status}");
     nodes[0].proc.as_mut().unwrap().assert_running();
@@ -340,7 +377,7 @@ fn without_a_log_policy_the_node_does_not_watch_the_log() {
     // A checkpoint message is still valid gossip; it is just not looked at.
     let played = PlayedLog::new();
     let member = Member::new(&ca, &node);
-    assert_posted(member.post_checkpoint(&node, &played.note(&tree("a", 2), 2, &[1, 2])));
+    assert_posted(member.post_checkpoint(&node, &played.note(&played_tree("a", 2), 2, &[1, 2])));
     assert!(log_status(&node)["size"].is_null());
 }
 
@@ -521,4 +558,364 @@ fn nodes_pin_the_cas_policy_follow_the_witnessed_log_and_catch_a_fork_signed_wit
     assert_eq!(evidence[1], forged.as_str(), "{evidence}");
     witness.assert_running();
     cut_off.proc.as_mut().unwrap().assert_running();
+}
+
+/// How long the cross-check tests wait for rotations and the log to move past them.
+const SLOW_WAIT: Duration = Duration::from_secs(300);
+
+/// A CA serving its membership log with a policy of one real witness (`w1`, the quorum).
+struct WitnessedCa {
+    ca: TestCa,
+    witness: Proc,
+    serve_args: Vec<String>,
+}
+
+impl WitnessedCa {
+    fn start(root: &Path, extra_serve_args: &[&str]) -> WitnessedCa {
+        let ca_dir = root.join("ca");
+        let init = ztmesh_ok(&[
+            "ca",
+            "init",
+            "--trust-domain",
+            "test.ztmesh",
+            "--data-dir",
+            ca_dir.to_str().unwrap(),
+        ]);
+        let fingerprint = init
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("fingerprint:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let log_vkey = std::fs::read_to_string(ca_dir.join("log.vkey"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let (witness, witness_vkey, witness_addr) = start_witness(root, &log_vkey);
+        let policy =
+            format!("log {log_vkey}\nwitness w1 {witness_vkey} http://{witness_addr}\nquorum w1\n");
+        let policy_file = root.join("log-policy.txt");
+        std::fs::write(&policy_file, &policy).unwrap();
+        let mut serve_args = vec![
+            "--log-policy".to_owned(),
+            policy_file.to_str().unwrap().to_owned(),
+        ];
+        serve_args.extend(extra_serve_args.iter().map(|a| (*a).to_owned()));
+        let mut ca = TestCa {
+            dir: ca_dir,
+            addr: String::new(),
+            url: String::new(),
+            fingerprint,
+            proc: None,
+        };
+        let args: Vec<&str> = serve_args.iter().map(String::as_str).collect();
+        ca.serve("127.0.0.1:0", &args);
+        WitnessedCa {
+            ca,
+            witness,
+            serve_args,
+        }
+    }
+
+    /// Stops the CA (SIGKILL), runs `while_down` on its data directory, serves it again on
+    /// the same address.
+    fn stop_then(&mut self, while_down: impl FnOnce(&Path)) {
+        if let Some(mut proc) = self.ca.proc.take() {
+            proc.kill9();
+        }
+        while_down(&self.ca.dir);
+        let addr = self.ca.addr.clone();
+        let args: Vec<&str> = self.serve_args.iter().map(String::as_str).collect();
+        self.ca.serve(&addr, &args);
+    }
+}
+
+const CA_DATABASE_FILES: [&str; 3] = ["state.db", "state.db-wal", "state.db-shm"];
+
+/// Copies the (stopped) CA's database, WAL included, into `to`.
+fn copy_ca_database(ca_dir: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in CA_DATABASE_FILES {
+        let from = ca_dir.join(name);
+        if from.exists() {
+            std::fs::copy(&from, to.join(name)).unwrap();
+        }
+    }
+}
+
+/// Puts the copy back in place of the (stopped) CA's database.
+fn restore_ca_database(from: &Path, ca_dir: &Path) {
+    for name in CA_DATABASE_FILES {
+        let _ = std::fs::remove_file(ca_dir.join(name));
+        if from.join(name).exists() {
+            std::fs::copy(from.join(name), ca_dir.join(name)).unwrap();
+        }
+    }
+}
+
+/// The CA rolls its log back while a node is down: it serves an older checkpoint that the
+/// witness really cosigned back then. The node, restarted, carries on from the head it saved,
+/// raises the rollback alarm and does not take the older checkpoint; the alarm outlives the
+/// next restart too.
+#[test]
+fn a_node_restarted_after_the_ca_rolled_its_log_back_raises_the_alarm_and_keeps_its_head() {
+    let root = tempfile::tempdir().unwrap();
+    let mut wca = WitnessedCa::start(root.path(), &[]);
+    let mut node = wca.ca.enroll(root.path(), "node1");
+    node.start();
+
+    // The node follows the log to the CA's cosigned checkpoint.
+    let follows = |node: &TestNode, ca: &TestCa| {
+        let size = ca_checkpoint_size(ca);
+        let status = log_status(node);
+        size.is_some()
+            && status["size"].as_u64() == size
+            && status["witnesses_met"] == serde_json::json!(["w1"])
+    };
+    // (Its own enrollment is in the log: the empty log's checkpoint does not count.)
+    wait_until("node1 to follow the cosigned log", WAIT, || {
+        follows(&node, &wca.ca) && log_status(&node)["size"].as_u64() >= Some(1)
+    });
+    let old_size = log_status(&node)["size"].as_u64().unwrap();
+
+    // A copy of the CA's state at that size, genuinely cosigned by the witness.
+    let backup = root.path().join("ca-backup");
+    wca.stop_then(|ca_dir| copy_ca_database(ca_dir, &backup));
+    assert_eq!(ca_checkpoint_size(&wca.ca), Some(old_size));
+
+    // The log grows; the witness cosigns; the node moves on.
+    for name in ["node2", "node3"] {
+        wca.ca.enroll(root.path(), name);
+    }
+    wait_until("node1 to follow the grown log", WAIT, || {
+        follows(&node, &wca.ca) && log_status(&node)["size"].as_u64() > Some(old_size + 1)
+    });
+    let held = log_status(&node);
+    let held_size = held["size"].as_u64().unwrap();
+    assert_eq!(held["split_view"], false, "{held}");
+    assert_eq!(held["entries_verified"], held_size, "{held}");
+
+    // Down go the node and the CA; the CA comes back from the old copy.
+    node.kill9();
+    wca.stop_then(|ca_dir| restore_ca_database(&backup, ca_dir));
+    wait_until(
+        "the rolled-back CA to serve its old checkpoint",
+        WAIT,
+        || ca_checkpoint_size(&wca.ca) == Some(old_size),
+    );
+
+    node.start();
+    wait_until(
+        "the restarted node to raise the rollback alarm",
+        WAIT,
+        || log_status(&node)["split_view"] == true,
+    );
+    let status = log_status(&node);
+    assert_eq!(
+        status["size"], held_size,
+        "the older checkpoint was taken: {status}"
+    );
+    assert_eq!(status["root"], held["root"], "{status}");
+    assert_eq!(status["split_view_alarms"], 1, "{status}");
+    assert!(status["stale"].as_u64() >= Some(1), "{status}");
+    let reason = status["split_view_reason"].as_str().unwrap();
+    assert!(reason.contains("rolled back"), "{reason}");
+    let evidence = status["split_view_evidence"].as_array().unwrap();
+    assert_eq!(head_of(evidence[0].as_str().unwrap()).0, held_size);
+    let served = evidence[1].as_str().unwrap();
+    assert_eq!(head_of(served).0, old_size);
+    assert!(
+        served.contains("\u{2014} witness.test/w1 "),
+        "really cosigned: {served}"
+    );
+    let text = node.cli_ok(&["status"]);
+    assert!(
+        text.contains("SPLIT VIEW") && text.contains("rolled back"),
+        "{text}"
+    );
+    let log = node.proc.as_ref().unwrap().log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("SPLIT VIEW") && l.contains("rolled back")),
+        "{log}"
+    );
+
+    // Sticky across another restart, counted once.
+    node.kill9();
+    node.start();
+    let status = log_status(&node);
+    assert_eq!(status["split_view"], true, "{status}");
+    assert_eq!(status["split_view_alarms"], 1, "{status}");
+    assert_eq!(status["size"], held_size, "{status}");
+    wca.witness.assert_running();
+    node.proc.as_mut().unwrap().assert_running();
+}
+
+/// Gives `node` a second certificate signed with the CA's key (as whoever holds it could)
+/// that the CA never recorded nor logged: valid since 5 minutes, for an hour. Returns its
+/// serial.
+fn issue_outside_the_log(ca: &TestCa, node: &TestNode) -> ztmesh_pki::Serial {
+    let authority = ztmesh_node::ca_service::load_ca(
+        &ztmesh_node::ca_service::CaDir(ca.dir.clone()),
+        &protection(),
+        false,
+    )
+    .unwrap();
+    let dir = NodeDir(node.dir.clone());
+    let identity = dir.read_identity(&protection(), false).unwrap();
+    let (tls_key, _) = dir.read_tls(&protection(), false).unwrap();
+    let node_id = identity.public().node_id();
+    let csr = tls_key
+        .csr_der(&node_id, &"test.ztmesh".parse().unwrap())
+        .unwrap();
+    let now = ztmesh_node::timefmt::now();
+    let issued = authority
+        .issue_node_certificate(&ztmesh_pki::NodeCertificateRequest {
+            csr_der: &csr,
+            identity_key: &identity.public(),
+            serial: ztmesh_pki::Serial::random(&mut rand::rngs::OsRng),
+            not_before: now.saturating_sub(Duration::from_secs(300)),
+            not_after: now.saturating_add(Duration::from_secs(3600)),
+        })
+        .unwrap();
+    dir.install_certificate(&issued.der, &tls_key, &protection())
+        .unwrap();
+    issued.serial
+}
+
+/// Rotating certificates every ~20 s and a logged revocation raise nothing; a certificate
+/// and a CRL signed with the CA's key outside the log raise `unlogged_certificate` and
+/// `unlogged_revocation`, and the links stay up.
+#[test]
+fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
+    let root = tempfile::tempdir().unwrap();
+    let wca = WitnessedCa::start(root.path(), &["--cert-lifetime", "60s"]);
+    let ca = &wca.ca;
+    let mut nodes: Vec<TestNode> = (1..=2)
+        .map(|i| ca.enroll(root.path(), &format!("node{i}")))
+        .collect();
+    let spare = ca.enroll(root.path(), "spare");
+    let mut rogue = ca.enroll(root.path(), "rogue");
+    for node in &mut nodes {
+        node.start();
+    }
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    wait_full_mesh(&refs, WAIT);
+
+    // A revocation done by the book (logged), and a certificate issued outside the log.
+    let spare_serial = {
+        let der = NodeDir::read_cert(&spare.dir.join("node.pem")).unwrap();
+        ztmesh_pki::NodeCertificate::parse(&der).unwrap().serial
+    };
+    ztmesh_ok(&[
+        "revoke",
+        "--ca-dir",
+        ca.dir.to_str().unwrap(),
+        "--node-id",
+        &spare.node_id,
+    ]);
+    let rogue_serial = issue_outside_the_log(ca, &rogue);
+    let rogue_dir = NodeDir(rogue.dir.clone());
+    let mut config = rogue_dir.read_config().unwrap();
+    config.bootstrap_peers = vec![nodes[0].mesh_addr()];
+    rogue_dir.write_config(&config).unwrap();
+    rogue.start();
+    wait_until("node1 to link with the rogue node", WAIT, || {
+        nodes[0].connected_to(&rogue.node_id)
+    });
+
+    for node in &nodes {
+        wait_until(
+            &format!(
+                "{} to flag the certificate issued outside the log",
+                node.name
+            ),
+            SLOW_WAIT,
+            || log_status(node)["unlogged_certificates"] == 1,
+        );
+        wait_until(
+            &format!(
+                "{} to check rotated certificates and the revocation",
+                node.name
+            ),
+            SLOW_WAIT,
+            || {
+                let status = log_status(node);
+                status["certificates_checked"].as_u64() >= Some(3)
+                    && status["revocations_checked"].as_u64() >= Some(1)
+            },
+        );
+        let status = log_status(node);
+        let finding = &status["unlogged"][0];
+        assert_eq!(finding["kind"], "unlogged_certificate", "{status}");
+        assert_eq!(
+            finding["serial"],
+            rogue_serial.to_hex().as_str(),
+            "{status}"
+        );
+        assert_eq!(finding["node_id"], rogue.node_id.as_str(), "{status}");
+        // Everything else checked was logged: the enrollments, every rotation, the revocation.
+        assert_eq!(status["unlogged_certificates"], 1, "{status}");
+        assert_eq!(status["unlogged_revocations"], 0, "{status}");
+        assert_eq!(status["split_view"], false, "{status}");
+        assert!(node.status()["status"]["rotations"].as_u64() >= Some(1));
+        let text = node.cli_ok(&["status"]);
+        assert!(
+            text.contains("UNLOGGED") && text.contains(&rogue_serial.to_hex()),
+            "{text}"
+        );
+        let log = node.proc.as_ref().unwrap().log_text();
+        assert!(
+            log.lines().any(|l| l.contains("WARN")
+                && l.contains("UNLOGGED CERTIFICATE")
+                && l.contains(&rogue.node_id)
+                && l.contains(&rogue_serial.to_hex())),
+            "{log}"
+        );
+    }
+    // An alarm, not a refusal: the link is still up.
+    assert!(nodes[0].connected_to(&rogue.node_id));
+
+    // A CRL signed with the CA's key revoking a serial the log never saw revoked (with the
+    // logged revocation beside it), pushed to node1.
+    let authority = ztmesh_node::ca_service::load_ca(
+        &ztmesh_node::ca_service::CaDir(ca.dir.clone()),
+        &protection(),
+        false,
+    )
+    .unwrap();
+    let now = ztmesh_node::timefmt::now();
+    let silent = ztmesh_pki::Serial::random(&mut rand::rngs::OsRng);
+    let entry = |serial: &ztmesh_pki::Serial| ztmesh_pki::RevokedEntry {
+        serial: serial.clone(),
+        revoked_at: now.saturating_sub(Duration::from_secs(400)),
+        reason: ztmesh_pki::RevocationReason::Unspecified,
+    };
+    let crl = authority
+        .sign_crl(
+            &[entry(&spare_serial), entry(&silent)],
+            1_000_000,
+            now.saturating_sub(Duration::from_secs(300)),
+            now.saturating_add(Duration::from_secs(86_400)),
+        )
+        .unwrap();
+    let member = Member::new(ca, &nodes[1]);
+    assert_eq!(member.post_crl(&nodes[0], crl), 204);
+    wait_until(
+        "node1 to flag the revocation outside the log",
+        SLOW_WAIT,
+        || log_status(&nodes[0])["unlogged_revocations"] == 1,
+    );
+    let status = log_status(&nodes[0]);
+    let findings = status["unlogged"].as_array().unwrap();
+    let revocation = findings
+        .iter()
+        .find(|f| f["kind"] == "unlogged_revocation")
+        .unwrap();
+    assert_eq!(revocation["serial"], silent.to_hex().as_str(), "{status}");
+    assert!(revocation["node_id"].is_null());
+    assert_eq!(status["unlogged_certificates"], 1, "{status}");
+    for node in &mut nodes {
+        node.proc.as_mut().unwrap().assert_running();
+    }
 }

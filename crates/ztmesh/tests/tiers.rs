@@ -7,111 +7,29 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use sha2::Digest;
-
-/// Generous: Tier 1 needs 100 health checks (10 s at 100 ms) on a busy 2-core machine.
-const TIER_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-/// A release key, a manifest allowing the binary under test (its hash, and its hash as the dev
-/// TEE measurement), and a dev TEE key.
-struct Release {
-    public_key: String,
-    manifest: PathBuf,
-    tee_seed_hex: String,
-    tee_public_hex: String,
-}
-
-fn release(root: &Path) -> Release {
-    let key = root.join("release.key");
-    let public_key = ztmesh_ok(&[
-        "manifest",
-        "keygen",
-        "--out",
-        path_str(&key),
-        "--insecure-plaintext-key",
-    ])
-    .trim()
-    .to_owned();
-    let binary_hash = hex::encode(sha2::Sha256::digest(std::fs::read(bin()).unwrap()));
-    let manifest = root.join("manifest.cose");
-    ztmesh_ok(&[
-        "manifest",
-        "sign",
-        "--key",
-        path_str(&key),
-        "--insecure-plaintext-key",
-        "--version",
-        "9.9.9",
-        "--binary",
-        bin(),
-        "--measurement",
-        &format!("dev:measurement={binary_hash}"),
-        "--not-after",
-        "1d",
-        "-o",
-        path_str(&manifest),
-    ]);
-    let seed = [0x5e; 32];
-    let tee = ed25519_dalek::SigningKey::from_bytes(&seed);
-    Release {
-        public_key,
-        manifest,
-        tee_seed_hex: hex::encode(seed),
-        tee_public_hex: hex::encode(tee.verifying_key().as_bytes()),
-    }
-}
-
-/// Configures `node` to attest with the dev TEE, accept dev evidence, pin the release key and
-/// check peers against the manifest; health every 100 ms; re-attest every second.
-fn configure(node: &TestNode, release: &Release) {
-    std::fs::write(node.dir.join("dev-tee.key"), &release.tee_seed_hex).unwrap();
-    std::fs::copy(&release.manifest, node.dir.join("manifest.cose")).unwrap();
-    set_config(&node.dir, "health_interval_ms", "100");
-    let text = std::fs::read_to_string(node.dir.join("node.toml")).unwrap();
-    // `enroll` writes the default [attestation] table last; replace it.
-    let mut text = text[..text.find("[attestation]").unwrap()].to_owned();
-    text.push_str(&format!(
-        "\n[attestation]\nattester = \"dev\"\ndev_tee_key_file = \"dev-tee.key\"\n\
-         dev_tee_public_key = \"{}\"\nrelease_key = \"{}\"\nmanifest = \"manifest.cose\"\n\
-         reattest_secs = 1\n",
-        release.tee_public_hex, release.public_key
-    ));
-    std::fs::write(node.dir.join("node.toml"), text).unwrap();
-}
-
-/// `peer` as `observer` lists it.
-fn peer_view(observer: &TestNode, peer: &TestNode) -> Option<serde_json::Value> {
-    observer.peers()["peers"]
-        .as_array()?
-        .iter()
-        .find(|p| p["node_id"] == peer.node_id.as_str())
-        .cloned()
-}
-
-fn tier_of(observer: &TestNode, peer: &TestNode) -> String {
-    peer_view(observer, peer)
-        .and_then(|p| p["tier"].as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
 
 #[test]
 fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_is_demoted() {
     let root = tempfile::tempdir().unwrap();
-    let ca = TestCa::start(root.path(), &[]);
     let release = release(root.path());
+    // The CA verifies dev evidence too (with the same TEE key) but, started without a
+    // manifest, issues no attestation tokens yet.
+    let mut ca = TestCa::start(
+        root.path(),
+        &[
+            "--allow-dev-attestation",
+            "--dev-tee-key",
+            &release.tee_public_hex,
+        ],
+    );
     let mut a = ca.enroll(root.path(), "a");
     let mut b = ca.enroll(root.path(), "b");
     let mut c = ca.enroll(root.path(), "c");
     for node in [&a, &b, &c] {
-        configure(node, &release);
+        configure_tier1(node, &release);
     }
     // c runs a copy of the binary with one extra byte: it runs the same, but its hash is not
     // in the manifest, and neither is the measurement its dev TEE reports.
@@ -179,14 +97,69 @@ fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_
     wait_until("c to see a and b at tier 1", TIER_TIMEOUT, || {
         tier_of(&c, &a) == "tier 1" && tier_of(&c, &b) == "tier 1"
     });
+    // Without a token from the CA, a Tier 1 node's proposal counts nowhere, not even at home.
+    let status = a.status()["status"].clone();
+    assert_eq!(status["trust"]["token"]["held"], false, "{status}");
+    assert!(
+        status["trust"]["token"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no_manifest")),
+        "{status}"
+    );
+    a.cli_ok(&["propose", "gossip_fanout", "2", "--ttl", "5m"]);
+    wait_until("the tokenless proposal to be refused", TIER_TIMEOUT, || {
+        [&a, &b].iter().all(|n| {
+            n.status()["status"]["trust"]["token"]["refused_received"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        })
+    });
+    let held = |node: &TestNode| -> serde_json::Value {
+        serde_json::from_str(&node.cli_ok(&["proposals", "--json"])).unwrap()
+    };
+    for node in [&a, &b, &c] {
+        let view = held(node);
+        assert_eq!(
+            view["proposals"].as_array().map(Vec::len),
+            Some(0),
+            "{view}"
+        );
+    }
+
+    // With the manifest the CA vouches for a and b; c's binary is not in it, so c gets none.
+    let manifest_path = path_str(&release.manifest).to_owned();
+    ca.restart(&[
+        "--allow-dev-attestation",
+        "--dev-tee-key",
+        &release.tee_public_hex,
+        "--release-key",
+        &release.public_key,
+        "--manifest",
+        &manifest_path,
+    ]);
+    wait_until("a and b to hold attestation tokens", TIER_TIMEOUT, || {
+        [&a, &b]
+            .iter()
+            .all(|n| n.status()["status"]["trust"]["token"]["held"] == true)
+    });
+    assert_eq!(a.status()["status"]["trust"]["token"]["platform"], "dev");
+    wait_until(
+        "c's token to be refused for its binary",
+        TIER_TIMEOUT,
+        || {
+            c.status()["status"]["trust"]["token"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("binary_not_approved"))
+        },
+    );
+    assert_eq!(c.status()["status"]["trust"]["token"]["held"], false);
+
     let id = a
         .cli_ok(&["propose", "gossip_fanout", "2", "--ttl", "5m"])
         .trim()
         .to_owned();
     assert_eq!(id.len(), 64, "{id}");
-    let held = |node: &TestNode| -> serde_json::Value {
-        serde_json::from_str(&node.cli_ok(&["proposals", "--json"])).unwrap()
-    };
     wait_until("every node to hold the proposal", TIER_TIMEOUT, || {
         [&a, &b, &c].iter().all(|n| {
             held(n)["proposals"]
@@ -222,6 +195,51 @@ fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_
             .iter()
             .all(|n| held(n)["parameters"]["gossip_fanout"] == 2)
     });
+    // The membership log records the manifest the CA vouches against, the decision (reported
+    // by every node that applied it, recorded once) and the tier changes members reported.
+    let ca_dir = ca.dir.to_str().unwrap().to_owned();
+    let log_events = |kind: &str| -> Vec<serde_json::Value> {
+        let shown: serde_json::Value =
+            serde_json::from_str(&ztmesh_ok(&["log", "show", "--ca-dir", &ca_dir, "--json"]))
+                .unwrap();
+        shown["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e.get("event").cloned())
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    };
+    wait_until("the decision in the membership log", TIER_TIMEOUT, || {
+        log_events("governance_decision").iter().any(|e| {
+            e["param"] == "gossip_fanout" && e["value"] == 2 && e["proposal"] == id.as_str()
+        })
+    });
+    wait_until("all three reports of the decision", TIER_TIMEOUT, || {
+        [&a, &b, &c].iter().all(|n| {
+            n.status()["status"]["trust"]["log_reports_sent"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        })
+    });
+    assert_eq!(log_events("governance_decision").len(), 1);
+    let manifests = log_events("manifest");
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    assert_eq!(manifests[0]["version"], "9.9.9");
+    let tier_changes = log_events("tier_change");
+    assert!(
+        tier_changes
+            .iter()
+            .any(|e| e["node_id"] == b.node_id.as_str()
+                && e["reporter"] == a.node_id.as_str()
+                && e["tier"] == "tier 1"),
+        "{tier_changes:?}"
+    );
+    let table = ztmesh_ok(&["log", "show", "--ca-dir", &ca_dir]);
+    assert!(table.contains("gossip_fanout = 2"), "{table}");
+    assert!(table.contains("release manifest 9.9.9"), "{table}");
+
     // Applied changes persist across a restart.
     assert!(a.dir.join("governance.json").exists());
     a.kill9();

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{wait_until, ztmesh, ztmesh_ok, Proc};
+use common::{
+    exchange, parse_reply, request_bytes, wait_until, ztmesh, ztmesh_ok, PlainReply as Reply, Proc,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use rand::SeedableRng;
@@ -76,78 +78,6 @@ impl TestLog {
         fork.grow(extra, tag);
         fork
     }
-}
-
-/// An HTTP answer.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-/// Sends raw request bytes on a fresh connection and reads the answer until the server closes.
-fn exchange(addr: &str, request: &[u8]) -> std::io::Result<Reply> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    stream.write_all(request)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_reply(&raw).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("not an HTTP answer: {:?}", String::from_utf8_lossy(&raw)),
-        )
-    })
-}
-
-fn parse_reply(raw: &[u8]) -> Option<Reply> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let mut content_type = String::new();
-    let mut chunked = false;
-    for line in lines {
-        let (name, value) = line.split_once(':')?;
-        match name.to_ascii_lowercase().as_str() {
-            "content-type" => content_type = value.trim().to_owned(),
-            "transfer-encoding" => chunked = value.trim().eq_ignore_ascii_case("chunked"),
-            _ => {}
-        }
-    }
-    let mut body = raw[split + 4..].to_vec();
-    if chunked {
-        let mut decoded = Vec::new();
-        let mut rest = body.as_slice();
-        loop {
-            let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
-            let size =
-                usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).ok()?, 16).ok()?;
-            rest = &rest[line_end + 2..];
-            if size == 0 {
-                break;
-            }
-            decoded.extend_from_slice(rest.get(..size)?);
-            rest = rest.get(size + 2..)?;
-        }
-        body = decoded;
-    }
-    Some(Reply {
-        status,
-        content_type,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-fn request_bytes(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: witness\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    request
 }
 
 /// A witness process: `witness init`, `add-log` for each log, `serve`.

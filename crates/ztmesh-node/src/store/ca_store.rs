@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 use ztmesh_core::{NodeId, Timestamp};
 use ztmesh_pki::{RevocationReason, RevokedEntry, Serial, TokenHash};
 
-use crate::membership_log::{EntryKind, LogEntry};
+use crate::membership_log::{EntryKind, EventEntry, LogEntry};
 
 use super::{
     count_from_sql, count_to_sql, limit_to_sql, lock, node_id_from_sql, open_database,
@@ -114,6 +114,16 @@ CREATE TABLE log_checkpoint (
 CREATE TABLE log_witnesses (
     vkey          TEXT PRIMARY KEY NOT NULL,
     cosigned_size INTEGER NOT NULL CHECK (cosigned_size >= 0)
+) STRICT;
+"#,
+        // Mesh events in the membership log (manifest changes, governance decisions, tier
+        // changes): what the log last said under each key, so a repeated report appends
+        // nothing. Updated in the transaction that appends the entry.
+        r#"
+CREATE TABLE log_event_state (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL,
+    idx   INTEGER NOT NULL REFERENCES log_entries (idx)
 ) STRICT;
 "#,
     ],
@@ -874,6 +884,47 @@ fn insert_certificate(tx: &Transaction<'_>, record: &IssuedRecord) -> Result<(),
         ],
     )?;
     Ok(())
+}
+
+impl CaStore {
+    /// Appends a mesh event to the membership log unless the log already says the same under
+    /// its key (see [`EventEntry::dedupe`]). Returns the new entry's index, or `None` when
+    /// nothing was appended.
+    pub fn append_event(&self, entry: &EventEntry) -> Result<Option<u64>, StoreError> {
+        let (key, value) = entry.dedupe();
+        let mut conn = lock(&self.connection);
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let current: Option<String> = tx
+            .query_row(
+                "SELECT value FROM log_event_state WHERE key = ?1",
+                [&key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(StoreError::from)?;
+        if current.as_deref() == Some(value.as_str()) {
+            return Ok(None);
+        }
+        let idx: i64 = tx
+            .query_row(
+                "INSERT INTO log_entries (idx, leaf)
+                 SELECT coalesce(max(idx) + 1, 0), ?1 FROM log_entries
+                 RETURNING idx",
+                [entry.to_leaf()],
+                |row| row.get(0),
+            )
+            .map_err(StoreError::from)?;
+        tx.execute(
+            "INSERT INTO log_event_state (key, value, idx) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, idx = excluded.idx",
+            rusqlite::params![key, value, idx],
+        )
+        .map_err(StoreError::from)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(Some(count_from_sql(idx, "log index")?))
+    }
 }
 
 /// Appends one membership-log entry with the next index; only ever called inside the

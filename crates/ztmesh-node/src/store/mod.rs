@@ -28,7 +28,10 @@ pub use ca_store::{
     CaStore, IssueKind, IssuedRecord, KnownNode, RedeemError, RevokeError, RevokeOutcome,
     RevokeTarget, RotateError, SavedCrl, TokenInfo,
 };
-pub use node_store::{Issuance, NodeStore, StoredPeer, DEFAULT_PEER_CAPACITY};
+pub use node_store::{
+    FollowedEntry, Issuance, LogWatchSwap, NodeStore, SavedLogAlarm, SavedLogHead, SavedLogWatch,
+    StoredPeer, DEFAULT_PEER_CAPACITY,
+};
 pub use witness_store::WitnessStore;
 
 /// How long a connection waits for another connection's write lock before giving up.

@@ -1,10 +1,14 @@
-//! A node's own `state.db`: the peers it has seen, the newest CRL it accepted and the history
-//! of its own certificates.
+//! A node's own `state.db`: the peers it has seen, the newest CRL it accepted, the history
+//! of its own certificates, and its watch of the CA's membership log (the accepted head, the
+//! split-view alarm, and the log entries it verified).
 //!
 //! The CRL is kept by compare-and-swap on its number, so a replayed older CRL can never
-//! replace a newer one on disk (and so un-revoke anybody after a restart). The peer table is
-//! fed by network input and therefore bounded: beyond its capacity the least recently seen
-//! peers are dropped.
+//! replace a newer one on disk (and so un-revoke anybody after a restart). The log head is
+//! kept the same way on its size ([`NodeStore::save_log_watch`]): it only moves forward, a
+//! head of the saved size with another root is recorded as an alarm instead of replacing it,
+//! and an alarm once saved stays. Verified log entries are only appended, densely, and never
+//! beyond the saved head. The peer table is fed by network input and therefore bounded:
+//! beyond its capacity the least recently seen peers are dropped.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -24,7 +28,8 @@ pub const DEFAULT_PEER_CAPACITY: usize = 4096;
 const SCHEMA: Schema = Schema {
     // "ztND"
     application_id: 0x7a74_4e44,
-    migrations: &[r#"
+    migrations: &[
+        r#"
 CREATE TABLE peers (
     node_id   TEXT PRIMARY KEY NOT NULL,
     addr      TEXT NOT NULL,
@@ -46,8 +51,104 @@ CREATE TABLE issuances (
     kind       TEXT NOT NULL,
     issued_at  INTEGER NOT NULL
 ) STRICT;
-"#],
+"#,
+        r#"
+-- Singleton: the membership-log checkpoint this node accepted (log_watch.rs).
+CREATE TABLE log_head (
+    id   INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    size INTEGER NOT NULL CHECK (size >= 0),
+    root BLOB NOT NULL CHECK (length(root) = 32),
+    note TEXT NOT NULL
+) STRICT;
+
+-- Singleton: the split-view alarm (reason and evidence while raised) and how many were raised.
+CREATE TABLE log_alarm (
+    id         INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    alarms     INTEGER NOT NULL CHECK (alarms >= 0),
+    reason     TEXT,
+    evidence_a TEXT,
+    evidence_b TEXT,
+    CHECK ((reason IS NULL) = (evidence_a IS NULL) AND (reason IS NULL) = (evidence_b IS NULL))
+) STRICT;
+
+-- Membership-log entries verified against an accepted root, dense from index 0.
+CREATE TABLE log_entries (
+    idx       INTEGER PRIMARY KEY NOT NULL CHECK (idx >= 0),
+    leaf_hash BLOB NOT NULL CHECK (length(leaf_hash) = 32),
+    kind      TEXT NOT NULL,
+    node_id   TEXT NOT NULL,
+    serial    TEXT NOT NULL,
+    at        INTEGER NOT NULL CHECK (at >= 0)
+) STRICT;
+CREATE INDEX log_entries_by_serial ON log_entries (serial);
+"#,
+    ],
 };
+
+/// The accepted membership-log checkpoint as saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedLogHead {
+    /// Tree size.
+    pub size: u64,
+    /// Root hash.
+    pub root: [u8; 32],
+    /// The checkpoint note, signatures included.
+    pub note: String,
+}
+
+/// A raised split-view alarm as saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedLogAlarm {
+    /// Why, for the operator.
+    pub reason: String,
+    /// The accepted note, then what contradicts it.
+    pub evidence: (String, String),
+}
+
+/// A node's watch of the membership log as saved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SavedLogWatch {
+    /// The accepted checkpoint.
+    pub head: Option<SavedLogHead>,
+    /// The alarm, while raised.
+    pub alarm: Option<SavedLogAlarm>,
+    /// Alarms raised over the node's life.
+    pub alarms: u64,
+}
+
+/// What [`NodeStore::save_log_watch`] did with the head it was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogWatchSwap {
+    /// Saved (or the same head was saved already).
+    Saved,
+    /// The saved head is larger: it stays (the alarm state given was merged in).
+    OlderThanSaved {
+        /// Size of the saved head.
+        saved_size: u64,
+    },
+    /// The saved head has the same size and another root: it stays, and an alarm naming both
+    /// notes was saved (unless one was raised already).
+    ConflictsWithSaved {
+        /// The saved head.
+        saved: SavedLogHead,
+    },
+}
+
+/// One verified membership-log entry as kept for cross-checks. Entries of kinds this node does
+/// not know keep their leaf hash (for the root) with kind `unknown` and empty fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowedEntry {
+    /// RFC 6962 hash of the leaf.
+    pub leaf_hash: [u8; 32],
+    /// `enroll`, `rotate`, `revoke_node`, `revoke_certificate` or `unknown`.
+    pub kind: String,
+    /// The node concerned (text form).
+    pub node_id: String,
+    /// The certificate serial, lowercase hex.
+    pub serial: String,
+    /// When the CA committed the entry (Unix seconds).
+    pub at: u64,
+}
 
 /// A peer remembered across restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +314,226 @@ impl NodeStore {
         }
         Ok(history)
     }
+
+    /// The saved watch of the membership log (empty when nothing was saved yet).
+    pub fn log_watch(&self) -> Result<SavedLogWatch, StoreError> {
+        read_log_watch(&lock(&self.connection))
+    }
+
+    /// Saves the accepted head and the alarm state in one transaction, by compare-and-swap
+    /// against what is saved (whoever wrote it): the head only moves forward, and one of the
+    /// saved size with another root is refused and saved as an alarm instead. An alarm, once
+    /// saved, stays with its first evidence; the alarm count never goes down.
+    pub fn save_log_watch(&self, state: &SavedLogWatch) -> Result<LogWatchSwap, StoreError> {
+        let mut conn = lock(&self.connection);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let saved = read_log_watch(&tx)?;
+        let mut alarm = saved.alarm.clone().or_else(|| state.alarm.clone());
+        let mut alarms = saved.alarms.max(state.alarms);
+        let outcome = match (&state.head, &saved.head) {
+            (Some(new), Some(old)) if new.size < old.size => LogWatchSwap::OlderThanSaved {
+                saved_size: old.size,
+            },
+            (Some(new), Some(old)) if new.size == old.size && new.root != old.root => {
+                if alarm.is_none() {
+                    alarm = Some(SavedLogAlarm {
+                        reason: format!(
+                            "a checkpoint of size {} with another root than the saved one",
+                            new.size
+                        ),
+                        evidence: (old.note.clone(), new.note.clone()),
+                    });
+                    alarms += 1;
+                }
+                LogWatchSwap::ConflictsWithSaved { saved: old.clone() }
+            }
+            // The same head again keeps the note first saved.
+            (Some(new), Some(old)) if new.size == old.size => LogWatchSwap::Saved,
+            (Some(new), _) => {
+                tx.execute(
+                    "INSERT INTO log_head (id, size, root, note) VALUES (1, ?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET
+                         size = excluded.size, root = excluded.root, note = excluded.note",
+                    params![
+                        count_to_sql(new.size, "log size")?,
+                        new.root.as_slice(),
+                        new.note
+                    ],
+                )?;
+                LogWatchSwap::Saved
+            }
+            // A head is never forgotten.
+            (None, _) => LogWatchSwap::Saved,
+        };
+        let (reason, evidence_a, evidence_b) = match &alarm {
+            Some(alarm) => (
+                Some(alarm.reason.as_str()),
+                Some(alarm.evidence.0.as_str()),
+                Some(alarm.evidence.1.as_str()),
+            ),
+            None => (None, None, None),
+        };
+        tx.execute(
+            "INSERT INTO log_alarm (id, alarms, reason, evidence_a, evidence_b)
+             VALUES (1, ?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET alarms = excluded.alarms, reason = excluded.reason,
+                 evidence_a = excluded.evidence_a, evidence_b = excluded.evidence_b",
+            params![
+                count_to_sql(alarms, "alarm count")?,
+                reason,
+                evidence_a,
+                evidence_b
+            ],
+        )?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// Number of verified log entries kept (they are dense from index 0).
+    pub fn followed_log_size(&self) -> Result<u64, StoreError> {
+        read_followed_size(&lock(&self.connection))
+    }
+
+    /// Appends verified entries at index `first`, by compare-and-swap: only when `first` is
+    /// the number of entries kept and the entries stay within the saved head. Returns whether
+    /// they were appended.
+    pub fn append_followed_entries(
+        &self,
+        first: u64,
+        entries: &[FollowedEntry],
+    ) -> Result<bool, StoreError> {
+        let mut conn = lock(&self.connection);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let head_size: Option<i64> = tx
+            .query_row("SELECT size FROM log_head WHERE id = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        let head_size = head_size.map_or(Ok(0), |size| count_from_sql(size, "log size"))?;
+        let end = first
+            .checked_add(entries.len() as u64)
+            .ok_or(StoreError::OutOfRange("log index"))?;
+        if read_followed_size(&tx)? != first || end > head_size {
+            return Ok(false);
+        }
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO log_entries (idx, leaf_hash, kind, node_id, serial, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (index, entry) in (first..).zip(entries) {
+                insert.execute(params![
+                    count_to_sql(index, "log index")?,
+                    entry.leaf_hash.as_slice(),
+                    entry.kind,
+                    entry.node_id,
+                    entry.serial,
+                    count_to_sql(entry.at, "log entry time")?,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Up to `limit` leaf hashes of verified entries from index `start`, in order.
+    pub fn followed_leaf_hashes(
+        &self,
+        start: u64,
+        limit: usize,
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
+        let conn = lock(&self.connection);
+        let mut statement = conn.prepare_cached(
+            "SELECT leaf_hash FROM log_entries WHERE idx >= ?1 ORDER BY idx LIMIT ?2",
+        )?;
+        let start = i64::try_from(start).unwrap_or(i64::MAX);
+        let mut rows = statement.query(params![start, limit_to_sql(limit)])?;
+        let mut hashes = Vec::new();
+        while let Some(row) = rows.next()? {
+            let bytes: Vec<u8> = row.get(0)?;
+            hashes.push(
+                <[u8; 32]>::try_from(bytes.as_slice())
+                    .map_err(|_| StoreError::Corrupt("log leaf hash length".into()))?,
+            );
+        }
+        Ok(hashes)
+    }
+
+    /// The latest commit time among the verified entries (Unix seconds).
+    pub fn followed_newest_at(&self) -> Result<Option<u64>, StoreError> {
+        let at: Option<i64> =
+            lock(&self.connection)
+                .query_row("SELECT max(at) FROM log_entries", [], |row| row.get(0))?;
+        at.map(|at| count_from_sql(at, "log entry time"))
+            .transpose()
+    }
+
+    /// The kinds of the verified entries naming certificate `serial` (lowercase hex).
+    pub fn logged_kinds(&self, serial: &str) -> Result<Vec<String>, StoreError> {
+        let conn = lock(&self.connection);
+        let mut statement = conn.prepare_cached(
+            "SELECT DISTINCT kind FROM log_entries WHERE serial = ?1 ORDER BY kind",
+        )?;
+        let kinds = statement
+            .query_map([serial], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(kinds)
+    }
+}
+
+fn read_log_watch(conn: &Connection) -> Result<SavedLogWatch, StoreError> {
+    let head: Option<(i64, Vec<u8>, String)> = conn
+        .query_row(
+            "SELECT size, root, note FROM log_head WHERE id = 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()?;
+    let head = head
+        .map(|(size, root, note)| {
+            Ok::<_, StoreError>(SavedLogHead {
+                size: count_from_sql(size, "log size")?,
+                root: <[u8; 32]>::try_from(root.as_slice())
+                    .map_err(|_| StoreError::Corrupt("log root length".into()))?,
+                note,
+            })
+        })
+        .transpose()?;
+    type AlarmRow = (i64, Option<String>, Option<String>, Option<String>);
+    let alarm: Option<AlarmRow> = conn
+        .query_row(
+            "SELECT alarms, reason, evidence_a, evidence_b FROM log_alarm WHERE id = 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .optional()?;
+    let (alarms, alarm) = match alarm {
+        None => (0, None),
+        Some((alarms, reason, a, b)) => (
+            count_from_sql(alarms, "alarm count")?,
+            match (reason, a, b) {
+                (Some(reason), Some(a), Some(b)) => Some(SavedLogAlarm {
+                    reason,
+                    evidence: (a, b),
+                }),
+                _ => None,
+            },
+        ),
+    };
+    Ok(SavedLogWatch {
+        head,
+        alarm,
+        alarms,
+    })
+}
+
+fn read_followed_size(conn: &Connection) -> Result<u64, StoreError> {
+    let next: i64 = conn.query_row(
+        "SELECT coalesce(max(idx) + 1, 0) FROM log_entries",
+        [],
+        |row| row.get(0),
+    )?;
+    count_from_sql(next, "log size")
 }
 
 #[cfg(test)]
@@ -361,6 +682,234 @@ mod tests {
             kinds,
             vec![(first, "enroll".to_owned()), (second, "rotate".to_owned())]
         );
+    }
+
+    fn head(size: u64, root: u8) -> SavedLogHead {
+        SavedLogHead {
+            size,
+            root: [root; 32],
+            note: format!("note {size} {root}"),
+        }
+    }
+
+    fn watch_of(head: SavedLogHead) -> SavedLogWatch {
+        SavedLogWatch {
+            head: Some(head),
+            ..SavedLogWatch::default()
+        }
+    }
+
+    #[test]
+    fn the_log_head_only_moves_forward_and_a_conflict_becomes_an_alarm() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = open(&dir);
+        assert_eq!(store.log_watch().unwrap(), SavedLogWatch::default());
+        assert_eq!(
+            store.save_log_watch(&watch_of(head(5, 1))).unwrap(),
+            LogWatchSwap::Saved
+        );
+        // Smaller: refused, whatever its root.
+        for root in [1, 2] {
+            assert_eq!(
+                store.save_log_watch(&watch_of(head(3, root))).unwrap(),
+                LogWatchSwap::OlderThanSaved { saved_size: 5 }
+            );
+        }
+        // The same head again: nothing changes, the first note stays.
+        let mut again = head(5, 1);
+        again.note = "other cosigners".into();
+        assert_eq!(
+            store.save_log_watch(&watch_of(again)).unwrap(),
+            LogWatchSwap::Saved
+        );
+        assert_eq!(store.log_watch().unwrap().head, Some(head(5, 1)));
+        assert_eq!(store.log_watch().unwrap().alarm, None);
+        // The same size with another root: refused and saved as an alarm.
+        assert_eq!(
+            store.save_log_watch(&watch_of(head(5, 9))).unwrap(),
+            LogWatchSwap::ConflictsWithSaved { saved: head(5, 1) }
+        );
+        drop(store);
+        // All of it lives in the file.
+        let store = open(&dir);
+        let saved = store.log_watch().unwrap();
+        assert_eq!(saved.head, Some(head(5, 1)));
+        assert_eq!(saved.alarms, 1);
+        let alarm = saved.alarm.unwrap();
+        assert_eq!(
+            alarm.evidence,
+            ("note 5 1".to_owned(), "note 5 9".to_owned())
+        );
+        assert!(alarm.reason.contains("size 5"), "{}", alarm.reason);
+        // Larger moves forward; a state without a head never erases it.
+        assert_eq!(
+            store.save_log_watch(&watch_of(head(8, 3))).unwrap(),
+            LogWatchSwap::Saved
+        );
+        assert_eq!(
+            store.save_log_watch(&SavedLogWatch::default()).unwrap(),
+            LogWatchSwap::Saved
+        );
+        assert_eq!(store.log_watch().unwrap().head, Some(head(8, 3)));
+        assert!(store.log_watch().unwrap().alarm.is_some());
+    }
+
+    #[test]
+    fn an_alarm_once_saved_stays_and_its_count_never_goes_down() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = open(&dir);
+        let alarm = |reason: &str| SavedLogAlarm {
+            reason: reason.into(),
+            evidence: (format!("{reason} a"), format!("{reason} b")),
+        };
+        let first = SavedLogWatch {
+            head: Some(head(4, 1)),
+            alarm: Some(alarm("first")),
+            alarms: 1,
+        };
+        store.save_log_watch(&first).unwrap();
+        // A calm state from a monitor that knows less does not clear it ...
+        store.save_log_watch(&watch_of(head(4, 1))).unwrap();
+        assert_eq!(store.log_watch().unwrap(), first);
+        // ... and a second alarm keeps the first evidence but counts.
+        store
+            .save_log_watch(&SavedLogWatch {
+                head: Some(head(4, 1)),
+                alarm: Some(alarm("second")),
+                alarms: 2,
+            })
+            .unwrap();
+        let saved = store.log_watch().unwrap();
+        assert_eq!(saved.alarm, Some(alarm("first")));
+        assert_eq!(saved.alarms, 2);
+    }
+
+    /// Two connections (two processes on one data directory, or a writer that read the state
+    /// before another wrote it) race to save heads: the compare-and-swap inside one
+    /// transaction leaves the largest head, and of two different roots for one size exactly
+    /// one is saved and the other becomes the alarm.
+    #[test]
+    fn racing_writers_cannot_roll_the_head_back_or_overwrite_a_fork() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("state.db");
+        drop(open(&dir));
+        let barrier = std::sync::Barrier::new(8);
+        let outcomes: Vec<LogWatchSwap> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let (barrier, path) = (&barrier, &path);
+                    scope.spawn(move || {
+                        let store = NodeStore::open(path).unwrap();
+                        barrier.wait();
+                        // Sizes 10..=13 twice each, the two writers of a size with other roots.
+                        let size = 10 + u64::from(i % 4);
+                        store.save_log_watch(&watch_of(head(size, i))).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let store = open(&dir);
+        let saved = store.log_watch().unwrap();
+        let saved_head = saved.head.unwrap();
+        // Nothing is larger than 13, so the first writer of 13 saved it and the second found
+        // it there with another root: whatever the interleaving of the others.
+        assert_eq!(saved_head.size, 13, "the largest head wins");
+        let thirteen = [&outcomes[3], &outcomes[7]];
+        assert_eq!(
+            thirteen
+                .iter()
+                .filter(|o| ***o == LogWatchSwap::Saved)
+                .count(),
+            1,
+            "{outcomes:?}"
+        );
+        assert!(thirteen
+            .iter()
+            .any(|o| matches!(o, LogWatchSwap::ConflictsWithSaved { .. })));
+        assert!(saved_head.root == [3; 32] || saved_head.root == [7; 32]);
+        // The first conflict raised the alarm; later ones found it raised.
+        assert_eq!(saved.alarms, 1);
+        assert!(saved.alarm.is_some());
+        // Whatever the interleaving, a later smaller write is refused.
+        assert!(matches!(
+            store.save_log_watch(&watch_of(head(12, 2))).unwrap(),
+            LogWatchSwap::OlderThanSaved { saved_size: 13 }
+        ));
+    }
+
+    #[test]
+    fn two_writers_of_the_same_size_make_one_head_and_one_alarm() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("state.db");
+        let (first, second) = (
+            NodeStore::open(&path).unwrap(),
+            NodeStore::open(&path).unwrap(),
+        );
+        // Both read an empty state, then write: the second's write is judged against the
+        // first's, not against what it read.
+        assert_eq!(first.log_watch().unwrap().head, None);
+        assert_eq!(second.log_watch().unwrap().head, None);
+        assert_eq!(
+            first.save_log_watch(&watch_of(head(6, 1))).unwrap(),
+            LogWatchSwap::Saved
+        );
+        assert_eq!(
+            second.save_log_watch(&watch_of(head(6, 2))).unwrap(),
+            LogWatchSwap::ConflictsWithSaved { saved: head(6, 1) }
+        );
+        let saved = first.log_watch().unwrap();
+        assert_eq!(saved.head, Some(head(6, 1)));
+        assert_eq!(saved.alarms, 1);
+    }
+
+    fn entry(serial: &str, kind: &str, at: u64) -> FollowedEntry {
+        FollowedEntry {
+            leaf_hash: [at as u8; 32],
+            kind: kind.into(),
+            node_id: "n".into(),
+            serial: serial.into(),
+            at,
+        }
+    }
+
+    #[test]
+    fn followed_entries_are_dense_and_never_beyond_the_saved_head() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = open(&dir);
+        // No head yet: nothing can be verified, nothing is kept.
+        assert!(!store
+            .append_followed_entries(0, &[entry("aa", "enroll", 1)])
+            .unwrap());
+        store.save_log_watch(&watch_of(head(3, 1))).unwrap();
+        assert!(!store
+            .append_followed_entries(1, &[entry("aa", "enroll", 1)])
+            .unwrap());
+        assert!(store
+            .append_followed_entries(0, &[entry("aa", "enroll", 10), entry("bb", "rotate", 30)])
+            .unwrap());
+        // Replayed or past the head: refused.
+        assert!(!store
+            .append_followed_entries(0, &[entry("cc", "enroll", 40)])
+            .unwrap());
+        assert!(!store
+            .append_followed_entries(2, &[entry("cc", "enroll", 40), entry("dd", "enroll", 41)])
+            .unwrap());
+        assert!(store
+            .append_followed_entries(2, &[entry("aa", "revoke_node", 20)])
+            .unwrap());
+        drop(store);
+        let store = open(&dir);
+        assert_eq!(store.followed_log_size().unwrap(), 3);
+        assert_eq!(
+            store.followed_leaf_hashes(1, 10).unwrap(),
+            vec![[30; 32], [20; 32]]
+        );
+        assert_eq!(store.followed_leaf_hashes(0, 1).unwrap(), vec![[10; 32]]);
+        assert_eq!(store.followed_newest_at().unwrap(), Some(30));
+        assert_eq!(store.logged_kinds("aa").unwrap(), ["enroll", "revoke_node"]);
+        assert_eq!(store.logged_kinds("bb").unwrap(), ["rotate"]);
+        assert!(store.logged_kinds("zz").unwrap().is_empty());
     }
 
     #[test]

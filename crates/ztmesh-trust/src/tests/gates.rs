@@ -10,6 +10,7 @@ fn table_matches_the_design() {
     assert_eq!(required_tier(Action::RevocationRelay), Tier::Tier2);
     assert_eq!(required_tier(Action::Governance), Tier::Tier1);
     assert_eq!(required_tier(Action::KeyShare), Tier::Tier1);
+    assert_eq!(required_tier(Action::Witness), Tier::Tier1);
     assert!(Action::ALL
         .iter()
         .all(|a| required_tier(*a) > Tier::Untrusted));
@@ -74,4 +75,56 @@ fn tier1_may_do_everything_until_revoked() {
             "{action}"
         );
     }
+}
+
+/// The counters are indexed by action, the status shows them by name and serde writes that
+/// name too: every action must have its own slot and name, and the names must agree.
+#[test]
+fn every_action_has_its_own_counter_and_one_name() {
+    let mut book = book();
+    certify(&mut book, node(1));
+    let mut gates = Gates::new();
+    let mut names = std::collections::BTreeSet::new();
+    for (i, action) in Action::ALL.into_iter().enumerate() {
+        assert!(names.insert(action.as_str()), "{action} named twice");
+        assert_eq!(
+            serde_json::to_value(action).unwrap(),
+            serde_json::Value::from(action.as_str())
+        );
+        if required_tier(action) == Tier::Tier1 {
+            for _ in 0..=i {
+                assert!(gates.check(&book, &node(1), action, T0).is_err());
+            }
+        }
+    }
+    for (i, action) in Action::ALL.into_iter().enumerate() {
+        let expected = if required_tier(action) == Tier::Tier1 {
+            i as u64 + 1
+        } else {
+            0
+        };
+        assert_eq!(gates.refusals(action), expected, "{action}");
+    }
+}
+
+/// A node checks its own tier before witnessing: Tier 2 is refused (and counted), Tier 1 passes.
+#[test]
+fn witnessing_needs_tier1() {
+    let mut book = book();
+    certify(&mut book, node(1));
+    let mut gates = Gates::new();
+    let refusal = gates
+        .check(&book, &node(1), Action::Witness, T0)
+        .unwrap_err();
+    assert_eq!(refusal.tier, Tier::Tier2);
+    assert!(
+        refusal
+            .to_string()
+            .contains("refused witness: tier 2 < tier 1"),
+        "{refusal}"
+    );
+    assert_eq!(gates.refusals(Action::Witness), 1);
+    make_tier1(&mut book, node(1));
+    assert!(gates.check(&book, &node(1), Action::Witness, T0).is_ok());
+    assert_eq!(gates.refusals(Action::Witness), 1);
 }

@@ -2,9 +2,13 @@
 //! Waits are event-driven (poll a condition with a generous deadline), never fixed sleeps.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use sha2::Digest;
 
 /// Passphrase of every key file in tests.
 pub const PASSPHRASE: &str = "correct horse battery staple";
@@ -153,6 +157,14 @@ impl TestCa {
 
     /// Initializes a CA in `root/ca` and serves it on `listen` with extra `serve_args`.
     pub fn start_at(root: &Path, listen: &str, serve_args: &[&str]) -> TestCa {
+        let mut ca = TestCa::init(root);
+        ca.serve(listen, serve_args);
+        ca
+    }
+
+    /// Initializes a CA in `root/ca` without serving it, e.g. to write a log policy naming its
+    /// log key first; [`TestCa::serve`] starts it.
+    pub fn init(root: &Path) -> TestCa {
         let dir = root.join("ca");
         let init = ztmesh_ok(&[
             "ca",
@@ -168,15 +180,21 @@ impl TestCa {
             .expect("fingerprint line")
             .trim()
             .to_owned();
-        let mut ca = TestCa {
+        TestCa {
             dir,
             addr: String::new(),
             url: String::new(),
             fingerprint,
             proc: None,
-        };
-        ca.serve(listen, serve_args);
-        ca
+        }
+    }
+
+    /// The membership log's key (`log.vkey`, written by `ca init`).
+    pub fn log_vkey(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log.vkey"))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     /// Starts `ca serve` on `listen` and waits for it to bind.
@@ -407,4 +425,172 @@ pub fn wait_full_mesh(nodes: &[&TestNode], timeout: Duration) {
     wait_until("a full mesh", timeout, || {
         nodes.iter().all(|n| n.connected_count() == nodes.len() - 1)
     });
+}
+
+/// An HTTP answer read off a plain TCP connection (the witness protocol is plain HTTP).
+#[derive(Debug)]
+pub struct PlainReply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// Sends raw request bytes on a fresh connection and reads the answer until the server closes.
+pub fn exchange(addr: &str, request: &[u8]) -> std::io::Result<PlainReply> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.write_all(request)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_reply(&raw).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not an HTTP answer: {:?}", String::from_utf8_lossy(&raw)),
+        )
+    })
+}
+
+/// Parses a raw HTTP/1.1 answer (chunked bodies decoded).
+pub fn parse_reply(raw: &[u8]) -> Option<PlainReply> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let mut content_type = String::new();
+    let mut chunked = false;
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        match name.to_ascii_lowercase().as_str() {
+            "content-type" => content_type = value.trim().to_owned(),
+            "transfer-encoding" => chunked = value.trim().eq_ignore_ascii_case("chunked"),
+            _ => {}
+        }
+    }
+    let mut body = raw[split + 4..].to_vec();
+    if chunked {
+        let mut decoded = Vec::new();
+        let mut rest = body.as_slice();
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).ok()?, 16).ok()?;
+            rest = &rest[line_end + 2..];
+            if size == 0 {
+                break;
+            }
+            decoded.extend_from_slice(rest.get(..size)?);
+            rest = rest.get(size + 2..)?;
+        }
+        body = decoded;
+    }
+    Some(PlainReply {
+        status,
+        content_type,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// A raw HTTP/1.1 request with `Connection: close`.
+pub fn request_bytes(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: witness\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+// ----- Trust tiers: what a node needs to earn Tier 1 (dev TEE, signed manifest, fast health) -----
+
+/// Generous: Tier 1 needs 100 health checks (10 s at 100 ms) on a busy 2-core machine.
+pub const TIER_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A path as a command-line argument.
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A release key, a manifest allowing the binary under test (its hash, and its hash as the dev
+/// TEE measurement), and a dev TEE key.
+pub struct Release {
+    pub public_key: String,
+    pub manifest: PathBuf,
+    pub tee_seed_hex: String,
+    pub tee_public_hex: String,
+}
+
+/// Makes a [`Release`] in `root`: `release.key`, `manifest.cose`.
+pub fn release(root: &Path) -> Release {
+    let key = root.join("release.key");
+    let public_key = ztmesh_ok(&[
+        "manifest",
+        "keygen",
+        "--out",
+        path_str(&key),
+        "--insecure-plaintext-key",
+    ])
+    .trim()
+    .to_owned();
+    let binary_hash = hex::encode(sha2::Sha256::digest(std::fs::read(bin()).unwrap()));
+    let manifest = root.join("manifest.cose");
+    ztmesh_ok(&[
+        "manifest",
+        "sign",
+        "--key",
+        path_str(&key),
+        "--insecure-plaintext-key",
+        "--version",
+        "9.9.9",
+        "--binary",
+        bin(),
+        "--measurement",
+        &format!("dev:measurement={binary_hash}"),
+        "--not-after",
+        "1d",
+        "-o",
+        path_str(&manifest),
+    ]);
+    let seed = [0x5e; 32];
+    let tee = ed25519_dalek::SigningKey::from_bytes(&seed);
+    Release {
+        public_key,
+        manifest,
+        tee_seed_hex: hex::encode(seed),
+        tee_public_hex: hex::encode(tee.verifying_key().as_bytes()),
+    }
+}
+
+/// Configures `node` to attest with the dev TEE, accept dev evidence, pin the release key and
+/// check peers against the manifest; health every 100 ms; re-attest every second.
+pub fn configure_tier1(node: &TestNode, release: &Release) {
+    std::fs::write(node.dir.join("dev-tee.key"), &release.tee_seed_hex).unwrap();
+    std::fs::copy(&release.manifest, node.dir.join("manifest.cose")).unwrap();
+    set_config(&node.dir, "health_interval_ms", "100");
+    let text = std::fs::read_to_string(node.dir.join("node.toml")).unwrap();
+    // `enroll` writes the default [attestation] table last; replace it.
+    let mut text = text[..text.find("[attestation]").unwrap()].to_owned();
+    text.push_str(&format!(
+        "\n[attestation]\nattester = \"dev\"\ndev_tee_key_file = \"dev-tee.key\"\n\
+         dev_tee_public_key = \"{}\"\nrelease_key = \"{}\"\nmanifest = \"manifest.cose\"\n\
+         reattest_secs = 1\n",
+        release.tee_public_hex, release.public_key
+    ));
+    std::fs::write(node.dir.join("node.toml"), text).unwrap();
+}
+
+/// `peer` as `observer` lists it.
+pub fn peer_view(observer: &TestNode, peer: &TestNode) -> Option<serde_json::Value> {
+    observer.peers()["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["node_id"] == peer.node_id.as_str())
+        .cloned()
+}
+
+/// The tier `observer` gives `peer` (empty when it does not list it).
+pub fn tier_of(observer: &TestNode, peer: &TestNode) -> String {
+    peer_view(observer, peer)
+        .and_then(|p| p["tier"].as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
