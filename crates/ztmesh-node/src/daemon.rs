@@ -1600,8 +1600,9 @@ async fn advert_loop(node: Arc<Node>) {
 }
 
 /// Watches the CA's membership log: fetches its checkpoint every few seconds and after a
-/// gossiped one (at most once a second), retries an awaited consistency proof, and gossips
-/// every checkpoint that moves the accepted head (and the head again while the log is quiet).
+/// gossiped one (at most once a second), retries an awaited consistency proof, runs the
+/// cross-checks of entries, peer certificates and the CRL against the log, and gossips every
+/// checkpoint that moves the accepted head (and the head again while the log is quiet).
 async fn log_watch_loop(node: Arc<Node>, task: LogWatchTask) {
     use crate::log_watch::{
         Source, CHECKPOINT_REPUBLISH_INTERVAL, CHECKPOINT_TTL, LOG_WATCH_INTERVAL,
