@@ -261,16 +261,8 @@ impl TokenDesk {
             max_age: Some(EVIDENCE_MAX_AGE),
             allow_dev: policy.dev_tee_key.is_some(),
         };
-        verify_evidence(policy, evidence_type, payload, expectations, now).map_err(|error| {
-            ApiError::forbidden(
-                "attestation_refused",
-                format!(
-                    "{} evidence refused ({}): {error}",
-                    evidence_type.as_str(),
-                    error.reason()
-                ),
-            )
-        })?;
+        verify_evidence(policy, evidence_type, payload, expectations, now)
+            .map_err(|error| crate::ca_service::attestation_refused(evidence_type, &error))?;
         let token = AttestationToken {
             server_pubkey: cert.identity_key.to_spki_der(),
             platform: evidence_type,

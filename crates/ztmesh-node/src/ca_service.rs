@@ -597,6 +597,17 @@ fn check_enrollment_attestation(
         }
         return Ok(None);
     };
+    let (evidence_type, payload) = decode_attestation(attestation)?;
+    verify_enrollment_evidence(policy, evidence_type, &payload, report_data, now_unix_secs)
+        .map(Some)
+        .map_err(|error| attestation_refused(evidence_type, &error))
+}
+
+/// Decodes an `attestation {type, payload}` (400 `malformed_attestation` for a type this
+/// build does not know or a payload that is not base64 of the CBOR `{evidence, collateral?}`).
+fn decode_attestation(
+    attestation: &Attestation,
+) -> Result<(ztmesh_attest::EvidenceType, AttestationPayload), ApiError> {
     let evidence_type: ztmesh_attest::EvidenceType =
         attestation
             .kind
@@ -615,18 +626,22 @@ fn check_enrollment_attestation(
             format!("attestation.payload is not a CBOR {{evidence, collateral?}} map: {e}"),
         )
     })?;
-    verify_enrollment_evidence(policy, evidence_type, &payload, report_data, now_unix_secs)
-        .map(Some)
-        .map_err(|error| {
-            ApiError::forbidden(
-                "attestation_refused",
-                format!(
-                    "{} evidence refused ({}): {error}",
-                    evidence_type.as_str(),
-                    error.reason()
-                ),
-            )
-        })
+    Ok((evidence_type, payload))
+}
+
+/// 403 `attestation_refused`, naming the evidence type and the verifier's reason.
+pub(crate) fn attestation_refused(
+    evidence_type: ztmesh_attest::EvidenceType,
+    error: &ztmesh_attest::AttestError,
+) -> ApiError {
+    ApiError::forbidden(
+        "attestation_refused",
+        format!(
+            "{} evidence refused ({}): {error}",
+            evidence_type.as_str(),
+            error.reason()
+        ),
+    )
 }
 
 struct CaState {
@@ -1219,25 +1234,7 @@ async fn attest(
                 "binary_sha256: expected 64 hex digits",
             )
         })?;
-    let evidence_type: ztmesh_attest::EvidenceType =
-        request
-            .attestation
-            .kind
-            .parse()
-            .map_err(|e: ztmesh_attest::AttestError| {
-                ApiError::bad_request("malformed_attestation", format!("attestation.type: {e}"))
-            })?;
-    let cbor = decode_b64(
-        &request.attestation.payload,
-        "malformed_attestation",
-        "attestation.payload",
-    )?;
-    let payload = AttestationPayload::from_cbor(&cbor).map_err(|e| {
-        ApiError::bad_request(
-            "malformed_attestation",
-            format!("attestation.payload is not a CBOR {{evidence, collateral?}} map: {e}"),
-        )
-    })?;
+    let (evidence_type, payload) = decode_attestation(&request.attestation)?;
     let now = now();
     let result = state.tokens.attest(
         &state.ca,

@@ -143,11 +143,18 @@ pub(crate) fn judge_token(
 }
 
 impl Node {
+    /// The key attestation tokens are signed with: the mesh CA's.
+    fn token_issuer(&self) -> Result<ed25519_dalek::VerifyingKey, String> {
+        ztmesh_pki::ca_envelope_key(self.trust.ca_cert_der())
+            .map(|key| key.verifying_key())
+            .map_err(|e| e.to_string())
+    }
+
     /// `Ok` when `token`, attached by `from` to a proposal or vote, lets it count here;
     /// otherwise the refusal is counted and logged.
     pub(crate) fn check_token(&self, from: &NodeId, token: &[u8], what: &str) -> bool {
-        let issuer = match ztmesh_pki::ca_envelope_key(self.trust.ca_cert_der()) {
-            Ok(key) => key.verifying_key(),
+        let issuer = match self.token_issuer() {
+            Ok(key) => key,
             Err(error) => {
                 tracing::error!(%error, "the CA certificate has no envelope key");
                 return false;
@@ -215,9 +222,7 @@ impl Node {
             .map_err(|_| "the CA's token is not base64".to_owned())?;
         // Keep only a token this node would accept from itself: a CA that hands out garbage
         // (or a token for another key) is an error here, not a surprise at every receiver.
-        let issuer = ztmesh_pki::ca_envelope_key(self.trust.ca_cert_der())
-            .map_err(|e| e.to_string())?
-            .verifying_key();
+        let issuer = self.token_issuer()?;
         let opened = judge_token(
             &bytes,
             &issuer,
