@@ -4,15 +4,14 @@
 //! tests are skipped with a printed reason when swtpm or tpm2-tools are missing, except under
 //! `CI`, where a missing tool fails the test. The typed-error tests need no tools.
 
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod swtpm;
+
+use std::process::Command;
 
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use proptest::prelude::*;
 use rand_core::{OsRng, RngCore};
+use swtpm::{tools_present, SoftwareTpm};
 use ztmesh_attest::tpm2::AttestationKey;
 use ztmesh_attest::tpm2_credential::{
     AttestationKeyPublic, Credential, CredentialError, EndorsementKey, ObjectName, PublicArea,
@@ -43,118 +42,7 @@ const SOFTWARE_EK_RSA: &[u8] = include_bytes!("fixtures/tpm2_credential/ek_softw
 const SOFTWARE_CREDENTIAL_RSA: &[u8] =
     include_bytes!("fixtures/tpm2_credential/credential_software_rsa.out");
 
-/// Whether the tools are present; without them, skip (or fail under CI).
-fn tools_present(test: &str) -> bool {
-    let missing: Vec<&str> = TOOLS
-        .iter()
-        .copied()
-        .filter(|tool| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .map(|status| !status.success())
-                .unwrap_or(true)
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = format!(
-        "{test}: missing {} (Debian packages: swtpm tpm2-tools libtss2-tcti-swtpm0)",
-        missing.join(", ")
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{reason}; CI must install them");
-    }
-    // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-    let _ = writeln!(std::io::stderr(), "SKIPPED {reason}");
-    false
-}
-
-/// A running swtpm, killed when dropped.
-struct SoftwareTpm {
-    child: Child,
-    server_port: u16,
-    dir: tempfile::TempDir,
-}
-
 impl SoftwareTpm {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        std::fs::create_dir(&state).unwrap();
-        let (server_port, ctrl_port) = free_port_pair();
-        let child = Command::new("swtpm")
-            .arg("socket")
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.display()))
-            .arg("--tpm2")
-            .args(["--ctrl", &format!("type=tcp,port={ctrl_port}")])
-            .args(["--server", &format!("type=tcp,port={server_port}")])
-            .args(["--flags", "not-need-init,startup-clear"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let tpm = SoftwareTpm {
-            child,
-            server_port,
-            dir,
-        };
-        // Up to 10 s for swtpm to listen (200 tries, 50 ms apart).
-        let mut tries = 0;
-        while TcpStream::connect(("127.0.0.1", server_port)).is_err() {
-            tries += 1;
-            assert!(tries < 200, "swtpm did not listen on {server_port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        tpm
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Runs one tpm2-tools command that must succeed, then flushes transient objects: with
-    /// no resource manager the TPM keeps every loaded object and runs out of slots.
-    fn run(&self, tool: &str, args: &[&str]) -> Vec<u8> {
-        let output = self.try_run(tool, args);
-        output.unwrap_or_else(|stderr| panic!("{tool} {args:?} failed: {stderr}"))
-    }
-
-    /// Like [`Self::run`], but a failing command answers its stderr.
-    fn try_run(&self, tool: &str, args: &[&str]) -> Result<Vec<u8>, String> {
-        let output = self.command(tool, args);
-        let _ = self.command("tpm2_flushcontext", &["-t"]);
-        output
-    }
-
-    fn command(&self, tool: &str, args: &[&str]) -> Result<Vec<u8>, String> {
-        let output = Command::new(tool)
-            .args(args)
-            .current_dir(self.dir.path())
-            .env(
-                "TPM2TOOLS_TCTI",
-                format!("swtpm:host=127.0.0.1,port={}", self.server_port),
-            )
-            .output()
-            .unwrap();
-        if output.status.success() {
-            Ok(output.stdout)
-        } else {
-            Err(String::from_utf8_lossy(&output.stderr).into_owned())
-        }
-    }
-
-    fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.path(name)).unwrap()
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) {
-        std::fs::write(self.path(name), bytes).unwrap()
-    }
-
     /// TPM2_CreatePrimary with the default EK template of `algorithm` (`rsa` or `ecc`), saved
     /// as `ek.ctx`; answers its TPM2B_PUBLIC.
     fn create_ek(&self, algorithm: &str) -> Vec<u8> {
@@ -219,28 +107,6 @@ impl SoftwareTpm {
     }
 }
 
-impl Drop for SoftwareTpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Two adjacent free ports: the TCTI reaches the control channel at the server port + 1.
-fn free_port_pair() -> (u16, u16) {
-    for _ in 0..100 {
-        let server = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = server.local_addr().unwrap().port();
-        let Some(ctrl_port) = port.checked_add(1) else {
-            continue;
-        };
-        if TcpListener::bind(("127.0.0.1", ctrl_port)).is_ok() {
-            return (port, ctrl_port);
-        }
-    }
-    panic!("no two adjacent free ports on 127.0.0.1");
-}
-
 fn random_secret() -> Vec<u8> {
     let mut secret = vec![0u8; 32];
     OsRng.fill_bytes(&mut secret);
@@ -283,7 +149,7 @@ fn write_credential(enrolment: &Enrolment, name: &ObjectName, secret: &[u8], fil
 
 #[test]
 fn credential_made_here_is_activated_by_swtpm() {
-    if !tools_present("credential_made_here_is_activated_by_swtpm") {
+    if !tools_present("credential_made_here_is_activated_by_swtpm", TOOLS) {
         return;
     }
     for algorithm in ["rsa", "ecc"] {
@@ -313,7 +179,7 @@ fn credential_made_here_is_activated_by_swtpm() {
 
 #[test]
 fn credential_for_another_ak_name_is_refused_by_swtpm() {
-    if !tools_present("credential_for_another_ak_name_is_refused_by_swtpm") {
+    if !tools_present("credential_for_another_ak_name_is_refused_by_swtpm", TOOLS) {
         return;
     }
     for algorithm in ["rsa", "ecc"] {
@@ -380,7 +246,7 @@ fn assert_refused_for_other_ek(
 
 #[test]
 fn credential_for_another_ek_is_refused_by_swtpm() {
-    if !tools_present("credential_for_another_ek_is_refused_by_swtpm") {
+    if !tools_present("credential_for_another_ek_is_refused_by_swtpm", TOOLS) {
         return;
     }
     // Another TPM: its EK is what a node would present to have its AK vouched for by a TPM
@@ -416,7 +282,7 @@ fn credential_for_another_ek_is_refused_by_swtpm() {
 
 #[test]
 fn tpm2_makecredential_and_ours_both_activate() {
-    if !tools_present("tpm2_makecredential_and_ours_both_activate") {
+    if !tools_present("tpm2_makecredential_and_ours_both_activate", TOOLS) {
         return;
     }
     for algorithm in ["rsa", "ecc"] {

@@ -2,13 +2,10 @@
 //! `ztmesh_attest::tpm2`. Skipped with a printed reason when swtpm or tpm2-tools are missing,
 //! except under `CI`, where a missing tool fails the test.
 
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod swtpm;
 
 use sha2::{Digest, Sha256};
+use swtpm::{tools_present, SoftwareTpm};
 use ztmesh_attest::tpm2::{self, AttestationKey, Tpm2Evidence};
 use ztmesh_attest::{report_data_binding, AttestError, Expectations, ReferenceValues};
 
@@ -24,132 +21,6 @@ const TOOLS: &[&str] = &[
 
 /// PCR 7 is extended with this in every test, so the policy has something non-zero to pin.
 const EXTEND_DATA: [u8; 32] = [0xab; 32];
-
-/// Whether the tools are present; without them, skip (or fail under CI).
-fn tools_present(test: &str) -> bool {
-    let missing: Vec<&str> = TOOLS
-        .iter()
-        .copied()
-        .filter(|tool| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .stdout(Stdio::null())
-                .status()
-                .map(|status| !status.success())
-                .unwrap_or(true)
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = format!(
-        "{test}: missing {} (Debian packages: swtpm tpm2-tools libtss2-tcti-swtpm0)",
-        missing.join(", ")
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{reason}; CI must install them");
-    }
-    // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-    let _ = writeln!(std::io::stderr(), "SKIPPED {reason}");
-    false
-}
-
-/// A running swtpm, killed when dropped.
-struct SoftwareTpm {
-    child: Child,
-    server_port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl SoftwareTpm {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        std::fs::create_dir(&state).unwrap();
-        let (server_port, ctrl_port) = free_port_pair();
-        let child = Command::new("swtpm")
-            .arg("socket")
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.display()))
-            .arg("--tpm2")
-            .args(["--ctrl", &format!("type=tcp,port={ctrl_port}")])
-            .args(["--server", &format!("type=tcp,port={server_port}")])
-            .args(["--flags", "not-need-init,startup-clear"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let tpm = SoftwareTpm {
-            child,
-            server_port,
-            dir,
-        };
-        // Up to 10 s for swtpm to listen (200 tries, 50 ms apart).
-        let mut tries = 0;
-        while TcpStream::connect(("127.0.0.1", server_port)).is_err() {
-            tries += 1;
-            assert!(tries < 200, "swtpm did not listen on {server_port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        tpm
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Runs one tpm2-tools command, then flushes transient objects: with no resource manager
-    /// the TPM keeps every loaded object and runs out of slots.
-    fn run(&self, tool: &str, args: &[&str]) -> Vec<u8> {
-        let output = self.command(tool, args);
-        self.command("tpm2_flushcontext", &["-t"]);
-        output
-    }
-
-    fn command(&self, tool: &str, args: &[&str]) -> Vec<u8> {
-        let output = Command::new(tool)
-            .args(args)
-            .current_dir(self.dir.path())
-            .env(
-                "TPM2TOOLS_TCTI",
-                format!("swtpm:host=127.0.0.1,port={}", self.server_port),
-            )
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{tool} {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
-    }
-
-    fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.path(name)).unwrap()
-    }
-}
-
-impl Drop for SoftwareTpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Two adjacent free ports: the TCTI reaches the control channel at the server port + 1.
-fn free_port_pair() -> (u16, u16) {
-    for _ in 0..100 {
-        let server = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = server.local_addr().unwrap().port();
-        let Some(ctrl_port) = port.checked_add(1) else {
-            continue;
-        };
-        if TcpListener::bind(("127.0.0.1", ctrl_port)).is_ok() {
-            return (port, ctrl_port);
-        }
-    }
-    panic!("no two adjacent free ports on 127.0.0.1");
-}
 
 /// What one quote session produced.
 struct Quote {
@@ -265,7 +136,7 @@ fn reason(result: Result<ztmesh_attest::Verdict, AttestError>) -> &'static str {
 
 #[test]
 fn ecc_p256_quote_from_swtpm_verifies_and_every_tampering_is_refused() {
-    if !tools_present("ecc_p256_quote_from_swtpm") {
+    if !tools_present("ecc_p256_quote_from_swtpm", TOOLS) {
         return;
     }
     let tpm = SoftwareTpm::start();
@@ -347,7 +218,7 @@ fn ecc_p256_quote_from_swtpm_verifies_and_every_tampering_is_refused() {
 
 #[test]
 fn rsa_quotes_from_swtpm_verify() {
-    if !tools_present("rsa_quotes_from_swtpm") {
+    if !tools_present("rsa_quotes_from_swtpm", TOOLS) {
         return;
     }
     for scheme in ["rsassa", "rsapss"] {
