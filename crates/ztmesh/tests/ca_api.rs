@@ -2452,3 +2452,119 @@ fn attest_issues_a_token_only_for_bound_fresh_evidence_and_answers_garbage_with_
         .post_raw("/v1/attest/challenge", None, Vec::new())
         .assert_error(503, "no_manifest");
 }
+
+#[test]
+fn log_events_record_reports_once_and_answer_garbage_with_json_errors() {
+    let root = tempdir();
+    let ca = start_ca(root.path());
+    let node = ca.enroll(root.path(), "n1");
+    let creds = NodeCreds::read(&node);
+    let http = Http::ca_with_cert(&ca, &creds.cert_der, &creds.tls_key);
+    let decision = json!({
+        "kind": "governance_decision",
+        "proposal": "ab".repeat(32),
+        "param": "gossip_fanout",
+        "value": 2,
+    });
+    Http::ca(&ca)
+        .post_json("/v1/log/events", &decision)
+        .assert_error(401, "client_certificate_required");
+
+    // Recorded once: the same report again appends nothing.
+    let first = http.post_json("/v1/log/events", &decision);
+    first.assert_status(200);
+    assert!(first.json()["index"].as_u64().is_some(), "{}", first.text());
+    let again = http.post_json("/v1/log/events", &decision);
+    again.assert_status(200);
+    assert!(again.json()["index"].is_null(), "{}", again.text());
+    let tier = json!({
+        "kind": "tier_change",
+        "node_id": creds.node_id.to_string(),
+        "tier": "tier 2",
+        "reason": "valid certificate; no hardware attestation",
+    });
+    assert!(http.post_json("/v1/log/events", &tier).json()["index"]
+        .as_u64()
+        .is_some());
+
+    // Garbage: each a 400 with a JSON code, nothing appended.
+    let mut bad = Vec::new();
+    bad.push(json!({"kind": "coup", "param": "gossip_fanout"}));
+    let mut v = decision.clone();
+    v["value"] = json!(999);
+    bad.push(v);
+    let mut v = decision.clone();
+    v["param"] = json!("warp_speed");
+    bad.push(v);
+    let mut v = decision.clone();
+    v["proposal"] = json!("xyz");
+    bad.push(v);
+    let mut v = decision.clone();
+    v["extra"] = json!(true);
+    bad.push(v);
+    let mut v = tier.clone();
+    v["node_id"] = json!("not-a-node");
+    bad.push(v);
+    let mut v = tier.clone();
+    v["tier"] = json!("tier 0");
+    bad.push(v);
+    let mut v = tier.clone();
+    v["reason"] = json!("line\nbreak");
+    bad.push(v);
+    let mut v = tier.clone();
+    v["reason"] = json!("r".repeat(201));
+    bad.push(v);
+    for body in &bad {
+        let reply = http.post_json("/v1/log/events", body);
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text());
+        assert!(reply.error_code().is_some(), "{body}: {}", reply.text());
+    }
+    http.post_raw("/v1/log/events", Some("application/json"), b"{".to_vec())
+        .assert_status(400);
+    let shown: Value = serde_json::from_str(&ztmesh_ok(&[
+        "log",
+        "show",
+        "--ca-dir",
+        ca.dir.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    let events: Vec<&Value> = shown["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("event"))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["reporter"], creds.node_id.to_string());
+
+    // The CA's manifest flags refuse what they cannot use, before serving.
+    let out = ztmesh_with_env(
+        &[
+            "ca",
+            "serve",
+            "--data-dir",
+            ca.dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--release-key",
+            "zz",
+            "--manifest",
+            "/nonexistent/manifest.cose",
+        ],
+        &[],
+    );
+    assert_cli_fails(&out, &["--release-key"]);
+    let out = ztmesh_with_env(
+        &[
+            "ca",
+            "serve",
+            "--data-dir",
+            ca.dir.to_str().unwrap(),
+            "--manifest",
+            "x",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+}
