@@ -192,7 +192,8 @@ fn only_a_tier1_node_cosigns_its_meshs_log_and_its_witness_state_survives_sigkil
         after["witness"]["cosigned"].as_u64().unwrap() >= 1,
         "{after}"
     );
-    assert_eq!(witness_db_head(&witness_dir), Some(size));
+    // Members report tier changes to the log, so it may already have grown past `size`.
+    assert!(witness_db_head(&witness_dir).is_some_and(|held| held >= size));
     let human = node1.cli_ok(&["status"]);
     assert!(
         human.contains(&format!(
@@ -204,7 +205,8 @@ fn only_a_tier1_node_cosigns_its_meshs_log_and_its_witness_state_survives_sigkil
     // SIGKILL and restart: the cosigned head is still there, the log is not added twice.
     node1.kill9();
     node1.start();
-    assert_eq!(witness_db_head(&witness_dir), Some(size));
+    let held = witness_db_head(&witness_dir).unwrap();
+    assert!(held >= size, "{held} < {size}");
     let witness_toml = std::fs::read_to_string(witness_dir.join("witness.toml")).unwrap();
     assert_eq!(logs_in(&witness_toml), 1, "{witness_toml}");
     // Trust is earned again after a restart; once it is, the first (smaller) checkpoint sent
@@ -215,8 +217,15 @@ fn only_a_tier1_node_cosigns_its_meshs_log_and_its_witness_state_survives_sigkil
     let reply = post_checkpoint(&witness_addr, 0, &first);
     assert_eq!(reply.status, 409, "{reply:?}");
     assert_eq!(reply.content_type, "text/x.tlog.size");
-    assert_eq!(reply.body, format!("{size}\n"));
-    assert_eq!(witness_db_head(&witness_dir), Some(size));
+    // The size in the answer is the head the witness held then: no smaller than before the
+    // restart, no larger than what it holds now (the log keeps growing with tier reports).
+    let answered: u64 = reply.body.trim_end().parse().unwrap();
+    assert!(reply.body.ends_with('\n'), "{reply:?}");
+    let now = witness_db_head(&witness_dir).unwrap();
+    assert!(
+        (held..=now).contains(&answered),
+        "{held} <= {answered} <= {now}"
+    );
     node1.proc.as_mut().unwrap().assert_running();
     node2.proc.as_mut().unwrap().assert_running();
 }
