@@ -35,6 +35,35 @@ pub struct EnrollRequest {
     /// Attestation evidence, when the CA policy asks for it.
     #[serde(default)]
     pub attestation: Option<Attestation>,
+    /// For `tpm2` evidence whose attestation key the CA does not already trust: the secret
+    /// recovered by TPM2_ActivateCredential from `POST /v1/enroll/tpm2/credential`, 64 hex
+    /// digits. It proves the AK lives in the TPM of an endorsement key the CA allows.
+    #[serde(default)]
+    pub tpm2_credential_secret: Option<String>,
+}
+
+/// `POST /v1/enroll/tpm2/credential`: before enrolling, a node with a TPM asks the CA for a
+/// credential (TPM2_MakeCredential) that only its TPM can activate, and only if the AK is
+/// resident next to the EK.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tpm2CredentialRequest {
+    /// The one-time enrollment token (checked, not spent).
+    pub token: String,
+    /// The endorsement key's TPM2B_PUBLIC, base64.
+    pub ek_public: String,
+    /// The attestation key's TPM2B_PUBLIC, base64.
+    pub ak_public: String,
+}
+
+/// The answer to [`Tpm2CredentialRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tpm2CredentialResponse {
+    /// The credential in the tpm2-tools file format (`tpm2_activatecredential -i`), base64.
+    pub credential: String,
+    /// Seconds the credential may be answered within.
+    pub expires_in_secs: u64,
 }
 
 /// `POST /v1/log/events`: a mesh event a member reports for the membership log.

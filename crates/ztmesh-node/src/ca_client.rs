@@ -321,6 +321,7 @@ pub async fn enroll_attested(
         identity_proof: b64.encode(identity.sign_proof(IdentityProofDomain::EnrollCsr, &csr)),
         node_id: Some(node_id.to_string()),
         attestation,
+        tpm2_credential_secret: None,
     };
     let url = format!("{base}/v1/enroll");
     let answer: EnrollResponse = send_json(client.post(&url).json(&request), &url).await?;
