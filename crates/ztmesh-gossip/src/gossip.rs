@@ -198,6 +198,25 @@ impl<R: RngCore> Gossip<R> {
         Ok(())
     }
 
+    /// Changes how many frames a minute each peer may send (a governance decision), from `now`
+    /// on and for every linked peer. The token buckets count whole frames a second, so the
+    /// rate is `frames_per_minute / 60` rounded up. Zero is refused, like at configuration.
+    pub fn set_peer_frames_per_minute(
+        &mut self,
+        frames_per_minute: u64,
+        now: Timestamp,
+    ) -> Result<(), crate::ConfigError> {
+        let per_sec = u32::try_from(frames_per_minute.div_ceil(60)).unwrap_or(u32::MAX);
+        let mut config = self.config.clone();
+        config.peer_messages_per_sec = per_sec;
+        config.validate()?;
+        self.config = config;
+        for peer in self.peers.values_mut() {
+            peer.frames.set_rate(u64::from(per_sec), now);
+        }
+        Ok(())
+    }
+
     /// This node's id.
     pub fn local(&self) -> NodeId {
         self.local

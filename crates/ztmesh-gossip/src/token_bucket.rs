@@ -42,6 +42,14 @@ impl TokenBucket {
         self.tokens >= amount.saturating_mul(SCALE)
     }
 
+    /// Changes the rate from `now` on: tokens earned so far at the old rate are kept, capped
+    /// at one second of the new rate.
+    pub(crate) fn set_rate(&mut self, per_second: u64, now: Timestamp) {
+        self.refill(now);
+        self.per_second = per_second;
+        self.tokens = self.tokens.min(per_second.saturating_mul(SCALE));
+    }
+
     /// Takes `amount` tokens; call only after [`TokenBucket::has`] returned true.
     pub(crate) fn take(&mut self, amount: u64) {
         self.tokens = self.tokens.saturating_sub(amount.saturating_mul(SCALE));
@@ -51,6 +59,23 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_rate_caps_the_burst_and_refills_at_the_new_rate() {
+        let start = Timestamp::from_unix_millis(1_000_000);
+        let mut bucket = TokenBucket::new(100, start);
+        bucket.set_rate(2, start);
+        assert!(bucket.has(2, start));
+        assert!(!bucket.has(3, start));
+        bucket.take(2);
+        assert!(!bucket.has(1, start));
+        let later = Timestamp::from_unix_millis(1_000_500);
+        assert!(bucket.has(1, later));
+        assert!(!bucket.has(2, later));
+        // Raising the rate does not hand out the new burst at once.
+        bucket.set_rate(50, later);
+        assert!(!bucket.has(2, later));
+    }
 
     #[test]
     fn bursts_one_second_then_refills_at_the_rate() {

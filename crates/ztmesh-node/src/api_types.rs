@@ -511,4 +511,6 @@ pub struct GossipCounters {
     pub rate_limited: u64,
     /// Frames dropped on full per-peer queues.
     pub queue_dropped: u64,
+    /// Frames a second each peer may send now (the governed `rate_limit_rpm`, rounded up).
+    pub peer_frames_per_sec: u32,
 }

@@ -711,7 +711,10 @@ pub async fn run(
             .map_err(|e| NodeError::Inconsistent(format!("governance: {e}")))?;
     let gossip = GossipDriver::new(
         config.node_id,
-        gossip_config(parameters.gossip_fanout() as u32),
+        gossip_config(
+            parameters.gossip_fanout() as u32,
+            parameters.rate_limit_rpm(),
+        ),
         trust.clone(),
     )?;
     let api_token = dir.ensure_api_token()?;

@@ -244,6 +244,21 @@ impl GossipDriver {
         self.lock().gossip.poll_timeout()
     }
 
+    /// Sets how many gossip frames a minute each peer may send, from now on.
+    pub(crate) fn set_peer_rate(
+        &self,
+        frames_per_minute: u32,
+    ) -> Result<(), ztmesh_gossip::ConfigError> {
+        self.lock()
+            .gossip
+            .set_peer_frames_per_minute(u64::from(frames_per_minute), crate::timefmt::now())
+    }
+
+    /// The per-peer frame rate in force, frames a second.
+    pub(crate) fn peer_frames_per_sec(&self) -> u32 {
+        self.lock().gossip.config().peer_messages_per_sec
+    }
+
     /// Sets the fan-out of messages pushed from now on.
     pub(crate) fn set_fanout(&self, fanout: usize) -> Result<(), ztmesh_gossip::ConfigError> {
         self.lock().gossip.set_fanout(fanout)
@@ -384,9 +399,12 @@ pub(crate) fn consequence(message: &VerifiedMessage) -> Consequence {
 }
 
 /// The node's gossip settings from its config.
-pub(crate) fn gossip_config(fanout: u32) -> GossipConfig {
+/// The gossip configuration of a node whose governed parameters are `fanout` and
+/// `frames_per_minute` (per peer, rounded up to whole frames a second).
+pub(crate) fn gossip_config(fanout: u32, frames_per_minute: u32) -> GossipConfig {
     GossipConfig {
         fanout: fanout as usize,
+        peer_messages_per_sec: frames_per_minute.div_ceil(60),
         ..GossipConfig::default()
     }
 }

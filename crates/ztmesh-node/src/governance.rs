@@ -230,9 +230,14 @@ impl Node {
                     std::sync::atomic::Ordering::SeqCst,
                 );
             }
-            // Enforced by the CA (certificate lifetime) and the API rate limiter, which do not
-            // take part in gossip yet: recorded and shown, not enforced here.
-            Param::RateLimitRpm | Param::CertLifetimeSecs => {}
+            Param::RateLimitRpm => {
+                if let Err(error) = self.gossip.set_peer_rate(parameters.rate_limit_rpm()) {
+                    tracing::warn!(%error, "per-peer gossip rate not applied");
+                }
+            }
+            // Applied by the CA, which follows the decision once a majority of the nodes it
+            // attested report it (see `ca_governance`); nothing to change on a node.
+            Param::CertLifetimeSecs => {}
         }
     }
 

@@ -178,6 +178,7 @@ async fn status(
                 pulled: stats.pulled,
                 rate_limited: stats.rate_limited,
                 queue_dropped: stats.queue_dropped,
+                peer_frames_per_sec: node.gossip.peer_frames_per_sec(),
             }
         },
         log: node.log_watch.status(),

@@ -352,7 +352,10 @@ fn a_revoked_tier1_voter_stops_counting_on_every_node() {
     mesh.settle(&members);
     for &n in &members {
         assert_eq!(mesh.applied_count(n, proposal), 0, "node {n}");
-        assert_eq!(mesh.nodes[n].governance.parameters().rate_limit_rpm(), 600);
+        assert_eq!(
+            mesh.nodes[n].governance.parameters().rate_limit_rpm(),
+            Parameters::default().rate_limit_rpm()
+        );
     }
 
     mesh.vote(proposal, 2, true);

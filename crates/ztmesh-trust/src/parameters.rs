@@ -93,11 +93,12 @@ pub struct Parameters {
 }
 
 impl Default for Parameters {
-    /// DESIGN.md defaults: fan-out 3, 24 h certificates and attestations.
+    /// DESIGN.md defaults: fan-out 3, 24 h certificates and attestations; 12 000 gossip frames
+    /// a minute per peer (200 a second, the gossip core's own default).
     fn default() -> Self {
         Parameters {
             gossip_fanout: 3,
-            rate_limit_rpm: 600,
+            rate_limit_rpm: 12_000,
             cert_lifetime_secs: 24 * 3600,
             attestation_validity_secs: 24 * 3600,
             health_check_interval_secs: 60,
@@ -136,7 +137,7 @@ impl Parameters {
         self.gossip_fanout as usize
     }
 
-    /// Requests per minute per peer.
+    /// Gossip frames a minute each peer may send this node.
     pub fn rate_limit_rpm(&self) -> u32 {
         // Bounded to 100 000 above.
         self.rate_limit_rpm as u32

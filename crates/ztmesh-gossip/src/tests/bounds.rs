@@ -130,6 +130,28 @@ fn per_peer_message_rate_is_enforced() {
 }
 
 #[test]
+fn a_governed_peer_rate_applies_to_linked_peers_at_once() {
+    let mut pair = Pair::new(GossipConfig::default());
+    let frame = GossipFrame::Want { ids: vec![] }.encode().unwrap();
+    // 150 a minute rounds up to 3 a second, for the peer already linked.
+    pair.gossip
+        .set_peer_frames_per_minute(150, pair.now)
+        .unwrap();
+    assert_eq!(pair.gossip.config().peer_messages_per_sec, 3);
+    let accepted = (0..10).filter(|_| feed(&mut pair, &frame).is_ok()).count();
+    assert_eq!(accepted, 3);
+    assert_eq!(pair.gossip.stats().rate_limited, 7);
+    assert_eq!(
+        pair.gossip.set_peer_frames_per_minute(0, pair.now),
+        Err(crate::ConfigError::Invalid {
+            field: "peer_messages_per_sec",
+            reason: "must be positive"
+        })
+    );
+    assert_eq!(pair.gossip.config().peer_messages_per_sec, 3);
+}
+
+#[test]
 fn per_peer_byte_rate_is_enforced() {
     let frame = digest_of(8);
     let per_second = 1000;
