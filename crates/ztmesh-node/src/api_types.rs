@@ -251,6 +251,13 @@ pub struct CaInfo {
     pub ca_cert: String,
     /// SHA-256 of the CA certificate DER, hex.
     pub fingerprint_sha256: String,
+    /// Lifetime of the certificates it issues now, in seconds: `ca serve --cert-lifetime`,
+    /// or the mesh's governed `cert_lifetime_secs` once the CA follows a decision.
+    #[serde(default)]
+    pub cert_lifetime_secs: u64,
+    /// The governance proposal that set the lifetime, if one did (64 hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_lifetime_proposal: Option<String>,
 }
 
 /// One peer in `GET /v1/mesh/peers`.

@@ -18,6 +18,12 @@
 //! The `dev` attester is a simulated TEE: its key sits in a file next to the node. It exists for
 //! demos and machines without hardware; a node that accepts it logs so at start, and every tier
 //! it grants shows the platform `dev`.
+//!
+//! The `tpm2` attester quotes PCRs with the attestation key `ztmesh enroll --attestation-type
+//! tpm2` created and the CA registered ([`crate::tpm_device`]). A quote runs tpm2-tools and can
+//! take seconds, so [`Attestor::respond`] is async and runs it on the blocking pool. The node
+//! trusts its own AK when it judges its own evidence (self-attestation); peers accept it only
+//! when their `tpm2_attestation_keys` list it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +38,7 @@ use ztmesh_core::link::LinkMessage;
 use ztmesh_trust::{BinaryHash, Platform};
 
 use crate::ca_service::{verify_evidence, AttestationPayload, EnrollAttestationPolicy};
+use crate::tpm_device::TpmDevice;
 
 /// How old link evidence may be by its own timestamp (where it carries one).
 pub const LINK_EVIDENCE_MAX_AGE: Duration = Duration::from_secs(300);
@@ -48,6 +55,19 @@ pub enum Attester {
     None,
     /// The simulated TEE (demos only): signs with `dev_tee_key_file`.
     Dev,
+    /// The TPM at `tpm_tcti`: quotes with the attestation key persisted at enrollment.
+    Tpm2,
+}
+
+impl Attester {
+    /// How `ztmesh status` names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Attester::None => "none",
+            Attester::Dev => "dev (simulated TEE)",
+            Attester::Tpm2 => "tpm2",
+        }
+    }
 }
 
 /// `[attestation]` of `node.toml`.
@@ -65,6 +85,10 @@ pub struct AttestationConfig {
     /// hex characters), and count it toward Tier 1. Absent: `dev` evidence is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev_tee_public_key: Option<String>,
+    /// `tpm2` attester: the tpm2-tools TCTI of the TPM, e.g. `device:/dev/tpmrm0` (written by
+    /// `ztmesh enroll --tpm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_tcti: Option<String>,
     /// TPM attestation keys (PEM files) whose quotes this node accepts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tpm2_attestation_keys: Vec<PathBuf>,
@@ -90,6 +114,7 @@ impl Default for AttestationConfig {
             attester: Attester::None,
             dev_tee_key_file: None,
             dev_tee_public_key: None,
+            tpm_tcti: None,
             tpm2_attestation_keys: Vec::new(),
             release_key: None,
             manifest: None,
@@ -106,6 +131,13 @@ impl AttestationConfig {
         }
         if self.attester == Attester::Dev && self.dev_tee_key_file.is_none() {
             return Err("attestation.attester = \"dev\" needs attestation.dev_tee_key_file".into());
+        }
+        if self.attester == Attester::Tpm2 {
+            let tcti = self.tpm_tcti.as_deref().ok_or(
+                "attestation.attester = \"tpm2\" needs attestation.tpm_tcti (the TPM's tpm2-tools TCTI)",
+            )?;
+            crate::tpm_device::validate_tcti(tcti)
+                .map_err(|e| format!("attestation.tpm_tcti: {e}"))?;
         }
         if self.manifest.is_some() != self.release_key.is_some() {
             return Err(
@@ -172,6 +204,8 @@ pub struct Verified {
 pub struct Attestor {
     attester: Attester,
     dev_tee_key_file: Option<PathBuf>,
+    /// The TPM of the `tpm2` attester.
+    tpm: Option<TpmDevice>,
     policy: EnrollAttestationPolicy,
     manifest: Option<Manifest>,
     binary_sha256: [u8; 32],
@@ -216,7 +250,8 @@ pub fn platform_of(evidence_type: EvidenceType) -> Option<Platform> {
 
 impl Attestor {
     /// Builds the attestor from `config`, reading its files from `dir`. The manifest must
-    /// verify under the pinned release key and be unexpired at `now_secs`.
+    /// verify under the pinned release key and be unexpired at `now_secs`. A `tpm2` attester's
+    /// attestation key is read from the TPM here, once, on the calling thread.
     pub fn load(
         dir: &Path,
         config: &AttestationConfig,
@@ -256,9 +291,34 @@ impl Attestor {
             }
             _ => None,
         };
+        let tpm = match (config.attester, &config.tpm_tcti) {
+            (Attester::Tpm2, Some(tcti)) => {
+                let device =
+                    TpmDevice::new(tcti, dir).map_err(|e| format!("attestation.tpm_tcti: {e}"))?;
+                // Only a killed node leaves these, and this node is the one using `dir`.
+                device.remove_stale_work_dirs();
+                // Fail at start, not at the first challenge; and trust this AK when judging
+                // this node's own quotes.
+                let pem = device.attestation_key_pem().map_err(|e| {
+                    format!(
+                        "the TPM at {tcti} has no usable attestation key at {} (enroll with \
+                         --attestation-type tpm2 first): {e}",
+                        crate::tpm_device::ATTESTATION_KEY_HANDLE
+                    )
+                })?;
+                let own = ztmesh_attest::tpm2::AttestationKey::from_pem(&pem)
+                    .map_err(|e| format!("the TPM's attestation key: {e}"))?;
+                if !tpm2_attestation_keys.contains(&own) {
+                    tpm2_attestation_keys.push(own);
+                }
+                Some(device)
+            }
+            _ => None,
+        };
         let attestor = Attestor {
             attester: config.attester,
             dev_tee_key_file: config.dev_tee_key_file.as_deref().map(|p| in_dir(dir, p)),
+            tpm,
             policy: EnrollAttestationPolicy {
                 required: false,
                 dev_tee_key,
@@ -319,32 +379,91 @@ impl Attestor {
         Ok(SigningKey::from_bytes(&seed))
     }
 
+    /// The evidence answering `nonce` for the TLS key `own_tls_spki` (the CBOR
+    /// [`AttestationPayload`] and its type), `None` without an attester. A TPM quote runs on
+    /// the blocking pool.
+    pub async fn evidence(
+        &self,
+        nonce: &[u8],
+        own_tls_spki: &[u8],
+        now_secs: u64,
+    ) -> Result<Option<(EvidenceType, Vec<u8>)>, String> {
+        let report_data = ztmesh_attest::report_data_binding(nonce, own_tls_spki);
+        match (&self.attester, &self.tpm) {
+            (Attester::Tpm2, Some(device)) => {
+                let device = device.clone();
+                crate::tpm_device::run_blocking(move || device.quote(&report_data))
+                    .await
+                    .map(|payload| Some((EvidenceType::Tpm2, payload.to_cbor())))
+                    .map_err(|e| format!("tpm2 attester ({}): {e}", e.reason()))
+            }
+            _ => self.evidence_blocking(&report_data, now_secs),
+        }
+    }
+
+    /// [`Self::evidence`] on the calling thread (which a TPM quote blocks).
+    fn evidence_blocking(
+        &self,
+        report_data: &[u8; 64],
+        now_secs: u64,
+    ) -> Result<Option<(EvidenceType, Vec<u8>)>, String> {
+        match self.attester {
+            Attester::None => Ok(None),
+            Attester::Dev => {
+                let key = self
+                    .dev_signing_key()
+                    .map_err(|e| format!("dev attester has no key: {e}"))?;
+                // The simulated TEE "measures" the running binary, as at enrollment.
+                let evidence =
+                    ztmesh_attest::dev::generate(&key, &self.binary_sha256, report_data, now_secs);
+                let payload = AttestationPayload {
+                    evidence,
+                    collateral: None,
+                };
+                Ok(Some((EvidenceType::Dev, payload.to_cbor())))
+            }
+            Attester::Tpm2 => {
+                let device = self.tpm.as_ref().ok_or("tpm2 attester without a TPM")?;
+                let payload = device
+                    .quote(report_data)
+                    .map_err(|e| format!("tpm2 attester ({}): {e}", e.reason()))?;
+                Ok(Some((EvidenceType::Tpm2, payload.to_cbor())))
+            }
+        }
+    }
+
     /// The evidence answering `nonce` for the TLS key `own_tls_spki`, as a `TeeResponse`. A node
     /// without an attester (or whose attester fails) answers `none`.
-    pub fn respond(&self, nonce: &[u8], own_tls_spki: &[u8], now_secs: u64) -> LinkMessage {
+    pub async fn respond(&self, nonce: &[u8], own_tls_spki: &[u8], now_secs: u64) -> LinkMessage {
+        let evidence = self.evidence(nonce, own_tls_spki, now_secs).await;
+        self.response(nonce, evidence)
+    }
+
+    /// [`Self::respond`] on the calling thread, which a TPM quote blocks for up to seconds: not
+    /// for async tasks.
+    pub fn respond_blocking(
+        &self,
+        nonce: &[u8],
+        own_tls_spki: &[u8],
+        now_secs: u64,
+    ) -> LinkMessage {
         let report_data = ztmesh_attest::report_data_binding(nonce, own_tls_spki);
-        let (evidence_type, evidence) = match self.attester {
-            Attester::None => ("none".to_owned(), Vec::new()),
-            Attester::Dev => match self.dev_signing_key() {
-                Ok(key) => {
-                    // The simulated TEE "measures" the running binary, as at enrollment.
-                    let evidence = ztmesh_attest::dev::generate(
-                        &key,
-                        &self.binary_sha256,
-                        &report_data,
-                        now_secs,
-                    );
-                    let payload = AttestationPayload {
-                        evidence,
-                        collateral: None,
-                    };
-                    (EvidenceType::Dev.as_str().to_owned(), payload.to_cbor())
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "dev attester has no key: answering without evidence");
-                    ("none".to_owned(), Vec::new())
-                }
-            },
+        let evidence = self.evidence_blocking(&report_data, now_secs);
+        self.response(nonce, evidence)
+    }
+
+    fn response(
+        &self,
+        nonce: &[u8],
+        evidence: Result<Option<(EvidenceType, Vec<u8>)>, String>,
+    ) -> LinkMessage {
+        let (evidence_type, evidence) = match evidence {
+            Ok(Some((kind, payload))) => (kind.as_str().to_owned(), payload),
+            Ok(None) => ("none".to_owned(), Vec::new()),
+            Err(error) => {
+                tracing::warn!(%error, "the attester failed: answering without evidence");
+                ("none".to_owned(), Vec::new())
+            }
         };
         LinkMessage::TeeResponse {
             nonce: nonce.to_vec(),
@@ -506,7 +625,7 @@ mod tests {
             evidence_type,
             evidence,
             binary_sha256,
-        } = f.responder.respond(sent, signed_for, NOW)
+        } = f.responder.respond_blocking(sent, signed_for, NOW)
         else {
             panic!("not a response")
         };
@@ -543,7 +662,7 @@ mod tests {
             evidence_type,
             evidence,
             binary_sha256,
-        } = f.responder.respond(&[2; 32], b"tls-key", NOW)
+        } = f.responder.respond_blocking(&[2; 32], b"tls-key", NOW)
         else {
             panic!()
         };
@@ -613,7 +732,7 @@ mod tests {
             evidence_type,
             evidence,
             binary_sha256,
-        } = f.responder.respond(&[1; 32], b"k", NOW)
+        } = f.responder.respond_blocking(&[1; 32], b"k", NOW)
         else {
             panic!()
         };
@@ -671,6 +790,15 @@ mod tests {
                 manifest: Some("m".into()),
                 ..AttestationConfig::default()
             },
+            AttestationConfig {
+                attester: Attester::Tpm2,
+                ..AttestationConfig::default()
+            },
+            AttestationConfig {
+                attester: Attester::Tpm2,
+                tpm_tcti: Some(" ".into()),
+                ..AttestationConfig::default()
+            },
         ];
         for config in bad {
             assert!(config.validate().is_err(), "{config:?}");
@@ -682,5 +810,25 @@ mod tests {
             ..AttestationConfig::default()
         };
         assert!(Attestor::load(dir.path(), &missing_key, [0; 32], NOW).is_err());
+    }
+
+    #[test]
+    fn a_tpm2_attester_without_a_reachable_tpm_fails_at_load_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AttestationConfig {
+            attester: Attester::Tpm2,
+            // Nothing listens on loopback port 1.
+            tpm_tcti: Some("swtpm:host=127.0.0.1,port=1".into()),
+            ..AttestationConfig::default()
+        };
+        config.validate().unwrap();
+        let error = Attestor::load(dir.path(), &config, [0; 32], NOW).unwrap_err();
+        assert!(error.contains("no usable attestation key"), "{error}");
+        // Its work directories are gone again.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let text = toml::to_string(&config).unwrap();
+        assert!(text.contains("attester = \"tpm2\""), "{text}");
+        assert!(text.contains("tpm_tcti = "), "{text}");
+        assert_eq!(toml::from_str::<AttestationConfig>(&text).unwrap(), config);
     }
 }

@@ -3,7 +3,11 @@
 //! consistency proofs, and the admin calls behind `ztmesh token create` and `ztmesh revoke`.
 //!
 //! Enrollment can attach attestation evidence ([`EnrollAttestation`]); its report data must be
-//! [`enrollment_report_data`] over the token and the fresh TLS key of the CSR.
+//! [`enrollment_report_data`] over the token and the fresh TLS key of the CSR. With a TPM
+//! ([`EnrollAttestation::Tpm2`]) enrollment first proves the attestation key lives in the TPM:
+//! the node sends its EK and AK public areas to `POST /v1/enroll/tpm2/credential`, activates
+//! the credential the CA answers (only a TPM holding both keys can), and enrolls with the
+//! recovered secret next to a quote carrying the enrollment binding.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +20,7 @@ use crate::api_types::*;
 use crate::ca_service::{enrollment_report_data, AttestationPayload};
 use crate::node_dir::{NodeConfig, NodeDir, NodeDirError};
 use crate::tls::CurrentCertificate;
+use crate::tpm_device::{run_blocking, TpmDevice, TpmError};
 
 /// Timeout of one CA request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -61,6 +66,17 @@ pub enum ClientError {
     /// Local TLS configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// The node's TPM.
+    #[error("TPM: {0}")]
+    Tpm(TpmError),
+}
+
+// Not `#[from]`: that would make the TPM error the source as well, and a printed chain would
+// say it twice.
+impl From<TpmError> for ClientError {
+    fn from(error: TpmError) -> Self {
+        ClientError::Tpm(error)
+    }
 }
 
 fn chain(error: &dyn std::error::Error) -> String {
@@ -206,6 +222,13 @@ pub enum EnrollAttestation {
         /// The evidence and its collateral.
         payload: AttestationPayload,
     },
+    /// This TPM: an EK (reused or persisted) and a fresh AK, the AK proven by credential
+    /// activation, a quote with the enrollment binding. `node.toml` then names the TPM as the
+    /// node's `tpm2` attester.
+    Tpm2 {
+        /// The TPM; its work directories go inside the node directory.
+        device: TpmDevice,
+    },
 }
 
 impl std::fmt::Debug for EnrollAttestation {
@@ -216,14 +239,30 @@ impl std::fmt::Debug for EnrollAttestation {
             EnrollAttestation::Prepared { evidence_type, .. } => {
                 write!(f, "EnrollAttestation::Prepared({})", evidence_type.as_str())
             }
+            EnrollAttestation::Tpm2 { device } => {
+                write!(f, "EnrollAttestation::Tpm2({})", device.tcti())
+            }
         }
     }
 }
 
+/// Largest credential answer accepted: base64 of the largest credential file.
+const MAX_CREDENTIAL_BASE64: usize =
+    ztmesh_attest::tpm2_credential::MAX_CREDENTIAL_FILE_LEN * 4 / 3 + 4;
+
 impl EnrollAttestation {
-    /// The `attestation` field of the request, for `report_data`.
-    fn to_request(&self, report_data: &[u8; 64]) -> Attestation {
-        let (evidence_type, payload) = match self {
+    /// The `attestation` field of the request for `report_data`, and for a TPM the activated
+    /// credential secret (hex). `client` reaches the CA at `base`; `token` is the enrollment
+    /// token, checked by the credential route but not spent.
+    async fn to_request(
+        &self,
+        client: &reqwest::Client,
+        base: &str,
+        token: &str,
+        report_data: &[u8; 64],
+    ) -> Result<(Attestation, Option<String>), ClientError> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let (evidence_type, payload, secret) = match self {
             EnrollAttestation::Dev {
                 tee_key,
                 measurement,
@@ -238,17 +277,69 @@ impl EnrollAttestation {
                     ),
                     collateral: None,
                 },
+                None,
             ),
             EnrollAttestation::Prepared {
                 evidence_type,
                 payload,
-            } => (*evidence_type, payload.clone()),
+            } => (*evidence_type, payload.clone(), None),
+            EnrollAttestation::Tpm2 { device } => {
+                let (payload, secret) =
+                    tpm2_credential_exchange(client, base, token, device, *report_data).await?;
+                (ztmesh_attest::EvidenceType::Tpm2, payload, Some(secret))
+            }
         };
-        Attestation {
-            kind: evidence_type.as_str().to_owned(),
-            payload: base64::engine::general_purpose::STANDARD.encode(payload.to_cbor()),
-        }
+        Ok((
+            Attestation {
+                kind: evidence_type.as_str().to_owned(),
+                payload: b64.encode(payload.to_cbor()),
+            },
+            secret,
+        ))
     }
+}
+
+/// The TPM side of enrollment: EK and a fresh AK, the CA's credential for them activated, and a
+/// quote over `report_data`. Answers the quote and the secret (hex).
+async fn tpm2_credential_exchange(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    device: &TpmDevice,
+    report_data: [u8; 64],
+) -> Result<(AttestationPayload, String), ClientError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let keys = device.clone();
+    let (ek_public, ak_public) = run_blocking(move || {
+        let ek_public = keys.endorsement_key()?;
+        let ak_public = keys.create_attestation_key()?;
+        Ok((ek_public, ak_public))
+    })
+    .await?;
+    let request = Tpm2CredentialRequest {
+        token: token.trim().to_owned(),
+        ek_public: b64.encode(&ek_public),
+        ak_public: b64.encode(&ak_public),
+    };
+    let url = format!("{base}/v1/enroll/tpm2/credential");
+    let answer: Tpm2CredentialResponse = send_json(client.post(&url).json(&request), &url).await?;
+    if answer.credential.len() > MAX_CREDENTIAL_BASE64 {
+        return Err(ClientError::Protocol(format!(
+            "{url}: a credential of {} characters",
+            answer.credential.len()
+        )));
+    }
+    let credential = b64
+        .decode(answer.credential.trim())
+        .map_err(|_| ClientError::Protocol(format!("{url}: the credential is not base64")))?;
+    let tpm = device.clone();
+    let (secret, payload) = run_blocking(move || {
+        let secret = tpm.activate_credential(&credential)?;
+        let payload = tpm.quote(&report_data)?;
+        Ok((secret, payload))
+    })
+    .await?;
+    Ok((payload, hex::encode(secret.as_slice())))
 }
 
 /// Enrolls a new node into `dir`: fresh identity and TLS keys, a CSR proven with the identity
@@ -261,6 +352,7 @@ pub async fn enroll(
 }
 
 /// [`enroll`], attaching `attestation` evidence bound to the token and the fresh TLS key.
+/// With a TPM, `node.toml` names it as the node's attester.
 pub async fn enroll_attested(
     dir: &NodeDir,
     options: EnrollOptions<'_>,
@@ -269,6 +361,22 @@ pub async fn enroll_attested(
     if dir.config().exists() || dir.identity_key().exists() {
         return Err(NodeDirError::AlreadyEnrolled(dir.0.clone()).into());
     }
+    // The TPM's work directories go inside the node directory, which may not exist yet: a
+    // failed enrollment must not leave behind the (empty) directory it made.
+    let existed = dir.0.exists();
+    let result = enroll_into(dir, options, attestation).await;
+    if result.is_err() && !existed {
+        // Only an empty directory is removed; one holding files is left to inspect.
+        let _ = std::fs::remove_dir(&dir.0);
+    }
+    result
+}
+
+async fn enroll_into(
+    dir: &NodeDir,
+    options: EnrollOptions<'_>,
+    attestation: Option<&EnrollAttestation>,
+) -> Result<EnrollOutcome, ClientError> {
     let pin = ztmesh_pki::parse_fingerprint(options.ca_fingerprint)
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
     let base = options.ca_url.trim_end_matches('/');
@@ -304,14 +412,17 @@ pub async fn enroll_attested(
     let csr = tls_key
         .csr_der(&node_id, &trust_domain)
         .map_err(NodeDirError::from)?;
-    let attestation = match attestation {
+    let (attestation_request, tpm2_credential_secret) = match attestation {
         Some(attestation) => {
             let token = ztmesh_pki::EnrollmentToken::parse(options.token)
                 .map_err(|e| ClientError::Protocol(format!("token: {e}")))?;
             let report_data = enrollment_report_data(&token, &tls_key.public_key_spki_der());
-            Some(attestation.to_request(&report_data))
+            let (request, secret) = attestation
+                .to_request(&client, base, options.token, &report_data)
+                .await?;
+            (Some(request), secret)
         }
-        None => None,
+        None => (None, None),
     };
     let b64 = base64::engine::general_purpose::STANDARD;
     let request = EnrollRequest {
@@ -320,8 +431,8 @@ pub async fn enroll_attested(
         identity_key: b64.encode(identity.public().to_spki_der()),
         identity_proof: b64.encode(identity.sign_proof(IdentityProofDomain::EnrollCsr, &csr)),
         node_id: Some(node_id.to_string()),
-        attestation,
-        tpm2_credential_secret: None,
+        attestation: attestation_request,
+        tpm2_credential_secret,
     };
     let url = format!("{base}/v1/enroll");
     let answer: EnrollResponse = send_json(client.post(&url).json(&request), &url).await?;
@@ -381,7 +492,14 @@ pub async fn enroll_attested(
         max_peers: 64,
         insecure_plaintext_key: matches!(options.protection, Protection::InsecurePlaintext),
         health_interval_ms: 15_000,
-        attestation: Default::default(),
+        attestation: match attestation {
+            Some(EnrollAttestation::Tpm2 { device }) => crate::attestation::AttestationConfig {
+                attester: crate::attestation::Attester::Tpm2,
+                tpm_tcti: Some(device.tcti().to_owned()),
+                ..Default::default()
+            },
+            _ => Default::default(),
+        },
         witness: Default::default(),
     };
     dir.write_config(&config)?;

@@ -1,6 +1,7 @@
 //! The CA's HTTPS API (`ztmesh ca serve`) and its data directory (`ztmesh ca init`).
 //!
-//! Routes: `GET /v1/ca`, `POST /v1/enroll`, `POST /v1/rotate` (mTLS), `GET /v1/crl`,
+//! Routes: `GET /v1/ca`, `POST /v1/enroll`, `POST /v1/enroll/tpm2/credential`,
+//! `POST /v1/rotate` (mTLS), `GET /v1/crl`,
 //! `POST /v1/revoke` (admin), `POST /v1/tokens` (admin), `POST /v1/announce` (mTLS), and the
 //! public membership log: `GET /v1/log/key`, `/v1/log/checkpoint`, `/v1/log/entries`,
 //! `/v1/log/proof/inclusion`, `/v1/log/proof/consistency`, `/v1/log/policy`.
@@ -16,6 +17,12 @@
 //! [`EnrollAttestationPolicy`] decides whether evidence is required and which kinds can be
 //! verified; evidence is checked before the token is spent, so a refusal never burns a token,
 //! and evidence that does not verify is always refused, never ignored.
+//!
+//! A `tpm2` quote is trusted when its attestation key is configured (`--tpm2-attestation-key`)
+//! or was activated for this very token against an allowed endorsement key: the node asks
+//! `POST /v1/enroll/tpm2/credential` first and enrolls with the secret its TPM recovered (see
+//! [`crate::ca_tpm2`]). An activated key is registered for the node in the same transaction
+//! as its certificate, and `POST /v1/attest` trusts that node's quotes signed with it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -389,6 +396,10 @@ pub struct CaServeOptions {
     /// The signed release manifest (already verified under the pinned release key) that
     /// attestation tokens vouch against; without one the CA issues no tokens.
     pub manifest: Option<crate::ca_attest::ReleaseManifest>,
+    /// TPM endorsement keys (`--tpm2-endorsement-key`) whose TPMs may have an attestation key
+    /// vouched for by credential activation (`POST /v1/enroll/tpm2/credential`); compared by
+    /// EK name. Empty: every credential request is refused.
+    pub tpm2_endorsement_keys: Vec<ztmesh_attest::tpm2_credential::EndorsementKey>,
 }
 
 impl Default for CaServeOptions {
@@ -404,6 +415,7 @@ impl Default for CaServeOptions {
             log_policy: None,
             attestation: EnrollAttestationPolicy::default(),
             manifest: None,
+            tpm2_endorsement_keys: Vec::new(),
         }
     }
 }
@@ -665,6 +677,14 @@ struct CaState {
     tokens: crate::ca_attest::TokenDesk,
     /// Mesh-event reports per node in the current minute.
     event_reports: Mutex<std::collections::HashMap<NodeId, (u64, u32)>>,
+    /// TPM credentials waiting to be activated, by token (memory only: a restart forgets them
+    /// and nodes ask again).
+    tpm2: Mutex<crate::ca_tpm2::Tpm2Activations>,
+    /// Tallies of reported governance decisions the CA follows.
+    governance: Mutex<crate::ca_governance::CaGovernance>,
+    /// Lifetime of issued certificates in force, seconds (the flag or a governed value), and
+    /// the proposal that set it.
+    cert_lifetime: Mutex<(Duration, Option<String>)>,
 }
 
 /// A running CA service: bind with [`CaService::bind`], then [`CaService::run`].
@@ -768,10 +788,17 @@ impl CaService {
                 );
             }
         }
+        let (governance, cert_lifetime) = governed_at_start(&store, options.cert_lifetime)?;
+        let tpm2 = Mutex::new(crate::ca_tpm2::Tpm2Activations::new(
+            &options.tpm2_endorsement_keys,
+        ));
         Ok(CaService {
             state: Arc::new(CaState {
+                tpm2,
                 tokens,
                 event_reports: Mutex::new(std::collections::HashMap::new()),
+                governance: Mutex::new(governance),
+                cert_lifetime: Mutex::new(cert_lifetime),
                 ca,
                 dir,
                 store,
@@ -844,6 +871,7 @@ fn router(state: Arc<CaState>) -> Router {
     Router::new()
         .route("/v1/ca", get(get_ca))
         .route("/v1/enroll", post(enroll))
+        .route("/v1/enroll/tpm2/credential", post(tpm2_credential))
         .route("/v1/rotate", post(rotate))
         .route("/v1/crl", get(get_crl))
         .route("/v1/revoke", post(revoke))
@@ -873,11 +901,122 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn get_ca(State(state): State<Arc<CaState>>) -> Json<CaInfo> {
+    let (lifetime, proposal) = state
+        .cert_lifetime
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Json(CaInfo {
         trust_domain: state.ca.trust_domain().to_string(),
         ca_cert: ztmesh_pki::cert_der_to_pem(state.ca.cert_der()),
         fingerprint_sha256: ztmesh_pki::fingerprint_sha256(state.ca.cert_der()),
+        cert_lifetime_secs: lifetime.as_secs(),
+        cert_lifetime_proposal: proposal,
     })
+}
+
+/// Most applied proposals remembered across restarts (so none applies twice).
+const GOVERNED_APPLIED_KEPT: usize = 4096;
+
+/// The report tallies and the certificate lifetime in force when the CA starts: a governed
+/// `cert_lifetime_secs` persisted earlier wins over the `--cert-lifetime` flag.
+fn governed_at_start(
+    store: &CaStore,
+    flag: Duration,
+) -> Result<
+    (
+        crate::ca_governance::CaGovernance,
+        (Duration, Option<String>),
+    ),
+    crate::store::StoreError,
+> {
+    let applied = store.governed_applied(GOVERNED_APPLIED_KEPT)?;
+    let governance = crate::ca_governance::CaGovernance::new(applied);
+    let lifetime = match store.governed(ztmesh_trust::Param::CertLifetimeSecs.as_str())? {
+        Some(governed) => {
+            tracing::info!(
+                cert_lifetime_secs = governed.value,
+                proposal = %governed.proposal,
+                "certificate lifetime set by a governance decision (overrides --cert-lifetime)"
+            );
+            (Duration::from_secs(governed.value), Some(governed.proposal))
+        }
+        None => (flag, None),
+    };
+    Ok((governance, lifetime))
+}
+
+impl CaState {
+    /// Lifetime of the certificates issued now.
+    fn cert_lifetime(&self) -> Duration {
+        self.cert_lifetime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+    }
+}
+
+/// Counts `reporter`'s report that `proposal` set `param` to `value` toward the CA following
+/// it (see [`crate::ca_governance`]); applies and persists it when a majority of the attested
+/// nodes reported it.
+async fn follow_decision(
+    state: &Arc<CaState>,
+    reporter: NodeId,
+    proposal: String,
+    param: &str,
+    value: u64,
+) -> Result<(), ApiError> {
+    let Some(param) = ztmesh_trust::Param::ALL
+        .into_iter()
+        .find(|p| p.as_str() == param)
+    else {
+        return Ok(());
+    };
+    if !crate::ca_governance::followed_by_ca(param) {
+        return Ok(());
+    }
+    let at = now();
+    let since = at.saturating_sub(crate::ca_governance::ATTESTED_WINDOW);
+    let store = state.store.clone();
+    let attested = blocking(move || store.attested_since(since))
+        .await?
+        .map_err(ApiError::internal)?;
+    let outcome = state
+        .governance
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .report(reporter, &proposal, param, value, &attested);
+    match outcome {
+        crate::ca_governance::Outcome::Counted {
+            reporters,
+            attested,
+        } => {
+            tracing::info!(%proposal, param = param.as_str(), value, reporters, attested, "governance decision report counted");
+        }
+        crate::ca_governance::Outcome::Apply {
+            param,
+            value,
+            reporters,
+            attested,
+        } => {
+            let store = state.store.clone();
+            let id = proposal.clone();
+            let fresh = blocking(move || store.apply_governed(param.as_str(), value, &id, at))
+                .await?
+                .map_err(ApiError::internal)?;
+            if fresh && param == ztmesh_trust::Param::CertLifetimeSecs {
+                *state
+                    .cert_lifetime
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) =
+                    (Duration::from_secs(value), Some(proposal.clone()));
+                tracing::info!(%proposal, cert_lifetime_secs = value, reporters, attested, "governance decision followed: new certificates get this lifetime");
+            }
+        }
+        crate::ca_governance::Outcome::NotFollowed
+        | crate::ca_governance::Outcome::AlreadyApplied => {}
+    }
+    Ok(())
 }
 
 /// Decodes a CSR given as PEM or as base64 DER.
@@ -975,7 +1114,25 @@ async fn enroll(
         }
     }
     let report_data = enrollment_report_data(&token, &csr_spki);
-    let policy = state.options.attestation.clone();
+    let credential_secret = request
+        .tpm2_credential_secret
+        .as_deref()
+        .map(crate::ca_tpm2::parse_credential_secret)
+        .transpose()?;
+    let mut policy = state.options.attestation.clone();
+    let activated = tpm2_activation(
+        &state,
+        &policy,
+        &token.hash(),
+        request.attestation.as_ref(),
+        credential_secret.as_deref(),
+        now().as_unix_secs(),
+    )?;
+    if let Some(activated) = &activated {
+        policy
+            .tpm2_attestation_keys
+            .push(activated.attestation_key.clone());
+    }
     let attestation = request.attestation.clone();
     // Verifying DCAP and SEV chains is CPU work: off the async workers.
     let verdict = blocking(move || {
@@ -991,7 +1148,7 @@ async fn enroll(
     let now = now();
     let serial = Serial::random(&mut rand::rngs::OsRng);
     let not_before = now.saturating_sub(CLOCK_SKEW_ALLOWANCE);
-    let not_after = now.saturating_add(state.options.cert_lifetime);
+    let not_after = now.saturating_add(state.cert_lifetime());
     let issued = state
         .ca
         .issue_node_certificate(&NodeCertificateRequest {
@@ -1013,7 +1170,19 @@ async fn enroll(
     };
     let store = state.store.clone();
     let hash = token.hash();
-    let redeemed = blocking(move || store.redeem_token(&hash, now, &record)).await?;
+    let registration = activated
+        .as_ref()
+        .map(|activated| crate::store::Tpm2KeyRegistration {
+            ak_pem: pem::encode(&pem::Pem::new(
+                "PUBLIC KEY",
+                activated.attestation_key.to_spki_der(),
+            )),
+            ek_name_hex: activated.endorsement_key_name.to_hex(),
+        });
+    let redeemed = blocking(move || {
+        store.redeem_token_registering(&hash, now, &record, registration.as_ref())
+    })
+    .await?;
     redeemed.map_err(|e| match e {
         RedeemError::Store(e) => ApiError::internal(e),
         RedeemError::Unknown => ApiError::forbidden("unknown_token", "no such enrollment token"),
@@ -1035,6 +1204,14 @@ async fn enroll(
         other => ApiError::forbidden("policy_refused", other.to_string()),
     })?;
     tracing::info!(node = %node_id, serial = %issued.serial, "enrolled node");
+    if let Some(activated) = &activated {
+        lock_tpm2(&state).complete(&token.hash(), activated);
+        tracing::info!(
+            node = %node_id,
+            endorsement_key = %activated.endorsement_key_name.to_hex(),
+            "TPM attestation key activated and registered"
+        );
+    }
     if let Some(verdict) = &verdict {
         log_attestation_verdict(&node_id, verdict);
     }
@@ -1093,6 +1270,126 @@ fn log_attestation_verdict(node_id: &NodeId, verdict: &ztmesh_attest::Verdict) {
             "enrolled with dev (simulated) attestation: it proves nothing about hardware"
         );
     }
+}
+
+fn lock_tpm2(state: &CaState) -> std::sync::MutexGuard<'_, crate::ca_tpm2::Tpm2Activations> {
+    // The desk holds plain data and every critical section leaves it consistent.
+    state.tpm2.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The attestation key an enrollment's `tpm2` evidence may be trusted with beyond `policy`'s:
+/// `None` when there is no tpm2 evidence, its collateral is no key (the verifier then refuses
+/// it with its own reason) or the key is configured; the activated key when `secret` answers
+/// this token's pending credential for it; otherwise 403 `attestation_refused`.
+fn tpm2_activation(
+    state: &CaState,
+    policy: &EnrollAttestationPolicy,
+    token: &ztmesh_pki::TokenHash,
+    attestation: Option<&Attestation>,
+    secret: Option<&[u8; crate::ca_tpm2::CREDENTIAL_SECRET_LEN]>,
+    now_unix_secs: u64,
+) -> Result<Option<crate::ca_tpm2::ActivatedKey>, ApiError> {
+    let Some(attestation) = attestation else {
+        return Ok(None);
+    };
+    let (evidence_type, payload) = decode_attestation(attestation)?;
+    if evidence_type != ztmesh_attest::EvidenceType::Tpm2 {
+        return Ok(None);
+    }
+    let Some(key) = payload
+        .collateral
+        .as_deref()
+        .and_then(|pem| std::str::from_utf8(pem).ok())
+        .and_then(|pem| ztmesh_attest::tpm2::AttestationKey::from_pem(pem).ok())
+    else {
+        return Ok(None);
+    };
+    if policy.tpm2_attestation_keys.contains(&key) {
+        return Ok(None);
+    }
+    let Some(secret) = secret else {
+        return Err(crate::ca_tpm2::not_activated(
+            "no tpm2_credential_secret was sent (POST /v1/enroll/tpm2/credential, then \
+             TPM2_ActivateCredential)",
+        ));
+    };
+    lock_tpm2(state)
+        .verify(token, &key, secret, now_unix_secs)
+        .map(Some)
+        .map_err(|error| error.to_api_error())
+}
+
+/// `POST /v1/enroll/tpm2/credential`: for a valid, unspent token (checked, not spent), an
+/// allowed endorsement key and an attestation key, a credential only that TPM can activate
+/// (see [`crate::ca_tpm2`]).
+async fn tpm2_credential(
+    State(state): State<Arc<CaState>>,
+    client: Option<Extension<ClientAddr>>,
+    body: Result<ApiJson<Tpm2CredentialRequest>, ApiError>,
+) -> Result<Json<Tpm2CredentialResponse>, ApiError> {
+    use ztmesh_attest::tpm2_credential::{AttestationKeyPublic, EndorsementKey};
+    rate_limited(&state, client)?;
+    let ApiJson(request) = body?;
+    let token = EnrollmentToken::parse(&request.token).map_err(|_| {
+        ApiError::bad_request(
+            "malformed_token",
+            "the token is not a ztmesh enrollment token (ztm1_...)",
+        )
+    })?;
+    let ek = decode_b64(&request.ek_public, "malformed_ek_public", "ek_public")?;
+    let ek = EndorsementKey::from_tpm2b_public(&ek).map_err(|e| {
+        ApiError::bad_request(
+            "malformed_ek_public",
+            format!("ek_public is not an endorsement key's TPM2B_PUBLIC: {e}"),
+        )
+    })?;
+    let ak = decode_b64(&request.ak_public, "malformed_ak_public", "ak_public")?;
+    let ak = AttestationKeyPublic::from_tpm2b_public(&ak).map_err(|e| {
+        ApiError::bad_request(
+            "malformed_ak_public",
+            format!("ak_public is not an attestation key's TPM2B_PUBLIC: {e}"),
+        )
+    })?;
+    let hash = token.hash();
+    let store = state.store.clone();
+    let info = blocking(move || store.token_info(&hash))
+        .await?
+        .map_err(ApiError::internal)?;
+    let now = now();
+    match info {
+        None => {
+            return Err(ApiError::forbidden(
+                "unknown_token",
+                "no such enrollment token",
+            ))
+        }
+        Some(info) if info.used_at.is_some() => {
+            return Err(ApiError::forbidden(
+                "token_used",
+                "this enrollment token was already used",
+            ))
+        }
+        Some(info) if now >= info.expires_at => {
+            return Err(ApiError::forbidden(
+                "token_expired",
+                "this enrollment token has expired",
+            ))
+        }
+        Some(_) => {}
+    }
+    let issued = lock_tpm2(&state)
+        .issue_credential(hash, &ek, &ak, now.as_unix_secs(), &mut rand::rngs::OsRng)
+        .map_err(|error| error.to_api_error())?;
+    tracing::info!(
+        endorsement_key = %ek.public_area().name().to_hex(),
+        attestation_key = %ak.name().to_hex(),
+        "TPM credential issued"
+    );
+    Ok(Json(Tpm2CredentialResponse {
+        credential: base64::engine::general_purpose::STANDARD
+            .encode(issued.credential.to_tpm2_tools_file()),
+        expires_in_secs: issued.expires_at.saturating_sub(now.as_unix_secs()),
+    }))
 }
 
 /// Judges the client certificate of a request to an mTLS route: 401 when missing or invalid,
@@ -1161,6 +1458,14 @@ async fn log_event(
         }
         slot.1 += 1;
     }
+    let followed = match &report {
+        LogEventReport::GovernanceDecision {
+            proposal,
+            param,
+            value,
+        } => Some((proposal.clone(), param.clone(), *value)),
+        LogEventReport::TierChange { .. } => None,
+    };
     let entry = match report {
         LogEventReport::GovernanceDecision {
             proposal,
@@ -1194,6 +1499,10 @@ async fn log_event(
     let index = blocking(move || store.append_event(&entry))
         .await?
         .map_err(ApiError::internal)?;
+    // Only a well-formed report (checked above) counts toward the CA following it.
+    if let Some((proposal, param, value)) = followed {
+        follow_decision(&state, node.node_id, proposal, &param, value).await?;
+    }
     Ok(Json(LogEventAnswer { index }))
 }
 
@@ -1235,10 +1544,11 @@ async fn attest(
             )
         })?;
     let (evidence_type, payload) = decode_attestation(&request.attestation)?;
+    let policy = attest_policy(&state, node.node_id, evidence_type).await?;
     let now = now();
     let result = state.tokens.attest(
         &state.ca,
-        &state.options.attestation,
+        &policy,
         &node,
         &nonce,
         evidence_type,
@@ -1258,6 +1568,11 @@ async fn attest(
     } else {
         tracing::info!(node = %node.node_id, platform = evidence_type.as_str(), "attestation token issued");
     }
+    let store = state.store.clone();
+    let attested = node.node_id;
+    blocking(move || store.record_attested(&attested, now))
+        .await?
+        .map_err(ApiError::internal)?;
     let manifest_version = state
         .tokens
         .manifest()
@@ -1269,6 +1584,31 @@ async fn attest(
         issued_at: crate::timefmt::rfc3339(now),
         manifest_version,
     }))
+}
+
+/// The policy `POST /v1/attest` judges `node_id`'s evidence with: the configured one, and for
+/// `tpm2` evidence also the attestation key the node activated at enrollment, if any.
+async fn attest_policy(
+    state: &CaState,
+    node_id: NodeId,
+    evidence_type: ztmesh_attest::EvidenceType,
+) -> Result<std::borrow::Cow<'_, EnrollAttestationPolicy>, ApiError> {
+    use std::borrow::Cow;
+    if evidence_type != ztmesh_attest::EvidenceType::Tpm2 {
+        return Ok(Cow::Borrowed(&state.options.attestation));
+    }
+    let store = state.store.clone();
+    let registered = blocking(move || store.tpm2_attestation_key(&node_id))
+        .await?
+        .map_err(ApiError::internal)?;
+    let Some(registered) = registered else {
+        return Ok(Cow::Borrowed(&state.options.attestation));
+    };
+    let key = ztmesh_attest::tpm2::AttestationKey::from_pem(&registered.key.ak_pem)
+        .map_err(|e| ApiError::internal(format!("registered TPM key of {node_id}: {e}")))?;
+    let mut policy = state.options.attestation.clone();
+    policy.tpm2_attestation_keys.push(key);
+    Ok(Cow::Owned(policy))
 }
 
 async fn rotate(
@@ -1303,7 +1643,7 @@ async fn rotate(
             identity_key: &current.identity_key,
             serial: Serial::random(&mut rand::rngs::OsRng),
             not_before: now.saturating_sub(CLOCK_SKEW_ALLOWANCE),
-            not_after: now.saturating_add(state.options.cert_lifetime),
+            not_after: now.saturating_add(state.cert_lifetime()),
         })
         .map_err(|e| ApiError::bad_request("malformed_csr", e.to_string()))?;
     let record = IssuedRecord {

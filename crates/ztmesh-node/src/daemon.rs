@@ -294,10 +294,7 @@ impl Node {
             binary_sha256: hex::encode(binary),
             binary_in_manifest: self.attestor.binary_in_manifest(&binary),
             manifest_version: self.attestor.manifest().map(|m| m.version().to_owned()),
-            attester: match self.attestor.attester() {
-                crate::attestation::Attester::None => "none".into(),
-                crate::attestation::Attester::Dev => "dev (simulated TEE)".into(),
-            },
+            attester: self.attestor.attester().describe().into(),
             dev_attestation_accepted: self.attestor.dev_allowed(),
             attestations_ok: self.attestations_ok.load(Ordering::Relaxed),
             attestations_failed: self.attestations_failed.load(Ordering::Relaxed),
@@ -382,7 +379,7 @@ impl Node {
 
     /// Challenges this node's own attester, so that its own tier is judged by the same rules
     /// as its peers' (the electorate of governance includes the local node).
-    fn attest_self(&self) {
+    async fn attest_self(&self) {
         let Some(spki) = self.own_tls_spki() else {
             return;
         };
@@ -394,7 +391,7 @@ impl Node {
             evidence_type,
             evidence,
             binary_sha256,
-        } = self.attestor.respond(&nonce, &spki, secs)
+        } = self.attestor.respond(&nonce, &spki, secs).await
         else {
             return;
         };
@@ -1307,7 +1304,7 @@ where
                         }
                         LinkMessage::TeeChallenge { nonce } => {
                             let response = match node.own_tls_spki() {
-                                Some(spki) => node.attestor.respond(&nonce, &spki, now().as_unix_secs()),
+                                Some(spki) => node.attestor.respond(&nonce, &spki, now().as_unix_secs()).await,
                                 None => continue,
                             };
                             if let Err(reason) = write_message(&mut writer, &response).await {
@@ -1563,7 +1560,7 @@ async fn advert_loop(node: Arc<Node>) {
                 false
             }
             _ = self_attest.tick() => {
-                node.attest_self();
+                node.attest_self().await;
                 continue;
             }
         };

@@ -6,7 +6,8 @@
 //! - [`membership_log`]: the CA's transparency log of membership events and its witnesses;
 //! - [`daemon`]: the node (`ztmesh run`), with [`peer_table`] as its sans-IO dialing core;
 //! - [`store`]: SQLite state of the CA and of nodes;
-//! - [`witness_service`]: the tlog witness, which [`node_witness`] runs inside a Tier 1 node.
+//! - [`witness_service`]: the tlog witness, which [`node_witness`] runs inside a Tier 1 node;
+//! - [`tpm_device`]: the node's TPM 2.0 through tpm2-tools (EK, AK, credential activation, quotes).
 //!
 //! Protocol decisions live in the sans-IO crates (`ztmesh-core`, `ztmesh-pki`) and in
 //! [`peer_table`] / [`rate_limit`]; this crate only moves bytes between them and the world.
@@ -18,7 +19,9 @@ pub mod api_types;
 pub mod attestation;
 pub mod ca_attest;
 pub mod ca_client;
+pub mod ca_governance;
 pub mod ca_service;
+pub mod ca_tpm2;
 pub mod daemon;
 mod dtn_driver;
 pub mod events;
@@ -43,4 +46,5 @@ pub mod rate_limit;
 pub mod store;
 pub mod timefmt;
 pub mod tls;
+pub mod tpm_device;
 pub mod witness_service;

@@ -21,7 +21,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use ztmesh_attest::token::{AttestationToken, TokenPolicy};
 use ztmesh_attest::EvidenceType;
-use ztmesh_core::link::LinkMessage;
 use ztmesh_core::{NodeId, Timestamp};
 
 use crate::api_types::{AttestRequest, Attestation, TokenStatus};
@@ -192,25 +191,20 @@ impl Node {
         let spki = self
             .own_tls_spki()
             .ok_or("this node's certificate does not parse")?;
-        let LinkMessage::TeeResponse {
-            evidence_type,
-            evidence,
-            binary_sha256,
-            ..
-        } = self.attestor.respond(&nonce, &spki, now().as_unix_secs())
-        else {
-            return Err("the attester gave no response".into());
-        };
-        if evidence_type == "none" {
-            return Err("the attester produced no evidence".into());
-        }
+        // A TPM quote takes up to seconds: `evidence` runs it on the blocking pool. Its error
+        // (the TPM's complaint) is what the status shows.
+        let (evidence_type, evidence) = self
+            .attestor
+            .evidence(&nonce, &spki, now().as_unix_secs())
+            .await?
+            .ok_or("the attester produced no evidence")?;
         let request = AttestRequest {
             nonce: challenge.nonce,
             attestation: Attestation {
-                kind: evidence_type,
+                kind: evidence_type.as_str().to_owned(),
                 payload: base64::engine::general_purpose::STANDARD.encode(&evidence),
             },
-            binary_sha256: hex::encode(binary_sha256),
+            binary_sha256: hex::encode(self.attestor.binary_sha256()),
         };
         let answer = self
             .ca()

@@ -20,6 +20,7 @@ mod demo;
 mod local_mesh;
 mod log_cmd;
 mod manifest_cmd;
+mod tpm_cmd;
 mod witness_cmd;
 
 use std::net::SocketAddr;
@@ -94,6 +95,9 @@ enum Command {
     /// Signed release manifests: release key, sign, verify, this executable's hash.
     #[command(subcommand)]
     Manifest(manifest_cmd::ManifestCommand),
+    /// A node's TPM: its endorsement key for the CA's allow-list, its PCRs for the manifest.
+    #[command(subcommand)]
+    Tpm(tpm_cmd::TpmCommand),
     /// Start a CA and a few nodes on loopback and show enrollment, rotation and revocation.
     Demo(demo::DemoArgs),
     /// Benchmarks that print ratios against a baseline measured in the same run.
@@ -106,7 +110,8 @@ enum CaCommand {
     /// Create a CA: root key (encrypted), certificate (ca.pem), admin credential, state.
     Init(CaInitArgs),
     /// Serve the CA's HTTPS API (enroll, rotate, CRL, revoke, tokens).
-    Serve(CaServeArgs),
+    // Boxed: the serve options are many times the size of the other commands'.
+    Serve(Box<CaServeArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,6 +192,11 @@ struct CaServeArgs {
     /// tpm2 evidence signed by any other key is refused.
     #[arg(long = "tpm2-attestation-key", value_name = "FILE")]
     tpm2_attestation_keys: Vec<PathBuf>,
+    /// A TPM endorsement key (TPM2B_PUBLIC, as `tpm2_createek -u` writes it) whose TPM may
+    /// prove its attestation key at enrollment by credential activation (repeatable);
+    /// POST /v1/enroll/tpm2/credential refuses every other EK.
+    #[arg(long = "tpm2-endorsement-key", value_name = "FILE")]
+    tpm2_endorsement_keys: Vec<PathBuf>,
     /// The release public key (Ed25519, hex or `ztmesh manifest keygen`'s vkey) that signs
     /// --manifest.
     #[arg(long, value_name = "KEY", requires = "manifest")]
@@ -264,11 +274,24 @@ struct EnrollArgs {
     /// API listener address written to node.toml.
     #[arg(long, default_value = "127.0.0.1:0")]
     api_listen: SocketAddr,
-    /// Attach attestation evidence: dev (needs --dev-tee-key-file), or tpm2, tdx, sgx, sev-snp
-    /// (needs --attestation-evidence). Its report data must be report_data_binding(SHA-256(token),
-    /// the CSR's TLS SubjectPublicKeyInfo DER); dev evidence is generated with that binding.
+    /// Attach attestation evidence: dev (needs --dev-tee-key-file), tpm2 (needs --tpm, or
+    /// --attestation-evidence), or tdx, sgx, sev-snp (need --attestation-evidence). Its report
+    /// data must be report_data_binding(SHA-256(token), the CSR's TLS SubjectPublicKeyInfo
+    /// DER); dev and --tpm evidence are generated with that binding.
     #[arg(long, value_name = "TYPE")]
     attestation_type: Option<String>,
+    /// The node's TPM for --attestation-type tpm2, as a tpm2-tools TCTI (e.g.
+    /// device:/dev/tpmrm0, swtpm:host=127.0.0.1,port=2321). Enrollment persists the EK
+    /// (0x81010001) and a fresh AK (0x81010002), proves the AK to the CA by credential
+    /// activation, and writes the TPM into node.toml as the node's attester. The CA must allow
+    /// the EK (`ztmesh tpm ek` writes it).
+    #[arg(
+        long,
+        value_name = "TCTI",
+        requires = "attestation_type",
+        conflicts_with = "attestation_evidence"
+    )]
+    tpm: Option<String>,
     /// The simulated TEE's signing key (Ed25519 seed, 32 bytes hex) for --attestation-type dev.
     #[arg(long, value_name = "FILE", requires = "attestation_type")]
     dev_tee_key_file: Option<PathBuf>,
@@ -410,7 +433,7 @@ async fn shutdown_signal() {
 async fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Ca(CaCommand::Init(args)) => ca_init(args),
-        Command::Ca(CaCommand::Serve(args)) => ca_serve(args).await,
+        Command::Ca(CaCommand::Serve(args)) => ca_serve(*args).await,
         Command::Token(TokenCommand::Create(args)) => token_create(args).await,
         Command::Enroll(args) => enroll(args).await,
         Command::Run(args) => run(args).await,
@@ -428,6 +451,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Witness(command) => witness_cmd::run(command).await,
         Command::Log(command) => log_cmd::run(command).await,
         Command::Manifest(command) => manifest_cmd::run(command).await,
+        Command::Tpm(command) => tpm_cmd::run(command).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(command) => bench::run(command).await,
     }
@@ -479,6 +503,7 @@ async fn ca_serve(args: CaServeArgs) -> Result<()> {
             &args.tpm2_attestation_keys,
         )?,
         manifest: release_manifest(args.release_key.as_deref(), args.manifest.as_deref())?,
+        tpm2_endorsement_keys: tpm2_endorsement_keys(&args.tpm2_endorsement_keys)?,
     };
     let service = ca_service::CaService::bind(dir.clone(), ca, args.listen, options).await?;
     let addr = service.local_addr()?;
@@ -486,6 +511,31 @@ async fn ca_serve(args: CaServeArgs) -> Result<()> {
     eprintln!("CA serving on https://{addr}");
     service.run(shutdown_signal()).await;
     Ok(())
+}
+
+/// Reads `--tpm2-endorsement-key` files: each must be an endorsement key's TPM2B_PUBLIC.
+fn tpm2_endorsement_keys(
+    paths: &[PathBuf],
+) -> Result<Vec<ztmesh_attest::tpm2_credential::EndorsementKey>> {
+    paths
+        .iter()
+        .map(|path| {
+            let bytes = read_attestation_file(path, "--tpm2-endorsement-key")?;
+            let key = ztmesh_attest::tpm2_credential::EndorsementKey::from_tpm2b_public(&bytes)
+                .map_err(|e| {
+                    anyhow!(
+                        "--tpm2-endorsement-key {}: not an endorsement key's TPM2B_PUBLIC: {e}",
+                        path.display()
+                    )
+                })?;
+            eprintln!(
+                "TPM endorsement key allowed: {} ({})",
+                key.public_area().name().to_hex(),
+                path.display()
+            );
+            Ok(key)
+        })
+        .collect()
 }
 
 /// Resolves how to reach the CA for admin commands: URL, CA certificate and admin credential.
@@ -687,6 +737,14 @@ fn enroll_attestation(args: &EnrollArgs) -> Result<Option<ca_client::EnrollAttes
     let evidence_type: ztmesh_attest::EvidenceType = kind
         .parse()
         .map_err(|e: ztmesh_attest::AttestError| anyhow!("--attestation-type: {e}"))?;
+    if let Some(tcti) = &args.tpm {
+        if evidence_type != ztmesh_attest::EvidenceType::Tpm2 {
+            bail!("--tpm goes with --attestation-type tpm2, not {kind}");
+        }
+        let device = ztmesh_node::tpm_device::TpmDevice::new(tcti, &args.data_dir)
+            .map_err(|e| anyhow!("--tpm: {e}"))?;
+        return Ok(Some(ca_client::EnrollAttestation::Tpm2 { device }));
+    }
     if evidence_type == ztmesh_attest::EvidenceType::Dev {
         let path = args
             .dev_tee_key_file
@@ -708,10 +766,13 @@ fn enroll_attestation(args: &EnrollArgs) -> Result<Option<ca_client::EnrollAttes
             measurement: <sha2::Sha256 as sha2::Digest>::digest(&binary).into(),
         }));
     }
-    let path = args
-        .attestation_evidence
-        .as_ref()
-        .ok_or_else(|| anyhow!("--attestation-type {kind} needs --attestation-evidence"))?;
+    let path = args.attestation_evidence.as_ref().ok_or_else(|| {
+        if evidence_type == ztmesh_attest::EvidenceType::Tpm2 {
+            anyhow!("--attestation-type tpm2 needs --tpm TCTI (or --attestation-evidence)")
+        } else {
+            anyhow!("--attestation-type {kind} needs --attestation-evidence")
+        }
+    })?;
     let evidence = read_attestation_file(path, "--attestation-evidence")?;
     let collateral = args
         .attestation_collateral

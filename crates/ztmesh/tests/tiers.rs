@@ -240,11 +240,78 @@ fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_
     assert!(table.contains("gossip_fanout = 2"), "{table}");
     assert!(table.contains("release manifest 9.9.9"), "{table}");
 
+    // Two more decisions: each peer's gossip rate (applied by every node, live) and the
+    // certificate lifetime (applied by the CA once most nodes it attested report it).
+    let rate = a
+        .cli_ok(&["propose", "rate_limit_rpm", "6000", "--ttl", "5m"])
+        .trim()
+        .to_owned();
+    let lifetime = a
+        .cli_ok(&["propose", "cert_lifetime_secs", "7200", "--ttl", "5m"])
+        .trim()
+        .to_owned();
+    wait_until("every node to hold the new proposals", TIER_TIMEOUT, || {
+        [&a, &b, &c].iter().all(|n| {
+            held(n)["proposals"]
+                .as_array()
+                .is_some_and(|p| p.len() == 3)
+        })
+    });
+    assert_eq!(a.status()["status"]["gossip"]["peer_frames_per_sec"], 200);
+    let ca_lifetime = || {
+        let mut out = ztmesh_node::store::CaStore::open(&ca.dir.join("state.db"))
+            .unwrap()
+            .governed("cert_lifetime_secs")
+            .unwrap();
+        out.take().map(|g| (g.value, g.proposal))
+    };
+    assert_eq!(ca_lifetime(), None);
+    for id in [&rate, &lifetime] {
+        a.cli_ok(&["vote", id, "approve"]);
+        b.cli_ok(&["vote", id, "approve"]);
+    }
+    wait_until(
+        "rate_limit_rpm = 6000 in force on every node",
+        TIER_TIMEOUT,
+        || {
+            [&a, &b, &c].iter().all(|n| {
+                let status = n.status()["status"].clone();
+                held(n)["parameters"]["rate_limit_rpm"] == 6000
+                    && status["gossip"]["peer_frames_per_sec"] == 100
+            })
+        },
+    );
+    // a and b hold tokens (c was refused one): both must report before the CA follows.
+    wait_until(
+        "the CA to follow cert_lifetime_secs = 7200",
+        TIER_TIMEOUT,
+        || ca_lifetime().is_some(),
+    );
+    assert_eq!(ca_lifetime(), Some((7200, lifetime.clone())));
+    let ca_log = ca.proc.as_ref().unwrap().log_text();
+    assert!(ca_log.contains("governance decision followed"), "{ca_log}");
+    // A node enrolled now gets a 2-hour certificate (openssl: expires within 7300 s, not within
+    // 7000 s), where the CA's own default is 24 hours.
+    let d = ca.enroll(root.path(), "d");
+    let checkend = |secs: &str| {
+        std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-checkend", secs, "-in"])
+            .arg(d.dir.join("node.pem"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(checkend("7000"), "expires within 7000 s");
+    assert!(!checkend("7300"), "lives past 7300 s");
+
     // Applied changes persist across a restart.
     assert!(a.dir.join("governance.json").exists());
     a.kill9();
     a.start();
     assert_eq!(held(&a)["parameters"]["gossip_fanout"], 2);
+    assert_eq!(held(&a)["parameters"]["rate_limit_rpm"], 6000);
+    assert_eq!(a.status()["status"]["gossip"]["peer_frames_per_sec"], 100);
     wait_full_mesh(&[&a, &b, &c], Duration::from_secs(60));
 
     // b's TEE key is swapped: its evidence no longer verifies. One failure is a warning;

@@ -80,6 +80,11 @@ impl SoftwareTpm {
         tpm
     }
 
+    /// The TCTI tpm2-tools reach this TPM with.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.server_port)
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -102,10 +107,7 @@ impl SoftwareTpm {
         let output = Command::new(tool)
             .args(args)
             .current_dir(self.dir.path())
-            .env(
-                "TPM2TOOLS_TCTI",
-                format!("swtpm:host=127.0.0.1,port={}", self.server_port),
-            )
+            .env("TPM2TOOLS_TCTI", self.tcti())
             .output()
             .unwrap();
         if output.status.success() {

@@ -126,6 +126,37 @@ CREATE TABLE log_event_state (
     idx   INTEGER NOT NULL REFERENCES log_entries (idx)
 ) STRICT;
 "#,
+        // The last attestation token issued to each node: the nodes the CA attested, whose
+        // reports of governance decisions count (see `ca_governance`). `governed_params` holds
+        // the decisions the CA follows, and `governed_applied` the proposals already applied.
+        r#"
+CREATE TABLE attested_nodes (
+    node_id   TEXT PRIMARY KEY NOT NULL REFERENCES nodes (node_id),
+    issued_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE governed_params (
+    param      TEXT PRIMARY KEY NOT NULL,
+    value      INTEGER NOT NULL CHECK (value >= 0),
+    proposal   TEXT NOT NULL,
+    applied_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE governed_applied (
+    proposal   TEXT PRIMARY KEY NOT NULL,
+    applied_at INTEGER NOT NULL
+) STRICT;
+"#,
+        // The TPM attestation key (AK) each node proved at enrollment by credential activation
+        // against an allowed endorsement key (EK): the token desk trusts that node's quotes
+        // signed with it. Written in the enrollment's transaction; a later enrollment of the
+        // same node with another activated AK replaces the row.
+        r#"
+CREATE TABLE tpm2_attestation_keys (
+    node_id       TEXT PRIMARY KEY NOT NULL REFERENCES nodes (node_id),
+    ak_pem        TEXT NOT NULL,
+    ek_name       TEXT NOT NULL CHECK (length(ek_name) > 0 AND ek_name NOT GLOB '*[^0-9a-f]*'),
+    registered_at INTEGER NOT NULL
+) STRICT;
+"#,
     ],
 };
 
@@ -281,6 +312,25 @@ pub struct TokenInfo {
     pub used_at: Option<Timestamp>,
 }
 
+/// A TPM attestation key to register for a node at enrollment (see
+/// [`CaStore::redeem_token_registering`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tpm2KeyRegistration {
+    /// The AK public key, PEM `PUBLIC KEY`.
+    pub ak_pem: String,
+    /// The name of the endorsement key it was activated under, lowercase hex.
+    pub ek_name_hex: String,
+}
+
+/// The TPM attestation key registered for a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredTpm2Key {
+    /// The AK and the EK it was activated under.
+    pub key: Tpm2KeyRegistration,
+    /// When the enrollment that registered it committed.
+    pub registered_at: Timestamp,
+}
+
 /// The CA's database. `Send + Sync`; every method blocks (run it in `spawn_blocking`).
 ///
 /// One connection per handle, behind a mutex. Several handles (or processes) may open the
@@ -385,6 +435,19 @@ impl CaStore {
         now: Timestamp,
         record: &IssuedRecord,
     ) -> Result<(), RedeemError> {
+        self.redeem_token_registering(hash, now, record, None)
+    }
+
+    /// [`Self::redeem_token`], also registering `tpm2` (the TPM attestation key the node
+    /// activated at this enrollment) for `record.node_id` in the same transaction: the key is
+    /// registered if and only if the certificate is issued.
+    pub fn redeem_token_registering(
+        &self,
+        hash: &TokenHash,
+        now: Timestamp,
+        record: &IssuedRecord,
+        tpm2: Option<&Tpm2KeyRegistration>,
+    ) -> Result<(), RedeemError> {
         let now_sql = timestamp_to_sql(now, "now")?;
         let mut conn = lock(&self.connection);
         let tx = conn
@@ -434,6 +497,21 @@ impl CaStore {
             return Err(RedeemError::AlreadyUsed);
         }
         insert_certificate(&tx, record)?;
+        if let Some(tpm2) = tpm2 {
+            tx.execute(
+                "INSERT INTO tpm2_attestation_keys (node_id, ak_pem, ek_name, registered_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (node_id) DO UPDATE SET ak_pem = excluded.ak_pem,
+                     ek_name = excluded.ek_name, registered_at = excluded.registered_at",
+                params![
+                    record.node_id.to_string(),
+                    tpm2.ak_pem,
+                    tpm2.ek_name_hex,
+                    now_sql
+                ],
+            )
+            .map_err(StoreError::from)?;
+        }
         append_log_entry(&tx, &LogEntry::issued(EntryKind::Enroll, record))?;
         tx.commit().map_err(StoreError::from)?;
         tracing::info!(node = %record.node_id, serial = %record.serial, "token redeemed");
@@ -754,6 +832,123 @@ impl CaStore {
     }
 }
 
+/// A governance decision the CA follows, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GovernedParam {
+    /// The parameter's wire name.
+    pub param: String,
+    /// Its value in force.
+    pub value: u64,
+    /// The proposal that set it.
+    pub proposal: String,
+    /// When the CA applied it.
+    pub applied_at: Timestamp,
+}
+
+impl CaStore {
+    /// Records that `node_id` received an attestation token at `at`.
+    pub fn record_attested(&self, node_id: &NodeId, at: Timestamp) -> Result<(), StoreError> {
+        let at = timestamp_to_sql(at, "token time")?;
+        lock(&self.connection).execute(
+            "INSERT INTO attested_nodes (node_id, issued_at) VALUES (?1, ?2)
+             ON CONFLICT (node_id) DO UPDATE SET issued_at = max(issued_at, excluded.issued_at)",
+            params![node_id.to_string(), at],
+        )?;
+        Ok(())
+    }
+
+    /// The non-revoked nodes that received an attestation token at or after `since`.
+    pub fn attested_since(
+        &self,
+        since: Timestamp,
+    ) -> Result<std::collections::BTreeSet<NodeId>, StoreError> {
+        let since = timestamp_to_sql(since, "attested since")?;
+        let conn = lock(&self.connection);
+        let mut statement = conn.prepare(
+            "SELECT a.node_id FROM attested_nodes a JOIN nodes n ON n.node_id = a.node_id
+             WHERE n.revoked_at IS NULL AND a.issued_at >= ?1",
+        )?;
+        let mut rows = statement.query([since])?;
+        let mut nodes = std::collections::BTreeSet::new();
+        while let Some(row) = rows.next()? {
+            nodes.insert(node_id_from_sql(&row.get::<_, String>(0)?)?);
+        }
+        Ok(nodes)
+    }
+
+    /// Puts `value` of `param` into force as decided by `proposal`, and marks the proposal
+    /// applied, in one transaction. Answers `false` (and changes nothing) when the proposal
+    /// was already applied.
+    pub fn apply_governed(
+        &self,
+        param: &str,
+        value: u64,
+        proposal: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let at = timestamp_to_sql(at, "governance time")?;
+        let value = i64::try_from(value).map_err(|_| StoreError::OutOfRange("governed value"))?;
+        let mut conn = lock(&self.connection);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let fresh = tx.execute(
+            "INSERT INTO governed_applied (proposal, applied_at) VALUES (?1, ?2)
+             ON CONFLICT (proposal) DO NOTHING",
+            params![proposal, at],
+        )? == 1;
+        if fresh {
+            tx.execute(
+                "INSERT INTO governed_params (param, value, proposal, applied_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (param) DO UPDATE SET value = excluded.value,
+                     proposal = excluded.proposal, applied_at = excluded.applied_at",
+                params![param, value, proposal, at],
+            )?;
+        }
+        tx.commit()?;
+        Ok(fresh)
+    }
+
+    /// The decision in force for `param`, if any.
+    pub fn governed(&self, param: &str) -> Result<Option<GovernedParam>, StoreError> {
+        let row = lock(&self.connection)
+            .query_row(
+                "SELECT value, proposal, applied_at FROM governed_params WHERE param = ?1",
+                [param],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(value, proposal, applied_at)| {
+            Ok(GovernedParam {
+                param: param.to_owned(),
+                value: u64::try_from(value)
+                    .map_err(|_| StoreError::Corrupt(format!("{param} = {value}")))?,
+                proposal,
+                applied_at: timestamp_from_sql(applied_at, "governance time")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The proposals applied so far (newest `limit`).
+    pub fn governed_applied(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let conn = lock(&self.connection);
+        let mut statement = conn
+            .prepare("SELECT proposal FROM governed_applied ORDER BY applied_at DESC LIMIT ?1")?;
+        let mut rows = statement.query([limit_to_sql(limit)])?;
+        let mut proposals = Vec::new();
+        while let Some(row) = rows.next()? {
+            proposals.push(row.get(0)?);
+        }
+        Ok(proposals)
+    }
+}
+
 /// Most log entries [`CaStore::log_entries`] returns in one call.
 const MAX_LOG_ENTRIES_PER_READ: usize = 10_000;
 
@@ -840,6 +1035,39 @@ impl CaStore {
             params![vkey, size],
         )?;
         Ok(())
+    }
+}
+
+impl CaStore {
+    /// The TPM attestation key registered for `node_id` at its enrollment, if any.
+    pub fn tpm2_attestation_key(
+        &self,
+        node_id: &NodeId,
+    ) -> Result<Option<RegisteredTpm2Key>, StoreError> {
+        let row = lock(&self.connection)
+            .query_row(
+                "SELECT ak_pem, ek_name, registered_at FROM tpm2_attestation_keys
+                 WHERE node_id = ?1",
+                [node_id.to_string()],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(ak_pem, ek_name_hex, registered_at)| {
+            Ok(RegisteredTpm2Key {
+                key: Tpm2KeyRegistration {
+                    ak_pem,
+                    ek_name_hex,
+                },
+                registered_at: timestamp_from_sql(registered_at, "tpm2 key registered_at")?,
+            })
+        })
+        .transpose()
     }
 }
 
@@ -1530,6 +1758,54 @@ mod tests {
     }
 
     #[test]
+    fn attested_nodes_and_governed_decisions_persist() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = open(&dir);
+        for n in 1..=3u8 {
+            store.announce(&node(n), None, None, ts(1)).unwrap();
+        }
+        store.record_attested(&node(1), ts(10_000)).unwrap();
+        store.record_attested(&node(2), ts(50_000)).unwrap();
+        store.record_attested(&node(3), ts(60_000)).unwrap();
+        // An older issuance never moves the time back.
+        store.record_attested(&node(2), ts(20_000)).unwrap();
+        let since = |t| store.attested_since(ts(t)).unwrap();
+        assert_eq!(since(40_000), [node(2), node(3)].into_iter().collect());
+        store
+            .revoke(
+                &RevokeTarget::Node(node(3)),
+                RevocationReason::KeyCompromise,
+                ts(70_000),
+            )
+            .unwrap();
+        assert_eq!(since(0), [node(1), node(2)].into_iter().collect());
+
+        assert_eq!(store.governed("cert_lifetime_secs").unwrap(), None);
+        assert!(store
+            .apply_governed("cert_lifetime_secs", 7200, "p1", ts(80_000))
+            .unwrap());
+        // The same proposal applies once, even with another value.
+        assert!(!store
+            .apply_governed("cert_lifetime_secs", 60, "p1", ts(81_000))
+            .unwrap());
+        drop(store);
+        let store = open(&dir);
+        let governed = store.governed("cert_lifetime_secs").unwrap().unwrap();
+        assert_eq!((governed.value, governed.proposal.as_str()), (7200, "p1"));
+        assert_eq!(governed.applied_at, ts(80_000));
+        assert!(store
+            .apply_governed("cert_lifetime_secs", 600, "p2", ts(90_000))
+            .unwrap());
+        assert_eq!(
+            store.governed("cert_lifetime_secs").unwrap().unwrap().value,
+            600
+        );
+        assert_eq!(store.governed_applied(10).unwrap(), ["p2", "p1"]);
+        assert_eq!(store.governed_applied(1).unwrap(), ["p2"]);
+        assert_eq!(store.attested_since(ts(0)).unwrap().len(), 2);
+    }
+
+    #[test]
     fn known_nodes_are_bounded_recent_first_and_exclude_revoked() {
         let dir = tempfile::TempDir::new().unwrap();
         let store = open(&dir);
@@ -1615,5 +1891,103 @@ mod tests {
             reason_to_sql(RevocationReason::KeyCompromise).unwrap(),
             "key_compromise"
         );
+    }
+
+    fn tpm2_key(n: u8) -> Tpm2KeyRegistration {
+        Tpm2KeyRegistration {
+            ak_pem: format!("-----BEGIN PUBLIC KEY-----\nAK{n}\n-----END PUBLIC KEY-----\n"),
+            ek_name_hex: format!("000b{}", hex::encode([n; 32])),
+        }
+    }
+
+    #[test]
+    fn tpm2_key_is_registered_with_the_enrollment_and_survives_reopen() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let store = open(&dir);
+            store
+                .insert_token(&token(1), ts(0), ts(10_000), None)
+                .unwrap();
+            store
+                .redeem_token_registering(
+                    &token(1),
+                    ts(2_000),
+                    &record(node(1), 1, IssueKind::Enroll),
+                    Some(&tpm2_key(1)),
+                )
+                .unwrap();
+            // Enrolled without a TPM key: nothing registered.
+            enroll(&store, node(2), 2, 2);
+        }
+        let store = open(&dir);
+        assert_eq!(
+            store.tpm2_attestation_key(&node(1)).unwrap(),
+            Some(RegisteredTpm2Key {
+                key: tpm2_key(1),
+                registered_at: ts(2_000),
+            })
+        );
+        assert_eq!(store.tpm2_attestation_key(&node(2)).unwrap(), None);
+        assert_eq!(store.tpm2_attestation_key(&node(3)).unwrap(), None);
+
+        // A later enrollment of the same node with another activated key replaces it.
+        store
+            .insert_token(&token(3), ts(0), ts(10_000), None)
+            .unwrap();
+        store
+            .redeem_token_registering(
+                &token(3),
+                ts(3_000),
+                &record(node(1), 3, IssueKind::Enroll),
+                Some(&tpm2_key(3)),
+            )
+            .unwrap();
+        assert_eq!(
+            store.tpm2_attestation_key(&node(1)).unwrap().unwrap().key,
+            tpm2_key(3)
+        );
+    }
+
+    #[test]
+    fn a_refused_enrollment_registers_no_tpm2_key() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = open(&dir);
+        enroll(&store, node(1), 1, 1);
+        // The token is spent: the redemption and the registration fail together.
+        let refused = store.redeem_token_registering(
+            &token(1),
+            ts(600),
+            &record(node(2), 2, IssueKind::Enroll),
+            Some(&tpm2_key(2)),
+        );
+        assert!(matches!(refused, Err(RedeemError::AlreadyUsed)));
+        assert_eq!(store.tpm2_attestation_key(&node(2)).unwrap(), None);
+        // Any failure of the enrollment (here a duplicate serial) leaves nothing registered.
+        store
+            .insert_token(&token(2), ts(0), ts(10_000), None)
+            .unwrap();
+        let duplicate = store.redeem_token_registering(
+            &token(2),
+            ts(700),
+            &record(node(2), 1, IssueKind::Enroll),
+            Some(&tpm2_key(2)),
+        );
+        assert!(duplicate.is_err());
+        assert_eq!(store.tpm2_attestation_key(&node(2)).unwrap(), None);
+        // A malformed EK name is refused by the schema, and rolls the enrollment back.
+        let bad = Tpm2KeyRegistration {
+            ek_name_hex: "not hex".into(),
+            ..tpm2_key(2)
+        };
+        assert!(store
+            .redeem_token_registering(
+                &token(2),
+                ts(800),
+                &record(node(2), 2, IssueKind::Enroll),
+                Some(&bad),
+            )
+            .is_err());
+        assert!(store.certificate(&serial(2)).unwrap().is_none());
+        assert_eq!(store.token_info(&token(2)).unwrap().unwrap().used_at, None);
     }
 }

@@ -25,8 +25,9 @@ use ztmesh_core::Timestamp;
 
 pub use bundle_store::SqliteBundleStore;
 pub use ca_store::{
-    CaStore, IssueKind, IssuedRecord, KnownNode, RedeemError, RevokeError, RevokeOutcome,
-    RevokeTarget, RotateError, SavedCrl, TokenInfo,
+    CaStore, GovernedParam, IssueKind, IssuedRecord, KnownNode, RedeemError, RegisteredTpm2Key,
+    RevokeError, RevokeOutcome, RevokeTarget, RotateError, SavedCrl, TokenInfo,
+    Tpm2KeyRegistration,
 };
 pub use node_store::{
     FollowedEntry, Issuance, LogWatchSwap, NodeStore, SavedLogAlarm, SavedLogHead, SavedLogWatch,
