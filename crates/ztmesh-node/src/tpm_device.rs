@@ -318,15 +318,8 @@ impl TpmDevice {
                 if op.read("persisted.pub")? == public {
                     return Ok(public);
                 }
-                op.run(
-                    "tpm2_evictcontrol",
-                    &["-C", "o", "-c", ENDORSEMENT_KEY_HANDLE],
-                )?;
             }
-            op.run(
-                "tpm2_evictcontrol",
-                &["-C", "o", "-c", "ek.ctx", ENDORSEMENT_KEY_HANDLE],
-            )?;
+            op.persist("ek.ctx", ENDORSEMENT_KEY_HANDLE)?;
             Ok(public)
         })
     }
@@ -360,16 +353,7 @@ impl TpmDevice {
                     "the AK is not an ECC P-256 key".into(),
                 ));
             }
-            if op.persisted(ATTESTATION_KEY_HANDLE)? {
-                op.run(
-                    "tpm2_evictcontrol",
-                    &["-C", "o", "-c", ATTESTATION_KEY_HANDLE],
-                )?;
-            }
-            op.run(
-                "tpm2_evictcontrol",
-                &["-C", "o", "-c", "ak.ctx", ATTESTATION_KEY_HANDLE],
-            )?;
+            op.persist("ak.ctx", ATTESTATION_KEY_HANDLE)?;
             Ok(public)
         })
     }
@@ -619,6 +603,15 @@ impl Operation<'_> {
             .lines()
             .filter_map(|line| line.trim().strip_prefix("- "))
             .any(|listed| listed.trim().eq_ignore_ascii_case(handle)))
+    }
+
+    /// Persists the loaded object saved as `context` at `handle`, evicting whatever was there.
+    fn persist(&self, context: &str, handle: &str) -> Result<(), TpmError> {
+        if self.persisted(handle)? {
+            self.run("tpm2_evictcontrol", &["-C", "o", "-c", handle])?;
+        }
+        self.run("tpm2_evictcontrol", &["-C", "o", "-c", context, handle])?;
+        Ok(())
     }
 
     /// The persisted AK as PEM and as a key.

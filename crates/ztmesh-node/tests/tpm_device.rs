@@ -8,7 +8,7 @@
 mod swtpm;
 
 use rand_core::OsRng;
-use swtpm::{tools_present, SoftwareTpm};
+use swtpm::{tools_present, SoftwareTpm, NODE_TOOLS};
 use ztmesh_attest::tpm2::{self, AttestationKey};
 use ztmesh_attest::tpm2_credential::{AttestationKeyPublic, EndorsementKey};
 use ztmesh_attest::{report_data_binding, Expectations, ReferenceValues};
@@ -17,21 +17,6 @@ use ztmesh_node::attestation::{AttestationConfig, Attester, Attestor};
 use ztmesh_node::tpm_device::{
     TpmDevice, TpmError, ATTESTATION_KEY_HANDLE, ENDORSEMENT_KEY_HANDLE,
 };
-
-const TOOLS: &[&str] = &[
-    "swtpm",
-    "tpm2_createek",
-    "tpm2_createak",
-    "tpm2_evictcontrol",
-    "tpm2_getcap",
-    "tpm2_readpublic",
-    "tpm2_startauthsession",
-    "tpm2_policysecret",
-    "tpm2_activatecredential",
-    "tpm2_quote",
-    "tpm2_pcrread",
-    "tpm2_flushcontext",
-];
 
 /// Nothing the device loaded is still in the TPM, and no work directory is left.
 fn nothing_left(tpm: &SoftwareTpm, work: &std::path::Path) {
@@ -57,7 +42,7 @@ fn nothing_left(tpm: &SoftwareTpm, work: &std::path::Path) {
 
 #[test]
 fn keys_activation_and_quotes_on_swtpm() {
-    if !tools_present("keys_activation_and_quotes_on_swtpm", TOOLS) {
+    if !tools_present("keys_activation_and_quotes_on_swtpm", NODE_TOOLS) {
         return;
     }
     let tpm = SoftwareTpm::start();

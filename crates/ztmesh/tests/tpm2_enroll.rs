@@ -424,38 +424,12 @@ impl Enrollee {
 /// A release key and a manifest allowing the binary under test with all-zero PCRs 0 and 7
 /// (a fresh swtpm) for `tpm2`: what `POST /v1/attest` judges against.
 fn tpm2_release(root: &Path) -> (String, std::path::PathBuf) {
-    let key = root.join("release.key");
-    let public_key = ztmesh_ok(&[
-        "manifest",
-        "keygen",
-        "--out",
-        path_str(&key),
-        "--insecure-plaintext-key",
-    ])
-    .trim()
-    .to_owned();
-    let manifest = root.join("manifest.cose");
     let zero = hex::encode([0u8; 32]);
-    ztmesh_ok(&[
-        "manifest",
-        "sign",
-        "--key",
-        path_str(&key),
-        "--insecure-plaintext-key",
-        "--version",
+    sign_release(
+        root,
         "1.0.0",
-        "--binary",
-        bin(),
-        "--measurement",
-        &format!("tpm2:pcr0={zero}"),
-        "--measurement",
-        &format!("tpm2:pcr7={zero}"),
-        "--not-after",
-        "1d",
-        "-o",
-        path_str(&manifest),
-    ]);
-    (public_key, manifest)
+        &[&format!("tpm2:pcr0={zero}"), &format!("tpm2:pcr7={zero}")],
+    )
 }
 
 /// A CA allowing `allowed`'s EK (`--tpm2-endorsement-key`), with a release manifest for the

@@ -17,22 +17,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-use swtpm::{tools_present, SoftwareTpm};
-
-const TOOLS: &[&str] = &[
-    "swtpm",
-    "tpm2_createek",
-    "tpm2_createak",
-    "tpm2_evictcontrol",
-    "tpm2_getcap",
-    "tpm2_readpublic",
-    "tpm2_startauthsession",
-    "tpm2_policysecret",
-    "tpm2_activatecredential",
-    "tpm2_quote",
-    "tpm2_pcrread",
-    "tpm2_flushcontext",
-];
+use swtpm::{tools_present, SoftwareTpm, NODE_TOOLS};
 
 /// Generous deadline for a node to get its first token on a shared 2-core machine.
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -59,47 +44,11 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A release key and a manifest listing the binary under test and `measurements` (lines
-/// `tpm2:pcrN=HEX`); answers the public key and the manifest path.
-fn release(root: &Path, measurements: &[&str]) -> (String, std::path::PathBuf) {
-    let key = root.join("release.key");
-    let public_key = ztmesh_ok(&[
-        "manifest",
-        "keygen",
-        "--out",
-        path_str(&key),
-        "--insecure-plaintext-key",
-    ])
-    .trim()
-    .to_owned();
-    let manifest = root.join("manifest.cose");
-    let mut args = vec![
-        "manifest",
-        "sign",
-        "--key",
-        path_str(&key),
-        "--insecure-plaintext-key",
-        "--version",
-        "tpm-1",
-        "--binary",
-        bin(),
-        "--not-after",
-        "1d",
-        "-o",
-        path_str(&manifest),
-    ];
-    for measurement in measurements {
-        args.extend(["--measurement", measurement]);
-    }
-    ztmesh_ok(&args);
-    (public_key, manifest)
-}
-
 #[test]
 fn a_node_with_a_tpm_enrolls_by_credential_activation_and_gets_tpm2_tokens() {
     if !tools_present(
         "a_node_with_a_tpm_enrolls_by_credential_activation_and_gets_tpm2_tokens",
-        TOOLS,
+        NODE_TOOLS,
     ) {
         return;
     }
@@ -123,7 +72,7 @@ fn a_node_with_a_tpm_enrolls_by_credential_activation_and_gets_tpm2_tokens() {
         assert!(line.starts_with(&format!("tpm2:pcr{index}=")), "{pcrs}");
     }
 
-    let (release_key, manifest) = release(root, &measurements);
+    let (release_key, manifest) = sign_release(root, "tpm-1", &measurements);
     let ca = TestCa::start(
         root,
         &[

@@ -10,6 +10,22 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// What a node's TPM device (`ztmesh_node::tpm_device`) runs, plus swtpm itself.
+pub const NODE_TOOLS: &[&str] = &[
+    "swtpm",
+    "tpm2_createek",
+    "tpm2_createak",
+    "tpm2_evictcontrol",
+    "tpm2_getcap",
+    "tpm2_readpublic",
+    "tpm2_startauthsession",
+    "tpm2_policysecret",
+    "tpm2_activatecredential",
+    "tpm2_quote",
+    "tpm2_pcrread",
+    "tpm2_flushcontext",
+];
+
 /// Whether the tools are present; without them, skip (or fail under CI).
 pub fn tools_present(test: &str, tools: &[&str]) -> bool {
     let missing: Vec<&str> = tools

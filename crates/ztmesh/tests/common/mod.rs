@@ -520,8 +520,10 @@ pub struct Release {
     pub tee_public_hex: String,
 }
 
-/// Makes a [`Release`] in `root`: `release.key`, `manifest.cose`.
-pub fn release(root: &Path) -> Release {
+/// A release key (`root/release.key`) and a manifest (`root/manifest.cose`, version
+/// `version`, valid a day) listing the binary under test and `measurements` (lines
+/// `platform:name=HEX`); answers the release public key and the manifest path.
+pub fn sign_release(root: &Path, version: &str, measurements: &[&str]) -> (String, PathBuf) {
     let key = root.join("release.key");
     let public_key = ztmesh_ok(&[
         "manifest",
@@ -532,25 +534,34 @@ pub fn release(root: &Path) -> Release {
     ])
     .trim()
     .to_owned();
-    let binary_hash = hex::encode(sha2::Sha256::digest(std::fs::read(bin()).unwrap()));
     let manifest = root.join("manifest.cose");
-    ztmesh_ok(&[
+    let mut args = vec![
         "manifest",
         "sign",
         "--key",
         path_str(&key),
         "--insecure-plaintext-key",
         "--version",
-        "9.9.9",
+        version,
         "--binary",
         bin(),
-        "--measurement",
-        &format!("dev:measurement={binary_hash}"),
         "--not-after",
         "1d",
         "-o",
         path_str(&manifest),
-    ]);
+    ];
+    for measurement in measurements {
+        args.extend(["--measurement", measurement]);
+    }
+    ztmesh_ok(&args);
+    (public_key, manifest)
+}
+
+/// Makes a [`Release`] in `root`: `release.key`, `manifest.cose`.
+pub fn release(root: &Path) -> Release {
+    let binary_hash = hex::encode(sha2::Sha256::digest(std::fs::read(bin()).unwrap()));
+    let (public_key, manifest) =
+        sign_release(root, "9.9.9", &[&format!("dev:measurement={binary_hash}")]);
     let seed = [0x5e; 32];
     let tee = ed25519_dalek::SigningKey::from_bytes(&seed);
     Release {
