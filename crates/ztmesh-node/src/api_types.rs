@@ -463,7 +463,9 @@ pub struct LogStatus {
     /// Log entries fetched from the CA and verified against the accepted checkpoint's root.
     #[serde(default)]
     pub entries_verified: u64,
-    /// Peer certificates checked against the verified log since start.
+    /// Certificate checks against the verified log since start: peer and own certificates
+    /// (is the issuance logged?) and logged certificates in this node's name (does it hold
+    /// them?).
     #[serde(default)]
     pub certificates_checked: u64,
     /// Peer certificates waiting for the verified log to move past their issuance.
@@ -472,32 +474,44 @@ pub struct LogStatus {
     /// Peer certificates never checked because too many were waiting (4096).
     #[serde(default)]
     pub certificates_dropped: u64,
-    /// CRL revocations checked against the verified log since start.
+    /// Revocation checks against the verified log since start: each serial of a CRL (is its
+    /// revocation logged?) and each logged revocation (does the CRL list it?).
     #[serde(default)]
     pub revocations_checked: u64,
-    /// `unlogged_certificate` alarms since start: a peer certificate the CA issued without
-    /// logging it.
+    /// `unlogged_certificate` alarms since start: a peer's (or this node's) certificate the CA
+    /// issued without logging it.
     #[serde(default)]
     pub unlogged_certificates: u64,
     /// `unlogged_revocation` alarms since start: a CRL revocation missing from the log.
     #[serde(default)]
     pub unlogged_revocations: u64,
+    /// `withheld_revocation` alarms since start: a revocation the log shows that the CRL in
+    /// force leaves out (by its `thisUpdate` − 90 s).
+    #[serde(default)]
+    pub withheld_revocations: u64,
+    /// `foreign_certificate` alarms since start: a logged certificate in this node's name that
+    /// it never held.
+    #[serde(default)]
+    pub foreign_certificates: u64,
     /// The latest of those alarms (at most 32), oldest first.
     #[serde(default)]
     pub unlogged: Vec<UnloggedFinding>,
 }
 
-/// A certificate or revocation the node was shown that the verified membership log does not
-/// hold (an alarm only: links and CRLs are not refused over it).
+/// A certificate or revocation on which the node and the verified membership log disagree (an
+/// alarm only: links and CRLs are not refused over it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UnloggedFinding {
-    /// `unlogged_certificate` or `unlogged_revocation`.
+    /// `unlogged_certificate`, `unlogged_revocation`, `withheld_revocation` or
+    /// `foreign_certificate`.
     pub kind: String,
     /// The certificate serial, lowercase hex.
     pub serial: String,
-    /// The peer that presented the certificate (`null` for a revocation).
+    /// Whose certificate: the node that presented it, the node the log names (withheld and
+    /// foreign), `null` for an unlogged revocation.
     pub node_id: Option<String>,
-    /// The certificate's notBefore, or the CRL's thisUpdate (RFC 3339).
+    /// The certificate's notBefore (unlogged), the CRL's thisUpdate (revocations), or when the
+    /// CA logged it (foreign), RFC 3339.
     pub issued: String,
 }
 

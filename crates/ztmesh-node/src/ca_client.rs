@@ -66,6 +66,9 @@ pub enum ClientError {
     /// Local TLS configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// The node's state database.
+    #[error("state database: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// The node's TPM.
     #[error("TPM: {0}")]
     Tpm(TpmError),
@@ -478,6 +481,15 @@ async fn enroll_into(
         dir.write_log_policy(text)?;
     }
     dir.install_certificate(&cert_der, &tls_key, &options.protection)?;
+    // The first certificate of this node's history, which the membership-log audit judges
+    // every certificate logged in its name against.
+    crate::store::NodeStore::open(&dir.state_db())?.record_issuance(
+        &cert.serial,
+        cert.not_before,
+        cert.not_after,
+        "enroll",
+        crate::timefmt::now(),
+    )?;
     let config = NodeConfig {
         node_id,
         trust_domain,

@@ -642,6 +642,20 @@ pub async fn run(
         }
     }
     let parsed = NodeCertificate::parse(&cert_der)?;
+    // The certificate in use is part of this node's history (the enrollment certificate is
+    // recorded here, at the first start); the log audit judges entries in its name by it.
+    let kind = if store.issuances()?.is_empty() {
+        "enroll"
+    } else {
+        "rotate"
+    };
+    store.record_issuance(
+        &parsed.serial,
+        parsed.not_before,
+        parsed.not_after,
+        kind,
+        now(),
+    )?;
     let current = Arc::new(CurrentCertificate::new(
         vec![cert_der.clone()],
         &tls_key.to_pkcs8_der(),
@@ -722,9 +736,11 @@ pub async fn run(
         &dir,
         &config.trust_domain,
         store.clone(),
+        config.node_id,
         now().as_unix_secs(),
     )
     .map_err(|e| NodeError::Inconsistent(e.to_string()))?;
+    log_watch.handle_certificate(config.node_id, &parsed.serial, parsed.not_before);
     let (witness, witness_task) = crate::node_witness::prepare(&dir, &config, &protection)
         .await
         .map_err(|e| NodeError::Inconsistent(format!("[witness]: {e}")))?
@@ -1152,7 +1168,7 @@ async fn run_link<S>(
     node.dtn.send(DtnCommand::LinkUp(peer_id));
     node.record_certificate(peer_id, peer.not_before, peer.not_after);
     node.log_watch
-        .handle_peer_certificate(peer_id, &peer.serial, peer.not_before);
+        .handle_certificate(peer_id, &peer.serial, peer.not_before);
     tracing::info!(peer = %peer_id, direction = direction.as_str(), %remote, link = info.id, "link up");
 
     let reason = drive_link(&node, stream, &peer, &info, &mut rx).await;
@@ -1290,7 +1306,7 @@ where
                                 Ok(new) if new.node_id == peer_id => {
                                     tracing::debug!(peer = %peer_id, serial = %new.serial, "peer rotated its certificate");
                                     node.record_certificate(peer_id, new.not_before, new.not_after);
-                                    node.log_watch.handle_peer_certificate(peer_id, &new.serial, new.not_before);
+                                    node.log_watch.handle_certificate(peer_id, &new.serial, new.not_before);
                                     peer_spkis.truncate(1);
                                     peer_spkis.push(new.tls_public_key_spki_der.clone());
                                     *info.peer_cert.lock().unwrap_or_else(|p| p.into_inner()) = (new.serial, new.not_after);
@@ -1461,10 +1477,16 @@ async fn rotate_once(node: &Arc<Node>) -> Result<Serial, ClientError> {
     node.record_certificate(node.node_id, cert.not_before, cert.not_after);
     let store = node.store.clone();
     let (serial, nb, na) = (cert.serial.clone(), cert.not_before, cert.not_after);
-    let _ = tokio::task::spawn_blocking(move || {
+    let recorded = tokio::task::spawn_blocking(move || {
         store.record_issuance(&serial, nb, na, "rotate", now())
     })
     .await;
+    if !matches!(recorded, Ok(Ok(()))) {
+        // Recorded again at the next start (the certificate is installed by then).
+        tracing::warn!("could not record the rotated certificate in this node's history");
+    }
+    node.log_watch
+        .handle_certificate(node.node_id, &cert.serial, cert.not_before);
     // Peers learn the new certificate now, so links outlive the old one's expiry.
     node.broadcast(LinkMessage::CertificateUpdate { certificate: der });
     Ok(cert.serial)

@@ -19,6 +19,21 @@
 //!   past the CRL's `thisUpdate` + [`LOG_GRACE`], must have a `revoke_node` or
 //!   `revoke_certificate` entry, or it is an `unlogged_revocation`.
 //!
+//! - The other way round, each CRL the log has moved past must list every serial the log shows
+//!   revoked by its `thisUpdate` − [`LOG_GRACE`], or it is a `withheld_revocation`: a CA
+//!   (or whoever signs with its key) hiding from this node a revocation it logged for everyone
+//!   else. The CA lists every revocation it ever made in every CRL, expired certificates
+//!   included, so an omission is never routine.
+//! - Every `enroll` or `rotate` entry naming this node must be one of the certificates it
+//!   holds or held ([`NodeStore::record_issuance`](crate::store::NodeStore::record_issuance)),
+//!   once [`LOG_GRACE`] has passed since the entry was committed, or it is a
+//!   `foreign_certificate`: a certificate in this node's name given to someone else (or, the
+//!   one honest cause, a rotation whose answer never reached this node). Entries before the
+//!   index at which the node started keeping its history are not judged (see
+//!   [`NodeStore::own_audit_start`](crate::store::NodeStore::own_audit_start)); the index,
+//!   unlike the CA-chosen `at`, cannot be moved by the CA. The node's own certificates go
+//!   through the [`CertificateQueue`] like its peers'.
+//!
 //! These are alarms, never refusals: a link stays up and a CRL stays in force. The time rule
 //! leaves room for honest races (see [`LOG_GRACE`]), but a refusal on a timing judgement would
 //! turn a slow CA into an outage; the alarm is for the operator, with the node and serial.
@@ -76,6 +91,33 @@ pub(crate) const MAX_REPORTED: usize = 4096;
 /// enough past `issued` (a `notBefore` or a `thisUpdate`) for a missing entry to count.
 pub(crate) fn is_due(issued: Timestamp, log_time: Option<u64>) -> bool {
     log_time.is_some_and(|at| at >= issued.as_unix_secs().saturating_add(LOG_GRACE.as_secs()))
+}
+
+/// Whether an entry naming this node, committed at `at` (Unix seconds), is old enough at
+/// `now_secs` for the node to have recorded the certificate it names.
+pub(crate) fn own_entry_is_due(at: u64, now_secs: u64) -> bool {
+    now_secs >= at.saturating_add(LOG_GRACE.as_secs())
+}
+
+/// The latest commit time (Unix seconds) of a logged revocation that a CRL with this
+/// `thisUpdate` must list.
+pub(crate) fn revocations_due_by(this_update: Timestamp) -> u64 {
+    this_update
+        .as_unix_secs()
+        .saturating_sub(LOG_GRACE.as_secs())
+}
+
+/// Most entries naming this node judged per wake-up.
+pub(crate) const OWN_ENTRIES_PER_WAKE: usize = 1000;
+
+/// The logged revocations `(serial, node_id)` that a CRL listing `listed` leaves out.
+pub(crate) fn withheld<'a>(
+    logged: &'a [(String, String)],
+    listed: &'a HashSet<String>,
+) -> impl Iterator<Item = &'a (String, String)> + 'a {
+    logged
+        .iter()
+        .filter(move |(serial, _)| !listed.contains(serial))
 }
 
 /// Whether the entries naming a serial (their kinds) include its issuance.
@@ -392,6 +434,10 @@ pub(crate) enum FindingKind {
     UnloggedCertificate,
     /// A CRL revocation that is not in the log.
     UnloggedRevocation,
+    /// A logged revocation that the CRL in force leaves out.
+    WithheldRevocation,
+    /// A logged certificate in this node's name that it never held.
+    ForeignCertificate,
 }
 
 impl FindingKind {
@@ -399,6 +445,8 @@ impl FindingKind {
         match self {
             FindingKind::UnloggedCertificate => "unlogged_certificate",
             FindingKind::UnloggedRevocation => "unlogged_revocation",
+            FindingKind::WithheldRevocation => "withheld_revocation",
+            FindingKind::ForeignCertificate => "foreign_certificate",
         }
     }
 }
@@ -411,6 +459,8 @@ pub(crate) struct Findings {
     pub(crate) revocations_checked: u64,
     pub(crate) unlogged_certificates: u64,
     pub(crate) unlogged_revocations: u64,
+    pub(crate) withheld_revocations: u64,
+    pub(crate) foreign_certificates: u64,
     /// The latest findings, newest last, at most [`MAX_FINDINGS_SHOWN`].
     recent: VecDeque<UnloggedFinding>,
     /// What was reported already, so each is counted once.
@@ -429,8 +479,12 @@ impl Findings {
         logged: bool,
     ) -> bool {
         match kind {
-            FindingKind::UnloggedCertificate => self.certificates_checked += 1,
-            FindingKind::UnloggedRevocation => self.revocations_checked += 1,
+            FindingKind::UnloggedCertificate | FindingKind::ForeignCertificate => {
+                self.certificates_checked += 1
+            }
+            FindingKind::UnloggedRevocation | FindingKind::WithheldRevocation => {
+                self.revocations_checked += 1
+            }
         }
         if logged {
             return false;
@@ -444,6 +498,8 @@ impl Findings {
         match kind {
             FindingKind::UnloggedCertificate => self.unlogged_certificates += 1,
             FindingKind::UnloggedRevocation => self.unlogged_revocations += 1,
+            FindingKind::WithheldRevocation => self.withheld_revocations += 1,
+            FindingKind::ForeignCertificate => self.foreign_certificates += 1,
         }
         if self.recent.len() >= MAX_FINDINGS_SHOWN {
             self.recent.pop_front();

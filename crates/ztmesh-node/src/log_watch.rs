@@ -31,6 +31,7 @@
 //! monitor did not accept, or blocking gossip delivery or a link on the CA (received notes and
 //! peer certificates go through bounded queues).
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,8 +46,9 @@ use ztmesh_tlog::{
 use crate::api_types::LogStatus;
 use crate::ca_client::ClientError;
 use crate::log_audit::{
-    is_due, issuance_is_logged, revocation_is_logged, CertificateQueue, EntryFollower, FindingKind,
-    Findings, PendingCertificate, BATCHES_PER_WAKE, MAX_FOLLOWED_ENTRIES, MAX_PENDING_CERTIFICATES,
+    is_due, issuance_is_logged, own_entry_is_due, revocation_is_logged, revocations_due_by,
+    withheld, CertificateQueue, EntryFollower, FindingKind, Findings, PendingCertificate,
+    BATCHES_PER_WAKE, MAX_FOLLOWED_ENTRIES, MAX_PENDING_CERTIFICATES, OWN_ENTRIES_PER_WAKE,
 };
 use crate::node_dir::{NodeDir, NodeDirError};
 use crate::store::{
@@ -273,6 +275,10 @@ pub(crate) struct Watcher {
     crl_waiting: Option<(u64, Timestamp)>,
     /// Whether the follower's capacity was reported (once).
     follower_full_reported: bool,
+    /// This node, whose logged certificates it judges against its own history.
+    own_id: NodeId,
+    /// The next log index at which entries naming this node are judged.
+    own_cursor: u64,
 }
 
 impl Watcher {
@@ -281,9 +287,11 @@ impl Watcher {
         monitor: CheckpointMonitor,
         store: Arc<NodeStore>,
         ca_der: Vec<u8>,
+        own_id: NodeId,
         now_secs: u64,
     ) -> Result<Self, LogWatchError> {
         let saved = store.log_watch()?;
+        let own_cursor = store.own_audit_start()?;
         let resumed = resume_from(&monitor, &saved, now_secs)?;
         let follower = load_follower(&store)?;
         if let Some(head) = resumed.current() {
@@ -315,6 +323,8 @@ impl Watcher {
             crl_checked: None,
             crl_waiting: None,
             follower_full_reported: false,
+            own_id,
+            own_cursor,
         })
     }
 
@@ -547,6 +557,64 @@ impl Watcher {
         self.follow(log, now_secs).await;
         self.check_certificates(watch).await;
         self.check_crl().await;
+        self.check_own_entries(now_secs).await;
+    }
+
+    /// Judges the verified `enroll` and `rotate` entries naming this node, once
+    /// [`LOG_GRACE`](crate::log_audit::LOG_GRACE) has passed since they were committed,
+    /// against the certificates it holds or held.
+    async fn check_own_entries(&mut self, now_secs: u64) {
+        if self.own_cursor >= self.follower.size() {
+            return;
+        }
+        let (store, own, cursor) = (self.store.clone(), self.own_id, self.own_cursor);
+        let result = blocking(move || {
+            let entries =
+                store.issuances_logged_for(&own.to_string(), cursor, OWN_ENTRIES_PER_WAKE)?;
+            let mut judged = Vec::with_capacity(entries.len());
+            for (index, serial, at) in entries {
+                if !own_entry_is_due(at, now_secs) {
+                    return Ok((judged, Some(index)));
+                }
+                // The serial was checked as lowercase hex when the entry was followed.
+                let serial = Serial::from_hex(&serial)
+                    .map_err(|e| StoreError::Corrupt(format!("followed serial: {e}")))?;
+                let held = store.holds_issuance(&serial)?;
+                judged.push((index, serial, at, held));
+            }
+            Ok::<_, StoreError>((judged, None))
+        })
+        .await;
+        let (judged, waiting_at) = match result {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::warn!(%error, "could not check this node's logged certificates");
+                return;
+            }
+        };
+        let reached = judged.last().map(|(index, ..)| index + 1);
+        for (_, serial, at, held) in judged {
+            let committed = Timestamp::from_unix_secs(at);
+            if self.findings.record(
+                FindingKind::ForeignCertificate,
+                &serial,
+                Some(self.own_id),
+                committed,
+                held,
+            ) {
+                tracing::warn!(
+                    node = %self.own_id,
+                    %serial,
+                    logged_at = %crate::timefmt::rfc3339(committed),
+                    "FOREIGN CERTIFICATE (foreign_certificate): the membership log shows a certificate in this node's name that this node never held; the CA issued it to someone else (or a rotation answer never reached this node)"
+                );
+            }
+        }
+        self.own_cursor = match waiting_at {
+            // The first entry not yet due is where the next wake-up starts.
+            Some(index) => index,
+            None => reached.unwrap_or(self.follower.size()).max(self.own_cursor),
+        };
     }
 
     async fn follow(&mut self, log: &impl LogSource, now_secs: u64) {
@@ -663,11 +731,16 @@ impl Watcher {
                 logged,
             );
             if new {
+                let whose = if pending.node_id == self.own_id {
+                    "this node holds"
+                } else {
+                    "a peer holds"
+                };
                 tracing::warn!(
                     node = %pending.node_id,
                     serial = %pending.serial,
                     not_before = %crate::timefmt::rfc3339(pending.not_before),
-                    "UNLOGGED CERTIFICATE (unlogged_certificate): a peer holds a certificate from the CA that the membership log does not show; the CA issued it without logging it"
+                    "UNLOGGED CERTIFICATE (unlogged_certificate): {whose} a certificate from the CA that the membership log does not show; the CA issued it without logging it"
                 );
             }
         }
@@ -686,7 +759,7 @@ impl Watcher {
             return;
         }
         let (store, ca_der, checked) = (self.store.clone(), self.ca_der.clone(), self.crl_checked);
-        type CrlCheck = (u64, Timestamp, Option<Vec<(Serial, bool)>>);
+        type CrlCheck = (u64, Timestamp, Option<CrlResults>);
         let result = blocking(move || -> Result<Option<CrlCheck>, StoreError> {
             let Some((number, der)) = store.latest_crl()? else {
                 return Ok(None);
@@ -699,10 +772,25 @@ impl Watcher {
             if !is_due(crl.this_update, Some(log_time)) {
                 return Ok(Some((number, crl.this_update, None)));
             }
-            let mut results = Vec::with_capacity(crl.entries.len());
+            let mut results = CrlResults::default();
+            let mut listed = HashSet::with_capacity(crl.entries.len());
             for entry in crl.entries {
-                let kinds = store.logged_kinds(&entry.serial.to_hex())?;
-                results.push((entry.serial, revocation_is_logged(&kinds)));
+                let hex = entry.serial.to_hex();
+                let kinds = store.logged_kinds(&hex)?;
+                results
+                    .listed
+                    .push((entry.serial, revocation_is_logged(&kinds)));
+                listed.insert(hex);
+            }
+            let logged = store.revocations_logged_until(revocations_due_by(crl.this_update))?;
+            results.logged = logged.len() as u64;
+            for (serial, node_id) in withheld(&logged, &listed) {
+                // Both were read from entries the log committed to (`LogEntry::from_leaf`
+                // checked them); one that does not parse is not a revocation this node
+                // could be shown.
+                if let (Ok(serial), Ok(node_id)) = (Serial::from_hex(serial), node_id.parse()) {
+                    results.withheld.push((serial, node_id));
+                }
             }
             Ok(Some((number, crl.this_update, Some(results))))
         })
@@ -721,7 +809,27 @@ impl Watcher {
         };
         self.crl_waiting = None;
         self.crl_checked = Some(number);
-        for (serial, logged) in results {
+        // The logged revocations the CRL lists passed; the others are recorded one by one.
+        self.findings.revocations_checked +=
+            results.logged.saturating_sub(results.withheld.len() as u64);
+        for (serial, node_id) in results.withheld {
+            if self.findings.record(
+                FindingKind::WithheldRevocation,
+                &serial,
+                Some(node_id),
+                this_update,
+                false,
+            ) {
+                tracing::warn!(
+                    node = %node_id,
+                    %serial,
+                    crl_number = number,
+                    this_update = %crate::timefmt::rfc3339(this_update),
+                    "WITHHELD REVOCATION (withheld_revocation): the membership log shows this certificate revoked, but the CRL in force does not list it; this node still accepts it"
+                );
+            }
+        }
+        for (serial, logged) in results.listed {
             if self.findings.record(
                 FindingKind::UnloggedRevocation,
                 &serial,
@@ -769,9 +877,22 @@ impl Watcher {
             revocations_checked: self.findings.revocations_checked,
             unlogged_certificates: self.findings.unlogged_certificates,
             unlogged_revocations: self.findings.unlogged_revocations,
+            withheld_revocations: self.findings.withheld_revocations,
+            foreign_certificates: self.findings.foreign_certificates,
             unlogged: self.findings.recent(),
         }
     }
+}
+
+/// What one CRL's cross-check found.
+#[derive(Debug, Default)]
+struct CrlResults {
+    /// Each serial the CRL lists, and whether the log shows its revocation.
+    listed: Vec<(Serial, bool)>,
+    /// Revocations the log committed early enough for the CRL to list them.
+    logged: u64,
+    /// Those it does not list, with the node each revoked certificate belonged to.
+    withheld: Vec<(Serial, NodeId)>,
 }
 
 /// The node's side of the watch: the queues gossip delivery and links feed, and the status
@@ -798,6 +919,7 @@ pub(crate) fn prepare(
     dir: &NodeDir,
     trust_domain: &TrustDomain,
     store: Arc<NodeStore>,
+    own_id: NodeId,
     now_secs: u64,
 ) -> Result<(LogWatch, Option<LogWatchTask>), LogWatchError> {
     let Some(text) = dir.read_log_policy()? else {
@@ -808,7 +930,7 @@ pub(crate) fn prepare(
         error,
     })?;
     let ca_der = NodeDir::read_cert(&dir.ca_cert())?;
-    let watcher = Watcher::open(monitor, store, ca_der, now_secs)?;
+    let watcher = Watcher::open(monitor, store, ca_der, own_id, now_secs)?;
     let (sender, received) = mpsc::channel(RECEIVED_QUEUE);
     let watch = LogWatch {
         received: Some(sender),
@@ -841,10 +963,11 @@ impl LogWatch {
         }
     }
 
-    /// A peer certificate accepted on a link (at link-up, or by a certificate update): it is
-    /// checked against the log once the log has moved past its issuance. Never blocks on
+    /// A peer certificate accepted on a link (at link-up, or by a certificate update), or one
+    /// of this node's own (at start and after each rotation): it is checked against the log
+    /// once the log has moved past its issuance. Never blocks on
     /// anything but a short lock, never refuses anything.
-    pub(crate) fn handle_peer_certificate(
+    pub(crate) fn handle_certificate(
         &self,
         node_id: NodeId,
         serial: &Serial,
@@ -1053,7 +1176,7 @@ mod tests {
     /// A watcher on the store in `temp`: a node starting (again) on that data directory.
     fn watcher_in(temp: &tempfile::TempDir) -> Watcher {
         let monitor = parse_log_policy(&policy_text(), &trust_domain()).unwrap();
-        Watcher::open(monitor, store_in(temp), Vec::new(), NOW).unwrap()
+        Watcher::open(monitor, store_in(temp), Vec::new(), OWN, NOW).unwrap()
     }
 
     fn head(tree: &MerkleTree, size: u64) -> TreeHead {
@@ -1304,6 +1427,7 @@ mod tests {
             parse_log_policy(&policy_text(), &trust_domain()).unwrap(),
             store_in(&tempfile::tempdir().unwrap()),
             Vec::new(),
+            OWN,
             NOW,
         )
         .unwrap();
@@ -1332,7 +1456,7 @@ mod tests {
         );
         let monitor = parse_log_policy(&stricter, &trust_domain()).unwrap();
         assert!(matches!(
-            Watcher::open(monitor, store_in(&temp), Vec::new(), NOW),
+            Watcher::open(monitor, store_in(&temp), Vec::new(), OWN, NOW),
             Err(LogWatchError::Resume(_))
         ));
     }
@@ -1354,6 +1478,211 @@ mod tests {
             at,
         }
         .to_leaf()
+    }
+
+    /// The node whose watcher the tests run (named by no entry unless a test says so).
+    const OWN: NodeId = NodeId::from_bytes([200; 20]);
+
+    fn logged(kind: EntryKind, node_id: NodeId, serial: &Serial, at: u64) -> Vec<u8> {
+        LogEntry {
+            kind,
+            node_id,
+            serial: serial.to_hex(),
+            not_after: matches!(kind, EntryKind::Enroll | EntryKind::Rotate).then_some(at + 3600),
+            at,
+        }
+        .to_leaf()
+    }
+
+    /// A watch with a certificate queue, as `prepare` makes it.
+    fn watch_with_queue() -> LogWatch {
+        let (sender, _) = mpsc::channel(1);
+        LogWatch {
+            received: Some(sender),
+            status: Mutex::new(LogStatus::default()),
+            certificates: Mutex::new(CertificateQueue::new(16)),
+        }
+    }
+
+    #[tokio::test]
+    async fn logged_certificates_in_this_nodes_name_must_be_ones_it_held() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = store_in(&temp);
+        let (enrolled, rotated, foreign, recent) = (
+            Serial::from_bytes(&[0x41, 1]),
+            Serial::from_bytes(&[0x41, 2]),
+            Serial::from_bytes(&[0x41, 3]),
+            Serial::from_bytes(&[0x41, 4]),
+        );
+        let at = Timestamp::from_unix_secs;
+        for (serial, kind) in [(&enrolled, "enroll"), (&rotated, "rotate")] {
+            store
+                .record_issuance(serial, at(NOW - 2000), at(NOW + 2000), kind, at(NOW - 2000))
+                .unwrap();
+        }
+        let log = vec![
+            logged(EntryKind::Enroll, OWN, &enrolled, NOW - 1000),
+            entry(EntryKind::Enroll, 2, NOW - 990),
+            logged(EntryKind::Rotate, OWN, &rotated, NOW - 800),
+            // Given to someone else in this node's name, and logged.
+            logged(EntryKind::Rotate, OWN, &foreign, NOW - 700),
+            // Revocations name this node too; they are not certificates it should hold.
+            logged(EntryKind::RevokeCertificate, OWN, &foreign, NOW - 600),
+            // Logged just now: this node may still be installing it.
+            logged(EntryKind::Rotate, OWN, &recent, NOW - 10),
+        ];
+        let ca = FakeLog::with_leaves(log.clone(), Some(log.len() as u64));
+        let monitor = parse_log_policy(&policy_text(), &trust_domain()).unwrap();
+        let mut watcher = Watcher::open(monitor, store.clone(), Vec::new(), OWN, NOW).unwrap();
+        let watch = watch_with_queue();
+        watcher.poll_log(&ca, NOW).await.unwrap();
+        watcher.cross_check(&ca, &watch, NOW).await;
+        let status = watcher.status();
+        assert_eq!(status.entries_verified, 6);
+        assert_eq!(status.certificates_checked, 3, "{status:?}");
+        assert_eq!(status.foreign_certificates, 1, "{status:?}");
+        assert_eq!(status.unlogged.len(), 1);
+        assert_eq!(status.unlogged[0].kind, "foreign_certificate");
+        assert_eq!(status.unlogged[0].serial, foreign.to_hex());
+        assert_eq!(status.unlogged[0].node_id, Some(OWN.to_string()));
+        assert_eq!(
+            status.unlogged[0].issued,
+            crate::timefmt::rfc3339(at(NOW - 700))
+        );
+
+        // The recent one is judged once the grace has passed; it was installed meanwhile.
+        watcher.cross_check(&ca, &watch, NOW + 30).await;
+        assert_eq!(watcher.status().certificates_checked, 3);
+        store
+            .record_issuance(&recent, at(NOW - 70), at(NOW + 3000), "rotate", at(NOW))
+            .unwrap();
+        watcher.cross_check(&ca, &watch, NOW + 200).await;
+        let status = watcher.status();
+        assert_eq!(status.certificates_checked, 4, "{status:?}");
+        assert_eq!(status.foreign_certificates, 1, "judged once");
+
+        // After a restart the entries are judged again from where the history began.
+        let monitor = parse_log_policy(&policy_text(), &trust_domain()).unwrap();
+        let mut restarted = Watcher::open(monitor, store, Vec::new(), OWN, NOW + 300).unwrap();
+        restarted.cross_check(&ca, &watch, NOW + 300).await;
+        let status = restarted.status();
+        assert_eq!(status.certificates_checked, 4, "{status:?}");
+        assert_eq!(status.foreign_certificates, 1);
+    }
+
+    #[tokio::test]
+    async fn entries_followed_before_the_history_began_are_not_judged() {
+        let temp = tempfile::tempdir().unwrap();
+        let log = vec![
+            logged(EntryKind::Enroll, OWN, &serial(1), NOW - 1000),
+            entry(EntryKind::Enroll, 2, NOW - 990),
+        ];
+        let ca = FakeLog::with_leaves(log.clone(), Some(log.len() as u64));
+        let store = store_in(&temp);
+        // Entries followed (by an earlier version) before the audit of this node's own
+        // entries began...
+        store
+            .save_log_watch(&SavedLogWatch {
+                head: Some(SavedLogHead {
+                    size: 2,
+                    root: *tree_of(&log).root_at(2).unwrap().as_bytes(),
+                    note: note(&tree_of(&log), 2, &[1, 2]),
+                }),
+                ..SavedLogWatch::default()
+            })
+            .unwrap();
+        store
+            .append_followed_entries(
+                0,
+                &log.iter()
+                    .map(|leaf| crate::log_audit::followed_entry(leaf))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        let monitor = parse_log_policy(&policy_text(), &trust_domain()).unwrap();
+        let mut watcher = Watcher::open(monitor, store.clone(), Vec::new(), OWN, NOW).unwrap();
+        watcher.cross_check(&ca, &watch_with_queue(), NOW).await;
+        let status = watcher.status();
+        assert_eq!(status.entries_verified, 2);
+        assert_eq!(status.certificates_checked, 0, "{status:?}");
+        assert_eq!(
+            store.own_audit_start().unwrap(),
+            2,
+            "fixed at the first start"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crl_must_list_every_revocation_the_log_committed_before_it() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = store_in(&temp);
+        let authority = ztmesh_pki::CertificateAuthority::generate(
+            trust_domain(),
+            Timestamp::from_unix_secs(NOW - 86_400),
+            Duration::from_secs(10 * 86_400),
+        )
+        .unwrap();
+        let at = Timestamp::from_unix_secs;
+        let (hidden, listed, late) = (serial(3), serial(4), serial(5));
+        let log = vec![
+            entry(EntryKind::Enroll, 3, NOW - 1000),
+            entry(EntryKind::Enroll, 4, NOW - 990),
+            entry(EntryKind::Enroll, 5, NOW - 980),
+            entry(EntryKind::RevokeNode, 3, NOW - 900),
+            entry(EntryKind::RevokeCertificate, 4, NOW - 890),
+            // Revoked too close to the CRL's thisUpdate for it to be owed.
+            entry(EntryKind::RevokeCertificate, 5, NOW - 450),
+            // The log moves on past the CRL.
+            entry(EntryKind::Enroll, 6, NOW),
+        ];
+        let crl_entry = |serial: &Serial| ztmesh_pki::RevokedEntry {
+            serial: serial.clone(),
+            revoked_at: at(NOW - 900),
+            reason: ztmesh_pki::RevocationReason::Unspecified,
+        };
+        let crl = authority
+            .sign_crl(&[crl_entry(&listed)], 7, at(NOW - 400), at(NOW + 86_400))
+            .unwrap();
+        assert!(store.save_crl(7, &crl).unwrap());
+        let ca = FakeLog::with_leaves(log.clone(), Some(log.len() as u64));
+        let monitor = parse_log_policy(&policy_text(), &trust_domain()).unwrap();
+        let mut watcher = Watcher::open(
+            monitor,
+            store.clone(),
+            authority.cert_der().to_vec(),
+            OWN,
+            NOW,
+        )
+        .unwrap();
+        watcher.poll_log(&ca, NOW).await.unwrap();
+        watcher.cross_check(&ca, &watch_with_queue(), NOW).await;
+        let status = watcher.status();
+        // The listed serial against the log, then the two owed revocations against the CRL.
+        assert_eq!(status.revocations_checked, 3, "{status:?}");
+        assert_eq!(status.unlogged_revocations, 0);
+        assert_eq!(status.withheld_revocations, 1, "{status:?}");
+        assert_eq!(status.unlogged.len(), 1);
+        let finding = &status.unlogged[0];
+        assert_eq!(finding.kind, "withheld_revocation");
+        assert_eq!(finding.serial, hidden.to_hex());
+        assert_eq!(finding.node_id, Some(node(3).to_string()));
+        assert_eq!(finding.issued, crate::timefmt::rfc3339(at(NOW - 400)));
+
+        // A newer CRL listing everything clears nothing (an alarm stays) and adds nothing.
+        let all = authority
+            .sign_crl(
+                &[crl_entry(&hidden), crl_entry(&listed), crl_entry(&late)],
+                8,
+                at(NOW - 300),
+                at(NOW + 86_400),
+            )
+            .unwrap();
+        assert!(store.save_crl(8, &all).unwrap());
+        watcher.cross_check(&ca, &watch_with_queue(), NOW).await;
+        let status = watcher.status();
+        assert_eq!(status.withheld_revocations, 1);
+        assert_eq!(status.unlogged_revocations, 0);
+        assert_eq!(status.revocations_checked, 3 + 3 + 3, "{status:?}");
     }
 
     /// A log of enrollments of nodes 1..=n at NOW - 1000 + 10 i, then node 1's rotation at NOW.
@@ -1427,7 +1756,7 @@ mod tests {
         let ca = FakeLog::with_leaves(log.clone(), Some(log.len() as u64));
         let store = store_in(&temp);
         let monitor = parse_log_policy(&policy_text(), &trust_domain()).unwrap();
-        let mut watcher = Watcher::open(monitor, store, Vec::new(), NOW).unwrap();
+        let mut watcher = Watcher::open(monitor, store, Vec::new(), OWN, NOW).unwrap();
         let (watch, _) = {
             let (sender, receiver) = mpsc::channel(1);
             (
@@ -1441,11 +1770,11 @@ mod tests {
         };
         let at = |secs: u64| Timestamp::from_unix_secs(secs);
         // Node 2's logged certificate (the CA back-dates notBefore by 60 s).
-        watch.handle_peer_certificate(node(2), &serial(2), at(NOW - 980 - 60));
+        watch.handle_certificate(node(2), &serial(2), at(NOW - 980 - 60));
         // Node 7's: valid from the CA, never logged.
-        watch.handle_peer_certificate(node(7), &serial(7), at(NOW - 500));
+        watch.handle_certificate(node(7), &serial(7), at(NOW - 500));
         // Node 8's, issued just now: the log has not moved past it yet.
-        watch.handle_peer_certificate(node(8), &serial(8), at(NOW - 30));
+        watch.handle_certificate(node(8), &serial(8), at(NOW - 30));
         // Before the log is verified nothing is judged.
         watcher.cross_check(&ca, &watch, NOW).await;
         let status = watcher.status();
@@ -1463,7 +1792,7 @@ mod tests {
         assert_eq!(status.unlogged[0].serial, serial(7).to_hex());
         assert_eq!(status.unlogged[0].node_id, Some(node(7).to_string()));
         // A certificate update of node 7 presenting it again: not counted twice.
-        watch.handle_peer_certificate(node(7), &serial(7), at(NOW - 500));
+        watch.handle_certificate(node(7), &serial(7), at(NOW - 500));
         watcher.cross_check(&ca, &watch, NOW).await;
         assert_eq!(watcher.status().unlogged_certificates, 1);
         assert!(!watcher.status().split_view, "an alarm of its own kind");
@@ -1473,11 +1802,11 @@ mod tests {
     fn without_a_policy_nothing_is_watched() {
         let temp = tempfile::tempdir().unwrap();
         let dir = NodeDir(temp.path().to_owned());
-        let (watch, task) = prepare(&dir, &trust_domain(), store_in(&temp), NOW).unwrap();
+        let (watch, task) = prepare(&dir, &trust_domain(), store_in(&temp), OWN, NOW).unwrap();
         assert!(task.is_none());
         assert!(!watch.status().policy);
         assert!(!watch.handle_gossip(note(&tree("a", 1), 1, &[1, 2])));
-        watch.handle_peer_certificate(node(1), &serial(1), Timestamp::from_unix_secs(NOW));
+        watch.handle_certificate(node(1), &serial(1), Timestamp::from_unix_secs(NOW));
         assert!(watch.take_due_certificates(Some(u64::MAX)).is_empty());
     }
 
@@ -1487,7 +1816,13 @@ mod tests {
         let dir = NodeDir(temp.path().to_owned());
         dir.write_log_policy(&policy_text()).unwrap();
         assert!(matches!(
-            prepare(&dir, &"other.mesh".parse().unwrap(), store_in(&temp), NOW),
+            prepare(
+                &dir,
+                &"other.mesh".parse().unwrap(),
+                store_in(&temp),
+                OWN,
+                NOW
+            ),
             Err(LogWatchError::Policy { .. })
         ));
     }
@@ -1499,7 +1834,7 @@ mod tests {
         dir.write_log_policy(&policy_text()).unwrap();
         // Only read here (to check saved CRLs later), never parsed as a certificate.
         std::fs::write(dir.ca_cert(), ztmesh_pki::cert_der_to_pem(b"ca")).unwrap();
-        let (watch, task) = prepare(&dir, &trust_domain(), store_in(&temp), NOW).unwrap();
+        let (watch, task) = prepare(&dir, &trust_domain(), store_in(&temp), OWN, NOW).unwrap();
         let mut task = task.unwrap();
         assert!(watch.status().policy);
         let n = note(&tree("a", 1), 1, &[1, 2]);

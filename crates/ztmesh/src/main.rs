@@ -882,8 +882,13 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
         );
     }
     for finding in &log.unlogged {
+        let (label, what) = match finding.kind.as_str() {
+            "withheld_revocation" => ("WITHHELD    ", "revoked in the log, missing from the CRL"),
+            "foreign_certificate" => ("FOREIGN CERT", "in this node's name, never held by it"),
+            _ => ("UNLOGGED    ", "not in the membership log"),
+        };
         out!(
-            "UNLOGGED      {} serial {}{} (issued {}): not in the membership log",
+            "{label}  {} serial {}{} ({} {}): {what}",
             finding.kind,
             finding.serial,
             finding
@@ -891,6 +896,11 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
                 .as_deref()
                 .map(|node| format!(" of {node}"))
                 .unwrap_or_default(),
+            if finding.kind == "foreign_certificate" {
+                "logged"
+            } else {
+                "issued"
+            },
             finding.issued
         );
     }

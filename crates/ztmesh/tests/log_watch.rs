@@ -783,9 +783,39 @@ fn issue_outside_the_log(ca: &TestCa, node: &TestNode) -> ztmesh_pki::Serial {
     issued.serial
 }
 
+/// Asks the CA for a certificate in `node`'s name with its keys (as whoever stole them, or the
+/// CA itself, could), which the CA logs but `node` never installs. Returns its serial.
+fn rotate_behind_its_back(ca: &TestCa, node: &TestNode) -> ztmesh_pki::Serial {
+    let dir = NodeDir(node.dir.clone());
+    let identity = dir.read_identity(&protection(), false).unwrap();
+    let (tls_key, certificate) = dir.read_tls(&protection(), false).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let current =
+        Arc::new(CurrentCertificate::new(vec![certificate], &tls_key.to_pkcs8_der()).unwrap());
+    let answer = rt.block_on(async {
+        let client =
+            ztmesh_node::ca_client::CaClient::new(&ca.url, &ca.ca_der(), Some(current)).unwrap();
+        client
+            .rotate(
+                &identity,
+                &ztmesh_pki::TlsKeyPair::generate().unwrap(),
+                &identity.public().node_id(),
+                &"test.ztmesh".parse().unwrap(),
+            )
+            .await
+            .unwrap()
+    });
+    ztmesh_pki::Serial::from_hex(&answer.serial).unwrap()
+}
+
 /// Rotating certificates every ~20 s and a logged revocation raise nothing; a certificate
 /// and a CRL signed with the CA's key outside the log raise `unlogged_certificate` and
-/// `unlogged_revocation`, and the links stay up.
+/// `unlogged_revocation`; a CRL leaving out a logged revocation raises `withheld_revocation`;
+/// a logged certificate in a node's name that it never installed raises
+/// `foreign_certificate` on that node; and the links stay up.
 #[test]
 fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
     let root = tempfile::tempdir().unwrap();
@@ -796,17 +826,14 @@ fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
         .collect();
     let spare = ca.enroll(root.path(), "spare");
     let mut rogue = ca.enroll(root.path(), "rogue");
-    for node in &mut nodes {
-        node.start();
-    }
-    let refs: Vec<&TestNode> = nodes.iter().collect();
-    wait_full_mesh(&refs, WAIT);
 
-    // A revocation done by the book (logged), and a certificate issued outside the log.
+    // A revocation done by the book (logged) first, so that the log is far enough past it
+    // for a CRL to owe it by the end of the test.
     let spare_serial = {
         let der = NodeDir::read_cert(&spare.dir.join("node.pem")).unwrap();
         ztmesh_pki::NodeCertificate::parse(&der).unwrap().serial
     };
+    let revoked_by = ztmesh_node::timefmt::now();
     ztmesh_ok(&[
         "revoke",
         "--ca-dir",
@@ -814,6 +841,15 @@ fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
         "--node-id",
         &spare.node_id,
     ]);
+    // A certificate in node2's name, logged, that node2 never gets.
+    let foreign_serial = rotate_behind_its_back(ca, &nodes[1]);
+    for node in &mut nodes {
+        node.start();
+    }
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    wait_full_mesh(&refs, WAIT);
+
+    // A certificate issued outside the log.
     let rogue_serial = issue_outside_the_log(ca, &rogue);
     let rogue_dir = NodeDir(rogue.dir.clone());
     let mut config = rogue_dir.read_config().unwrap();
@@ -846,8 +882,12 @@ fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
             },
         );
         let status = log_status(node);
-        let finding = &status["unlogged"][0];
-        assert_eq!(finding["kind"], "unlogged_certificate", "{status}");
+        let finding = status["unlogged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"] == "unlogged_certificate")
+            .unwrap_or_else(|| panic!("{status}"));
         assert_eq!(
             finding["serial"],
             rogue_serial.to_hex().as_str(),
@@ -915,6 +955,71 @@ fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
     assert_eq!(revocation["serial"], silent.to_hex().as_str(), "{status}");
     assert!(revocation["node_id"].is_null());
     assert_eq!(status["unlogged_certificates"], 1, "{status}");
+
+    // node2 never held the certificate logged in its name; node1 was not named by it.
+    wait_until(
+        "node2 to flag the certificate logged in its name",
+        SLOW_WAIT,
+        || log_status(&nodes[1])["foreign_certificates"] == 1,
+    );
+    let status = log_status(&nodes[1]);
+    let foreign = status["unlogged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "foreign_certificate")
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(
+        foreign["serial"],
+        foreign_serial.to_hex().as_str(),
+        "{status}"
+    );
+    assert_eq!(foreign["node_id"], nodes[1].node_id.as_str(), "{status}");
+    assert_eq!(log_status(&nodes[0])["foreign_certificates"], 0);
+    let text = nodes[1].cli_ok(&["status"]);
+    assert!(
+        text.contains("FOREIGN CERT") && text.contains(&foreign_serial.to_hex()),
+        "{text}"
+    );
+
+    // A newer CRL signed with the CA's key that leaves out the logged revocation, with a
+    // thisUpdate 120 s after it: the log owes it to every CRL since.
+    let crl = authority
+        .sign_crl(
+            &[entry(&silent)],
+            1_000_001,
+            revoked_by.saturating_add(Duration::from_secs(120)),
+            now.saturating_add(Duration::from_secs(86_400)),
+        )
+        .unwrap();
+    assert_eq!(member.post_crl(&nodes[0], crl), 204);
+    wait_until(
+        "node1 to flag the revocation left out of the CRL",
+        SLOW_WAIT,
+        || log_status(&nodes[0])["withheld_revocations"] == 1,
+    );
+    let status = log_status(&nodes[0]);
+    let withheld = status["unlogged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "withheld_revocation")
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(
+        withheld["serial"],
+        spare_serial.to_hex().as_str(),
+        "{status}"
+    );
+    assert_eq!(withheld["node_id"], spare.node_id.as_str(), "{status}");
+    // The serial it lists was checked before and is not counted again as unlogged.
+    assert_eq!(status["unlogged_revocations"], 1, "{status}");
+    let log = nodes[0].proc.as_ref().unwrap().log_text();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("WITHHELD REVOCATION")
+            && l.contains(&spare_serial.to_hex())),
+        "{log}"
+    );
     for node in &mut nodes {
         node.proc.as_mut().unwrap().assert_running();
     }

@@ -82,6 +82,17 @@ CREATE TABLE log_entries (
 ) STRICT;
 CREATE INDEX log_entries_by_serial ON log_entries (serial);
 "#,
+        r#"
+CREATE INDEX log_entries_by_node ON log_entries (node_id, idx);
+
+-- Singleton: the first log index at which this node judges the entries naming it against its
+-- own certificate history (log_audit.rs). Set once, to the entries followed at that time, so a
+-- node that followed the log before keeping a complete history does not judge older entries.
+CREATE TABLE own_audit (
+    id         INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    from_index INTEGER NOT NULL CHECK (from_index >= 0)
+) STRICT;
+"#,
     ],
 };
 
@@ -466,6 +477,82 @@ impl NodeStore {
                 .query_row("SELECT max(at) FROM log_entries", [], |row| row.get(0))?;
         at.map(|at| count_from_sql(at, "log entry time"))
             .transpose()
+    }
+
+    /// Whether `serial` is one of the node's own certificates ([`NodeStore::record_issuance`]).
+    pub fn holds_issuance(&self, serial: &Serial) -> Result<bool, StoreError> {
+        let found: Option<i64> = lock(&self.connection)
+            .query_row(
+                "SELECT 1 FROM issuances WHERE serial = ?1",
+                [serial.as_bytes()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    /// The first log index whose entries naming this node are judged against its certificate
+    /// history: fixed on the first call, to the number of entries followed then.
+    pub fn own_audit_start(&self) -> Result<u64, StoreError> {
+        let mut conn = lock(&self.connection);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let followed = read_followed_size(&tx)?;
+        tx.execute(
+            "INSERT INTO own_audit (id, from_index) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING",
+            [count_to_sql(followed, "log index")?],
+        )?;
+        let from: i64 =
+            tx.query_row("SELECT from_index FROM own_audit WHERE id = 1", [], |row| {
+                row.get(0)
+            })?;
+        tx.commit()?;
+        count_from_sql(from, "log index")
+    }
+
+    /// Up to `limit` verified `enroll` and `rotate` entries naming `node_id` (text form) from
+    /// index `start`, in index order: `(index, serial, at)`.
+    pub fn issuances_logged_for(
+        &self,
+        node_id: &str,
+        start: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, u64)>, StoreError> {
+        let conn = lock(&self.connection);
+        let mut statement = conn.prepare_cached(
+            "SELECT idx, serial, at FROM log_entries
+             WHERE node_id = ?1 AND idx >= ?2 AND kind IN ('enroll', 'rotate')
+             ORDER BY idx LIMIT ?3",
+        )?;
+        let start = i64::try_from(start).unwrap_or(i64::MAX);
+        let mut rows = statement.query(params![node_id, start, limit_to_sql(limit)])?;
+        let mut found = Vec::new();
+        while let Some(row) = rows.next()? {
+            found.push((
+                count_from_sql(row.get(0)?, "log index")?,
+                row.get(1)?,
+                count_from_sql(row.get(2)?, "log entry time")?,
+            ));
+        }
+        Ok(found)
+    }
+
+    /// The verified revocation entries (`revoke_node`, `revoke_certificate`) committed at or
+    /// before `until` (Unix seconds): `(serial, node_id)`, one per serial.
+    pub fn revocations_logged_until(
+        &self,
+        until: u64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = lock(&self.connection);
+        let mut statement = conn.prepare_cached(
+            "SELECT serial, min(node_id) FROM log_entries
+             WHERE kind IN ('revoke_node', 'revoke_certificate') AND serial != '' AND at <= ?1
+             GROUP BY serial ORDER BY serial",
+        )?;
+        let until = i64::try_from(until).unwrap_or(i64::MAX);
+        let found = statement
+            .query_map([until], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<Vec<(String, String)>, _>>()?;
+        Ok(found)
     }
 
     /// The kinds of the verified entries naming certificate `serial` (lowercase hex).
