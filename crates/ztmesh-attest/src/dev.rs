@@ -22,7 +22,8 @@ use std::collections::BTreeMap;
 use ciborium::Value;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
-use crate::evidence::{check_len, check_report_data, decode_cbor_item, CborFields};
+use crate::cbor_fields::{decode_cbor_item, CborFields};
+use crate::evidence::{check_len, check_report_data};
 use crate::{AttestError, EvidenceType, Expectations, Verdict};
 
 /// The payload version this module writes and accepts.
@@ -127,7 +128,7 @@ struct DevClaims {
 
 impl DevClaims {
     fn parse(payload: &[u8]) -> Result<Self, AttestError> {
-        let mut fields = CborFields::new("dev payload", decode_cbor_item("dev payload", payload)?)?;
+        let mut fields = CborFields::decode("dev payload", payload)?;
         let version = fields.take_u64("version")?;
         if version != VERSION {
             return Err(AttestError::Malformed(format!(

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cbor_fields;
 pub mod dcap;
 pub mod dev;
 mod evidence;
@@ -18,6 +19,7 @@ pub mod sev;
 pub mod token;
 pub mod tpm2;
 pub mod tpm2_credential;
+mod tpm_reader;
 
 pub use evidence::{
     report_data_binding, AttestError, EvidenceType, Expectations, ReferenceValues, Verdict,

@@ -20,6 +20,7 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use ztmesh_core::signed::{self, ProtectedFields, SignedError};
 
+use crate::cbor_fields::CborFields;
 use crate::{EvidenceType, ReferenceValues};
 
 /// Domain-separation label of release manifests (the COSE external_aad).
@@ -297,48 +298,21 @@ impl Manifest {
     /// Decodes a verified payload. Exactly the form [`Manifest::to_cbor`] writes is accepted:
     /// the five keys once each, no others, no duplicate entries, no trailing bytes.
     fn from_cbor(bytes: &[u8]) -> Result<Self, String> {
-        let mut rest = bytes;
-        let value: Value =
-            ciborium::from_reader(&mut rest).map_err(|e| format!("payload is not CBOR: {e}"))?;
-        if !rest.is_empty() {
-            return Err("trailing bytes after the payload".into());
-        }
-        let Value::Map(entries) = value else {
-            return Err("payload is not a map".into());
-        };
-        let mut version = None;
-        let mut issued_at = None;
-        let mut not_after = None;
-        let mut binaries = None;
-        let mut measurements = None;
-        for (key, value) in entries {
-            let Value::Text(key) = key else {
-                return Err("payload keys must be text".into());
-            };
-            let slot_taken = match key.as_str() {
-                "version" => version.replace(text(value, "version")?).is_some(),
-                "issued_at" => issued_at.replace(unsigned(value, "issued_at")?).is_some(),
-                "not_after" => not_after.replace(unsigned(value, "not_after")?).is_some(),
-                "binaries" => binaries.replace(decode_binaries(value)?).is_some(),
-                "measurements" => measurements.replace(decode_measurements(value)?).is_some(),
-                other => return Err(format!("unknown field {other:?}")),
-            };
-            if slot_taken {
-                return Err(format!("duplicate field {key:?}"));
-            }
-        }
+        let mut fields = CborFields::decode("payload", bytes)?;
         let manifest = Manifest {
-            version: version.ok_or("missing version")?,
-            issued_at: issued_at.ok_or("missing issued_at")?,
-            not_after: not_after.ok_or("missing not_after")?,
-            binaries: binaries.ok_or("missing binaries")?,
-            measurements: measurements.ok_or("missing measurements")?,
+            version: fields.take_text("version")?,
+            issued_at: fields.take_u64("issued_at")?,
+            not_after: fields.take_u64("not_after")?,
+            binaries: decode_binaries(fields.take_array("binaries")?)?,
+            measurements: decode_measurements(fields.take_map("measurements")?)?,
         };
+        fields.finish()?;
         manifest.check()?;
         Ok(manifest)
     }
 }
 
+/// A value inside `measurements`, where keys are data rather than field names.
 fn text(value: Value, what: &str) -> Result<String, String> {
     match value {
         Value::Text(text) => Ok(text),
@@ -346,17 +320,7 @@ fn text(value: Value, what: &str) -> Result<String, String> {
     }
 }
 
-fn unsigned(value: Value, what: &str) -> Result<u64, String> {
-    match value {
-        Value::Integer(int) => u64::try_from(int).map_err(|_| format!("{what} out of range")),
-        _ => Err(format!("{what} must be an unsigned integer")),
-    }
-}
-
-fn decode_binaries(value: Value) -> Result<BTreeSet<[u8; 32]>, String> {
-    let Value::Array(items) = value else {
-        return Err("binaries must be an array".into());
-    };
+fn decode_binaries(items: Vec<Value>) -> Result<BTreeSet<[u8; 32]>, String> {
     // Checked before collecting so a hostile count costs nothing beyond what was parsed.
     if items.len() > MAX_BINARIES {
         return Err(format!("{} binaries; at most {MAX_BINARIES}", items.len()));
@@ -376,10 +340,9 @@ fn decode_binaries(value: Value) -> Result<BTreeSet<[u8; 32]>, String> {
     Ok(binaries)
 }
 
-fn decode_measurements(value: Value) -> Result<BTreeMap<EvidenceType, ReferenceValues>, String> {
-    let Value::Map(platforms) = value else {
-        return Err("measurements must be a map".into());
-    };
+fn decode_measurements(
+    platforms: Vec<(Value, Value)>,
+) -> Result<BTreeMap<EvidenceType, ReferenceValues>, String> {
     let mut out = BTreeMap::new();
     for (platform, names) in platforms {
         let platform = text(platform, "a platform")?;

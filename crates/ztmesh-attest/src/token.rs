@@ -26,6 +26,7 @@ use ciborium::Value;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use ztmesh_core::signed::{self, ProtectedFields, SignedError};
 
+use crate::cbor_fields::CborFields;
 use crate::manifest::Manifest;
 use crate::EvidenceType;
 
@@ -316,88 +317,24 @@ impl AttestationToken {
     /// Decodes a verified payload: the six keys once each, no others, no trailing bytes, every
     /// bound of [`AttestationToken::check`].
     fn from_cbor(bytes: &[u8]) -> Result<Self, String> {
-        let mut rest = bytes;
-        let value: Value =
-            ciborium::from_reader(&mut rest).map_err(|e| format!("payload is not CBOR: {e}"))?;
-        if !rest.is_empty() {
-            return Err("trailing bytes after the payload".into());
-        }
-        let Value::Map(entries) = value else {
-            return Err("payload is not a map".into());
-        };
-        let mut server_pubkey = None;
-        let mut platform = None;
-        let mut attestation_hash = None;
-        let mut binary_hash = None;
-        let mut timestamp = None;
-        let mut attestation_timestamp = None;
-        for (key, value) in entries {
-            let Value::Text(key) = key else {
-                return Err("payload keys must be text".into());
-            };
-            let slot_taken = match key.as_str() {
-                "server_pubkey" => server_pubkey
-                    .replace(bytes_field(value, "server_pubkey")?)
-                    .is_some(),
-                "platform" => platform.replace(platform_field(value)?).is_some(),
-                "attestation_hash" => attestation_hash
-                    .replace(hash_field(value, "attestation_hash")?)
-                    .is_some(),
-                "binary_hash" => binary_hash
-                    .replace(hash_field(value, "binary_hash")?)
-                    .is_some(),
-                "timestamp" => timestamp
-                    .replace(unsigned_field(value, "timestamp")?)
-                    .is_some(),
-                "attestation_timestamp" => attestation_timestamp
-                    .replace(unsigned_field(value, "attestation_timestamp")?)
-                    .is_some(),
-                other => return Err(format!("unknown field {other:?}")),
-            };
-            if slot_taken {
-                return Err(format!("duplicate field {key:?}"));
-            }
-        }
+        let mut fields = CborFields::decode("payload", bytes)?;
         let token = AttestationToken {
-            server_pubkey: server_pubkey.ok_or("missing server_pubkey")?,
-            platform: platform.ok_or("missing platform")?,
-            attestation_hash: attestation_hash.ok_or("missing attestation_hash")?,
-            binary_hash: binary_hash.ok_or("missing binary_hash")?,
-            timestamp: timestamp.ok_or("missing timestamp")?,
-            attestation_timestamp: attestation_timestamp.ok_or("missing attestation_timestamp")?,
+            server_pubkey: fields.take_bytes("server_pubkey")?,
+            platform: parse_platform(fields.take_text("platform")?)?,
+            attestation_hash: fields.take_byte_array("attestation_hash")?,
+            binary_hash: fields.take_byte_array("binary_hash")?,
+            timestamp: fields.take_u64("timestamp")?,
+            attestation_timestamp: fields.take_u64("attestation_timestamp")?,
         };
+        fields.finish()?;
         token.check()?;
         Ok(token)
     }
 }
 
-fn bytes_field(value: Value, what: &str) -> Result<Vec<u8>, String> {
-    match value {
-        Value::Bytes(bytes) => Ok(bytes),
-        _ => Err(format!("{what} must be a byte string")),
-    }
-}
-
-fn hash_field(value: Value, what: &str) -> Result<[u8; 32], String> {
-    bytes_field(value, what)?
-        .try_into()
-        .map_err(|_| format!("{what} is not 32 bytes"))
-}
-
-fn unsigned_field(value: Value, what: &str) -> Result<u64, String> {
-    match value {
-        Value::Integer(int) => u64::try_from(int).map_err(|_| format!("{what} out of range")),
-        _ => Err(format!("{what} must be an unsigned integer")),
-    }
-}
-
-fn platform_field(value: Value) -> Result<EvidenceType, String> {
-    match value {
-        Value::Text(name) => name
-            .parse()
-            .map_err(|_| format!("unknown platform {name:?}")),
-        _ => Err("platform must be text".into()),
-    }
+fn parse_platform(name: String) -> Result<EvidenceType, String> {
+    name.parse()
+        .map_err(|_| format!("unknown platform {name:?}"))
 }
 
 #[cfg(test)]

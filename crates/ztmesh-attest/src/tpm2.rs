@@ -50,7 +50,9 @@ use rsa::signature::Verifier;
 use rsa::traits::PublicKeyParts;
 use sha2::{Digest, Sha256};
 
-use crate::evidence::{check_len, check_report_data, decode_cbor_item, CborFields};
+use crate::cbor_fields::CborFields;
+use crate::evidence::{check_len, check_report_data};
+use crate::tpm_reader::TpmReader;
 use crate::{AttestError, EvidenceType, Expectations, Verdict};
 
 /// The evidence version this module writes and accepts.
@@ -262,10 +264,7 @@ impl Tpm2Evidence {
     /// Parses the CBOR evidence (structure only; nothing is verified).
     pub fn decode(evidence: &[u8]) -> Result<Self, AttestError> {
         check_len("tpm2 evidence", evidence, MAX_TPM2_EVIDENCE_LEN)?;
-        let mut fields = CborFields::new(
-            "tpm2 evidence",
-            decode_cbor_item("tpm2 evidence", evidence)?,
-        )?;
+        let mut fields = CborFields::decode("tpm2 evidence", evidence)?;
         let version = fields.take_u64("version")?;
         if version != VERSION {
             return Err(AttestError::Malformed(format!(
@@ -559,77 +558,6 @@ impl QuoteAttest {
             .filter(|selection| selection.hash == TPM_ALG_SHA256)
             .flat_map(|selection| selection.pcrs.iter().copied())
             .collect()
-    }
-}
-
-/// Big-endian reads over TPM marshalled bytes; every read is bounds-checked.
-struct TpmReader<'a> {
-    what: &'static str,
-    bytes: &'a [u8],
-}
-
-impl<'a> TpmReader<'a> {
-    fn new(what: &'static str, bytes: &'a [u8]) -> Self {
-        TpmReader { what, bytes }
-    }
-
-    fn take(&mut self, len: usize) -> Result<&'a [u8], AttestError> {
-        if self.bytes.len() < len {
-            return Err(AttestError::Truncated(format!(
-                "{}: {len} bytes needed, {} left",
-                self.what,
-                self.bytes.len()
-            )));
-        }
-        let (head, rest) = self.bytes.split_at(len);
-        self.bytes = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], AttestError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, AttestError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, AttestError> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, AttestError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, AttestError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    /// A TPM2B: u16 size, then that many bytes, at most `max`.
-    fn tpm2b(&mut self, field: &str, max: usize) -> Result<&'a [u8], AttestError> {
-        let len = usize::from(self.u16()?);
-        if len > max {
-            return Err(AttestError::Malformed(format!(
-                "{}: {field} of {len} bytes, at most {max}",
-                self.what
-            )));
-        }
-        self.take(len)
-    }
-
-    fn finish(self) -> Result<(), AttestError> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(AttestError::Malformed(format!(
-                "{}: {} bytes after the structure",
-                self.what,
-                self.bytes.len()
-            )))
-        }
     }
 }
 

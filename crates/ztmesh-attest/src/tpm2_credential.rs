@@ -55,6 +55,7 @@ use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use crate::tpm2::AttestationKey;
+use crate::tpm_reader::TpmReader;
 
 /// Largest TPM2B_PUBLIC or TPMT_PUBLIC accepted (checked before parsing): an RSA-4096 public
 /// area with a SHA-512 policy digest is about 610 bytes.
@@ -1016,67 +1017,6 @@ fn check_len(what: &'static str, bytes: &[u8], max: usize) -> Result<(), Credent
         });
     }
     Ok(())
-}
-
-/// Big-endian reads over TPM marshalled bytes; every read is bounds-checked.
-struct TpmReader<'a> {
-    what: &'static str,
-    bytes: &'a [u8],
-}
-
-impl<'a> TpmReader<'a> {
-    fn new(what: &'static str, bytes: &'a [u8]) -> Self {
-        TpmReader { what, bytes }
-    }
-
-    fn take(&mut self, len: usize) -> Result<&'a [u8], CredentialError> {
-        if self.bytes.len() < len {
-            return Err(CredentialError::Truncated(format!(
-                "{}: {len} bytes needed, {} left",
-                self.what,
-                self.bytes.len()
-            )));
-        }
-        let (head, rest) = self.bytes.split_at(len);
-        self.bytes = rest;
-        Ok(head)
-    }
-
-    fn u16(&mut self) -> Result<u16, CredentialError> {
-        let mut out = [0u8; 2];
-        out.copy_from_slice(self.take(2)?);
-        Ok(u16::from_be_bytes(out))
-    }
-
-    fn u32(&mut self) -> Result<u32, CredentialError> {
-        let mut out = [0u8; 4];
-        out.copy_from_slice(self.take(4)?);
-        Ok(u32::from_be_bytes(out))
-    }
-
-    /// A TPM2B: u16 size, then that many bytes, at most `max`.
-    fn tpm2b(&mut self, field: &str, max: usize) -> Result<&'a [u8], CredentialError> {
-        let len = usize::from(self.u16()?);
-        if len > max {
-            return Err(CredentialError::Malformed(format!(
-                "{}: {field} of {len} bytes, at most {max}",
-                self.what
-            )));
-        }
-        self.take(len)
-    }
-
-    fn finish(self) -> Result<(), CredentialError> {
-        if self.bytes.is_empty() {
-            Ok(())
-        } else {
-            Err(CredentialError::Malformed(format!(
-                "{}: {} bytes after the structure",
-                self.what,
-                self.bytes.len()
-            )))
-        }
-    }
 }
 
 #[cfg(test)]
