@@ -498,6 +498,24 @@ pub struct LogStatus {
     pub unlogged: Vec<UnloggedFinding>,
 }
 
+/// Body of `POST /v1/log/alarm/acknowledge`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcknowledgeAlarmRequest {
+    /// The alarm count (`status.log.split_view_alarms`) the operator looked at: the alarm is
+    /// cleared only while it is still that one.
+    pub alarms: u64,
+}
+
+/// Answer of `POST /v1/log/alarm/acknowledge`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AcknowledgeAlarmResponse {
+    /// Always true in a 200 answer.
+    pub acknowledged: bool,
+    /// The alarm count, unchanged by the acknowledgement.
+    pub split_view_alarms: u64,
+}
+
 /// A certificate or revocation on which the node and the verified membership log disagree (an
 /// alarm only: links and CRLs are not refused over it).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

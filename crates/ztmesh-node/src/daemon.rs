@@ -1633,6 +1633,7 @@ async fn log_watch_loop(node: Arc<Node>, task: LogWatchTask) {
     let LogWatchTask {
         mut watcher,
         mut received,
+        mut acks,
     } = task;
     let mut stop = node.shutdown.clone();
     let mut tick = tokio::time::interval(LOG_WATCH_INTERVAL);
@@ -1644,6 +1645,15 @@ async fn log_watch_loop(node: Arc<Node>, task: LogWatchTask) {
             _ = stopped(&mut stop) => return,
             _ = tick.tick() => None,
             Some(note) = received.recv() => Some(note),
+            Some(ack) = acks.recv() => {
+                let outcome = watcher
+                    .acknowledge(ack.expected_alarms, now().as_unix_secs())
+                    .await;
+                node.log_watch.set_status(watcher.status());
+                // The asker may have gone (timed out); the outcome is saved either way.
+                let _ = ack.reply.send(outcome);
+                continue;
+            }
         };
         let mut moved = Vec::new();
         let fetch = match &gossiped {

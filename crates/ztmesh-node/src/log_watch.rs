@@ -43,7 +43,7 @@ use ztmesh_tlog::{
     TreeHead,
 };
 
-use crate::api_types::LogStatus;
+use crate::api_types::{AcknowledgeAlarmRequest, AcknowledgeAlarmResponse, LogStatus};
 use crate::ca_client::ClientError;
 use crate::log_audit::{
     is_due, issuance_is_logged, own_entry_is_due, revocation_is_logged, revocations_due_by,
@@ -52,7 +52,7 @@ use crate::log_audit::{
 };
 use crate::node_dir::{NodeDir, NodeDirError};
 use crate::store::{
-    LogWatchSwap, NodeStore, SavedLogAlarm, SavedLogHead, SavedLogWatch, StoreError,
+    AlarmAck, LogWatchSwap, NodeStore, SavedLogAlarm, SavedLogHead, SavedLogWatch, StoreError,
 };
 
 /// How often the CA's latest checkpoint is fetched.
@@ -520,6 +520,29 @@ impl Watcher {
         }
     }
 
+    /// The operator's acknowledgement of the split-view alarm they saw as alarm number
+    /// `expected_alarms`: its evidence goes to `state.db`'s history and the monitor carries on
+    /// from the accepted head, so a log still showing two histories raises the next alarm.
+    pub(crate) async fn acknowledge(
+        &mut self,
+        expected_alarms: u64,
+        now_secs: u64,
+    ) -> Result<AlarmAck, String> {
+        // Whatever the monitor holds unsaved goes first, so the count compared is current.
+        self.persist(now_secs).await;
+        let store = self.store.clone();
+        let at = Timestamp::from_unix_secs(now_secs);
+        let outcome = blocking(move || store.acknowledge_log_alarm(expected_alarms, at)).await?;
+        if outcome == AlarmAck::Acknowledged {
+            tracing::warn!(
+                alarm = expected_alarms,
+                "split-view alarm acknowledged by the operator; its evidence stays in state.db (log_alarm_history)"
+            );
+            self.reload(now_secs).await;
+        }
+        Ok(outcome)
+    }
+
     /// Carries on from what the store holds.
     async fn reload(&mut self, now_secs: u64) {
         let store = self.store.clone();
@@ -900,6 +923,8 @@ struct CrlResults {
 pub(crate) struct LogWatch {
     /// `None` when the node has no log policy (nothing is watched, notes are ignored).
     received: Option<mpsc::Sender<String>>,
+    /// Operator acknowledgements of the alarm, for the task (`None` without a policy).
+    acks: Option<mpsc::Sender<AckRequest>>,
     status: Mutex<LogStatus>,
     /// Peer certificates accepted on links, waiting for the log (see
     /// [`log_audit`](crate::log_audit)).
@@ -910,6 +935,24 @@ pub(crate) struct LogWatch {
 pub(crate) struct LogWatchTask {
     pub(crate) watcher: Watcher,
     pub(crate) received: mpsc::Receiver<String>,
+    pub(crate) acks: mpsc::Receiver<AckRequest>,
+}
+
+/// An acknowledgement of alarm number `expected_alarms`, and where its outcome goes.
+pub(crate) struct AckRequest {
+    pub(crate) expected_alarms: u64,
+    pub(crate) reply: tokio::sync::oneshot::Sender<Result<AlarmAck, String>>,
+}
+
+/// Why an acknowledgement was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AckError {
+    /// The node has no log policy.
+    #[error("this node does not watch the membership log (no log policy was pinned)")]
+    NotWatched,
+    /// The log-watch task is gone (the node is stopping) or busy beyond its queue.
+    #[error("the log watch is not answering: {0}")]
+    Unavailable(String),
 }
 
 /// Reads the pinned policy: with one, the watch and the task that drives it, carrying on from
@@ -932,21 +975,49 @@ pub(crate) fn prepare(
     let ca_der = NodeDir::read_cert(&dir.ca_cert())?;
     let watcher = Watcher::open(monitor, store, ca_der, own_id, now_secs)?;
     let (sender, received) = mpsc::channel(RECEIVED_QUEUE);
+    let (ack_sender, acks) = mpsc::channel(4);
     let watch = LogWatch {
         received: Some(sender),
+        acks: Some(ack_sender),
         status: Mutex::new(watcher.status()),
         certificates: Mutex::new(CertificateQueue::new(MAX_PENDING_CERTIFICATES)),
     };
-    Ok((watch, Some(LogWatchTask { watcher, received })))
+    Ok((
+        watch,
+        Some(LogWatchTask {
+            watcher,
+            received,
+            acks,
+        }),
+    ))
 }
 
 impl LogWatch {
     fn off() -> Self {
         LogWatch {
             received: None,
+            acks: None,
             status: Mutex::new(LogStatus::default()),
             certificates: Mutex::new(CertificateQueue::new(0)),
         }
+    }
+
+    /// Hands the operator's acknowledgement of alarm number `expected_alarms` to the task and
+    /// waits for its outcome.
+    pub(crate) async fn acknowledge(&self, expected_alarms: u64) -> Result<AlarmAck, AckError> {
+        let Some(acks) = &self.acks else {
+            return Err(AckError::NotWatched);
+        };
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        acks.try_send(AckRequest {
+            expected_alarms,
+            reply,
+        })
+        .map_err(|e| AckError::Unavailable(e.to_string()))?;
+        outcome
+            .await
+            .map_err(|e| AckError::Unavailable(e.to_string()))?
+            .map_err(AckError::Unavailable)
     }
 
     /// A checkpoint note delivered by gossip. Returns whether it was queued for the monitor.
@@ -1010,6 +1081,48 @@ impl LogWatch {
             status.certificates_dropped = queue.dropped();
         }
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+}
+
+/// `POST /v1/log/alarm/acknowledge` (local API token): clears the split-view alarm the
+/// operator saw. 409 `no_alarm` when none is raised, 409 `alarm_changed` when another alarm
+/// was raised since (the body names the count), 409 `log_not_watched` without a policy.
+pub(crate) async fn post_acknowledge(
+    axum::extract::State(node): axum::extract::State<Arc<crate::daemon::Node>>,
+    headers: axum::http::HeaderMap,
+    crate::api_error::ApiJson(request): crate::api_error::ApiJson<AcknowledgeAlarmRequest>,
+) -> Result<axum::Json<AcknowledgeAlarmResponse>, crate::api_error::ApiError> {
+    use crate::api_error::ApiError;
+    use axum::http::StatusCode;
+    crate::local_api::local_app(&node, &headers)?;
+    match node.log_watch.acknowledge(request.alarms).await {
+        Ok(AlarmAck::Acknowledged) => Ok(axum::Json(AcknowledgeAlarmResponse {
+            acknowledged: true,
+            split_view_alarms: request.alarms,
+        })),
+        Ok(AlarmAck::NoAlarm) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_alarm",
+            "no split-view alarm is raised",
+        )),
+        Ok(AlarmAck::Changed { alarms }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "alarm_changed",
+            format!(
+                "the raised alarm is number {alarms}, not {}: look at it (`ztmesh status`) before acknowledging it",
+                request.alarms
+            ),
+        )),
+        Err(error @ AckError::NotWatched) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "log_not_watched",
+            error.to_string(),
+        )),
+        Err(error @ AckError::Unavailable(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log_watch_unavailable",
+            error.to_string(),
+        )),
     }
 }
 
@@ -1275,7 +1388,7 @@ mod tests {
         let status = watcher.status();
         assert!(status.split_view);
         assert_eq!(status.split_view_alarms, 1);
-        assert_eq!(status.split_view_evidence, [held, forged.clone()]);
+        assert_eq!(status.split_view_evidence, [held.clone(), forged.clone()]);
         assert_eq!(
             status.split_view_reason.as_deref(),
             Some("two valid checkpoints of size 6 with different roots")
@@ -1285,6 +1398,27 @@ mod tests {
         watcher.feed(&forged, Source::Gossip, &ca, NOW).await;
         assert_eq!(watcher.status().split_view_alarms, 1);
         assert_eq!(watcher.status().size, Some(6));
+
+        // Acknowledged as the alarm seen: cleared, counted still, the head kept; the forgery
+        // seen again is the next alarm.
+        assert_eq!(
+            watcher.acknowledge(2, NOW).await,
+            Ok(AlarmAck::Changed { alarms: 1 })
+        );
+        assert!(watcher.status().split_view);
+        assert_eq!(
+            watcher.acknowledge(1, NOW).await,
+            Ok(AlarmAck::Acknowledged)
+        );
+        let status = watcher.status();
+        assert!(!status.split_view);
+        assert!(status.split_view_evidence.is_empty());
+        assert_eq!((status.split_view_alarms, status.size), (1, Some(6)));
+        watcher.feed(&forged, Source::Gossip, &ca, NOW).await;
+        let status = watcher.status();
+        assert!(status.split_view);
+        assert_eq!(status.split_view_alarms, 2);
+        assert_eq!(status.split_view_evidence, [held, forged]);
     }
 
     #[tokio::test]
@@ -1499,6 +1633,7 @@ mod tests {
         let (sender, _) = mpsc::channel(1);
         LogWatch {
             received: Some(sender),
+            acks: None,
             status: Mutex::new(LogStatus::default()),
             certificates: Mutex::new(CertificateQueue::new(16)),
         }
@@ -1762,6 +1897,7 @@ mod tests {
             (
                 LogWatch {
                     received: Some(sender),
+                    acks: None,
                     status: Mutex::new(LogStatus::default()),
                     certificates: Mutex::new(CertificateQueue::new(16)),
                 },

@@ -39,6 +39,10 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/governance/votes", post(crate::governance::post_vote))
         .route(
+            "/v1/log/alarm/acknowledge",
+            post(crate::log_watch::post_acknowledge),
+        )
+        .route(
             "/v1/bundles",
             post(crate::local_api::post_bundle)
                 .get(crate::local_api::list_bundles)

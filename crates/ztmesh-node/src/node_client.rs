@@ -126,6 +126,16 @@ impl LocalApiClient {
         send_json(self.authorized(self.client.post(&url)).json(&body), &url).await
     }
 
+    /// `POST /v1/log/alarm/acknowledge`.
+    pub async fn acknowledge_log_alarm(
+        &self,
+        alarms: u64,
+    ) -> Result<crate::api_types::AcknowledgeAlarmResponse, ClientError> {
+        let url = format!("{}/v1/log/alarm/acknowledge", self.base);
+        let body = crate::api_types::AcknowledgeAlarmRequest { alarms };
+        send_json(self.authorized(self.client.post(&url)).json(&body), &url).await
+    }
+
     /// `GET /v1/governance/proposals`.
     pub async fn proposals(&self) -> Result<crate::governance::ProposalsResponse, ClientError> {
         let url = format!("{}/v1/governance/proposals", self.base);

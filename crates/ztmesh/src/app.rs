@@ -135,7 +135,7 @@ pub struct BundleGetArgs {
     delete: bool,
 }
 
-fn client(node: &NodeArgs) -> Result<LocalApiClient> {
+pub(crate) fn client(node: &NodeArgs) -> Result<LocalApiClient> {
     LocalApiClient::from_dir(&NodeDir(node.data_dir.clone())).with_context(|| {
         format!(
             "reaching the node of {} (is `ztmesh run` running?)",

@@ -1,5 +1,5 @@
 //! `ztmesh log`: the CA's membership log for operators and auditors (`key`, `checkpoint`,
-//! `show`, `verify`). Every check is the tlog crate's and every format `ztmesh_node`'s
+//! `show`, `verify`), and a node operator's acknowledgement of a split-view alarm (`ack`). Every check is the tlog crate's and every format `ztmesh_node`'s
 //! `membership_log`; this module fetches, prints, and exits non-zero when a check fails.
 
 use std::io::Read;
@@ -35,6 +35,20 @@ pub enum LogCommand {
     /// Check a checkpoint against a tlog-policy: the log signature, every cosignature and the
     /// quorum; with --entries also the Merkle root. Exits 0 only when everything holds.
     Verify(LogVerifyArgs),
+    /// Acknowledge the split-view alarm a running node raised, once investigated: its evidence
+    /// is kept in the node's state.db and the node carries on from its accepted checkpoint (a
+    /// log still showing two histories raises the next alarm). --alarms is the alarm count
+    /// `ztmesh status` shows, so a newer alarm is never cleared unseen.
+    Ack(LogAckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LogAckArgs {
+    #[command(flatten)]
+    node: crate::app::NodeArgs,
+    /// The alarm count (`split_view_alarms` of `ztmesh status --json`) being acknowledged.
+    #[arg(long)]
+    alarms: u64,
 }
 
 /// Where the log is read from.
@@ -90,7 +104,20 @@ pub async fn run(command: LogCommand) -> Result<()> {
         LogCommand::Checkpoint(args) => checkpoint(args).await,
         LogCommand::Show(args) => show(args).await,
         LogCommand::Verify(args) => verify(args).await,
+        LogCommand::Ack(args) => ack(args).await,
     }
+}
+
+/// `ztmesh log ack`: clears the split-view alarm number `--alarms` on a running node.
+async fn ack(args: LogAckArgs) -> Result<()> {
+    let answer = crate::app::client(&args.node)?
+        .acknowledge_log_alarm(args.alarms)
+        .await?;
+    out!(
+        "split-view alarm {} acknowledged; its evidence stays in the node's state.db",
+        answer.split_view_alarms
+    );
+    Ok(())
 }
 
 /// An HTTPS client of the CA's public log routes.

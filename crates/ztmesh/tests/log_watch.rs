@@ -303,6 +303,42 @@ fn a_forged_checkpoint_of_the_same_size_gossiped_to_a_node_raises_the_split_view
     let status = log_status(&nodes[1]);
     assert_eq!(status["split_view_alarms"], 1, "{status}");
     assert_eq!(status["split_view"], true, "{status}");
+
+    // The operator acknowledges node2's alarm: only the one they saw (a count that is not
+    // the raised alarm's changes nothing), then it is cleared with the count kept and its
+    // evidence in state.db; the forgery seen again raises the next alarm.
+    let refused = nodes[1].cli(&["log", "ack", "--alarms", "2"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("alarm_changed"), "{stderr}");
+    assert_eq!(log_status(&nodes[1])["split_view"], true);
+    let text = nodes[1].cli_ok(&["log", "ack", "--alarms", "1"]);
+    assert!(text.contains("alarm 1 acknowledged"), "{text}");
+    let status = log_status(&nodes[1]);
+    assert_eq!(status["split_view"], false, "{status}");
+    assert_eq!(status["split_view_alarms"], 1, "{status}");
+    assert_eq!(
+        status["root"],
+        root_hash.as_str(),
+        "the accepted head stays"
+    );
+    let again = nodes[1].cli(&["log", "ack", "--alarms", "1"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no_alarm"));
+    let kept = ztmesh_node::store::NodeStore::open(&nodes[1].dir.join("state.db"))
+        .unwrap()
+        .acknowledged_log_alarms()
+        .unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].0, 1);
+    assert_eq!(kept[0].1.evidence, (honest.clone(), forged.clone()));
+    assert_posted(member.post_checkpoint(&nodes[1], &forged));
+    wait_until("node2 to raise the next alarm", WAIT, || {
+        log_status(&nodes[1])["split_view"] == true
+    });
+    assert_eq!(log_status(&nodes[1])["split_view_alarms"], 2);
+    // node1 was not acknowledged and still holds its alarm.
+    assert_eq!(log_status(&nodes[0])["split_view"], true);
     for node in &mut nodes {
         node.proc.as_mut().unwrap().assert_running();
     }

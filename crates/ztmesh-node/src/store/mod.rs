@@ -30,8 +30,8 @@ pub use ca_store::{
     Tpm2KeyRegistration,
 };
 pub use node_store::{
-    FollowedEntry, Issuance, LogWatchSwap, NodeStore, SavedLogAlarm, SavedLogHead, SavedLogWatch,
-    StoredPeer, DEFAULT_PEER_CAPACITY,
+    AlarmAck, FollowedEntry, Issuance, LogWatchSwap, NodeStore, SavedLogAlarm, SavedLogHead,
+    SavedLogWatch, StoredPeer, DEFAULT_PEER_CAPACITY,
 };
 pub use witness_store::WitnessStore;
 

@@ -93,6 +93,16 @@ CREATE TABLE own_audit (
     from_index INTEGER NOT NULL CHECK (from_index >= 0)
 ) STRICT;
 "#,
+        r#"
+-- Split-view alarms the operator acknowledged, with their evidence (log_watch.rs).
+CREATE TABLE log_alarm_history (
+    alarms          INTEGER PRIMARY KEY NOT NULL CHECK (alarms > 0),
+    reason          TEXT NOT NULL,
+    evidence_a      TEXT NOT NULL,
+    evidence_b      TEXT NOT NULL,
+    acknowledged_at INTEGER NOT NULL CHECK (acknowledged_at >= 0)
+) STRICT;
+"#,
     ],
 };
 
@@ -114,6 +124,21 @@ pub struct SavedLogAlarm {
     pub reason: String,
     /// The accepted note, then what contradicts it.
     pub evidence: (String, String),
+}
+
+/// What [`NodeStore::acknowledge_log_alarm`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlarmAck {
+    /// The alarm was cleared and its evidence moved to the history.
+    Acknowledged,
+    /// No alarm is raised.
+    NoAlarm,
+    /// The alarm count is not the one acknowledged: another alarm was raised meanwhile, and
+    /// nothing changed.
+    Changed {
+        /// The count saved.
+        alarms: u64,
+    },
 }
 
 /// A node's watch of the membership log as saved.
@@ -398,6 +423,68 @@ impl NodeStore {
         )?;
         tx.commit()?;
         Ok(outcome)
+    }
+
+    /// Clears the raised split-view alarm by compare-and-swap on the alarm count the operator
+    /// saw (`expected_alarms`), keeping its reason and evidence in `log_alarm_history`. The
+    /// count never goes down.
+    pub fn acknowledge_log_alarm(
+        &self,
+        expected_alarms: u64,
+        at: Timestamp,
+    ) -> Result<AlarmAck, StoreError> {
+        let mut conn = lock(&self.connection);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let saved = read_log_watch(&tx)?;
+        let Some(alarm) = saved.alarm else {
+            return Ok(AlarmAck::NoAlarm);
+        };
+        if saved.alarms != expected_alarms {
+            return Ok(AlarmAck::Changed {
+                alarms: saved.alarms,
+            });
+        }
+        tx.execute(
+            "INSERT INTO log_alarm_history (alarms, reason, evidence_a, evidence_b, acknowledged_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                count_to_sql(saved.alarms, "alarm count")?,
+                alarm.reason,
+                alarm.evidence.0,
+                alarm.evidence.1,
+                timestamp_to_sql(at, "acknowledgement time")?,
+            ],
+        )?;
+        tx.execute(
+            "UPDATE log_alarm SET reason = NULL, evidence_a = NULL, evidence_b = NULL WHERE id = 1",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(AlarmAck::Acknowledged)
+    }
+
+    /// The acknowledged alarms, oldest first: `(alarm count, reason, evidence, acknowledged at)`.
+    pub fn acknowledged_log_alarms(
+        &self,
+    ) -> Result<Vec<(u64, SavedLogAlarm, Timestamp)>, StoreError> {
+        let conn = lock(&self.connection);
+        let mut statement = conn.prepare(
+            "SELECT alarms, reason, evidence_a, evidence_b, acknowledged_at
+             FROM log_alarm_history ORDER BY alarms",
+        )?;
+        let mut rows = statement.query([])?;
+        let mut history = Vec::new();
+        while let Some(row) = rows.next()? {
+            history.push((
+                count_from_sql(row.get(0)?, "alarm count")?,
+                SavedLogAlarm {
+                    reason: row.get(1)?,
+                    evidence: (row.get(2)?, row.get(3)?),
+                },
+                timestamp_from_sql(row.get(4)?, "acknowledgement time")?,
+            ));
+        }
+        Ok(history)
     }
 
     /// Number of verified log entries kept (they are dense from index 0).
@@ -869,6 +956,65 @@ mod tests {
         let saved = store.log_watch().unwrap();
         assert_eq!(saved.alarm, Some(alarm("first")));
         assert_eq!(saved.alarms, 2);
+    }
+
+    #[test]
+    fn an_alarm_is_acknowledged_only_as_the_one_seen_and_its_evidence_is_kept() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = open(&dir);
+        assert_eq!(
+            store.acknowledge_log_alarm(0, ts(1)).unwrap(),
+            AlarmAck::NoAlarm
+        );
+        let alarm = |reason: &str| SavedLogAlarm {
+            reason: reason.into(),
+            evidence: (format!("{reason} a"), format!("{reason} b")),
+        };
+        store
+            .save_log_watch(&SavedLogWatch {
+                head: Some(head(4, 1)),
+                alarm: Some(alarm("first")),
+                alarms: 2,
+            })
+            .unwrap();
+        assert_eq!(
+            store.acknowledge_log_alarm(1, ts(5_000)).unwrap(),
+            AlarmAck::Changed { alarms: 2 }
+        );
+        assert_eq!(store.log_watch().unwrap().alarm, Some(alarm("first")));
+        assert!(store.acknowledged_log_alarms().unwrap().is_empty());
+        assert_eq!(
+            store.acknowledge_log_alarm(2, ts(5_000)).unwrap(),
+            AlarmAck::Acknowledged
+        );
+        let saved = store.log_watch().unwrap();
+        assert_eq!((saved.alarm, saved.alarms), (None, 2));
+        assert_eq!(saved.head, Some(head(4, 1)), "the head stays");
+        assert_eq!(
+            store.acknowledged_log_alarms().unwrap(),
+            vec![(2, alarm("first"), ts(5_000))]
+        );
+        assert_eq!(
+            store.acknowledge_log_alarm(2, ts(6_000)).unwrap(),
+            AlarmAck::NoAlarm
+        );
+        // The next alarm is saved with its own evidence, and acknowledged apart.
+        store
+            .save_log_watch(&SavedLogWatch {
+                head: Some(head(4, 1)),
+                alarm: Some(alarm("third")),
+                alarms: 3,
+            })
+            .unwrap();
+        assert_eq!(store.log_watch().unwrap().alarm, Some(alarm("third")));
+        assert_eq!(
+            store.acknowledge_log_alarm(3, ts(7_000)).unwrap(),
+            AlarmAck::Acknowledged
+        );
+        drop(store);
+        let reopened = open(&dir);
+        assert_eq!(reopened.acknowledged_log_alarms().unwrap().len(), 2);
+        assert_eq!(reopened.log_watch().unwrap().alarms, 3);
     }
 
     /// Two connections (two processes on one data directory, or a writer that read the state
