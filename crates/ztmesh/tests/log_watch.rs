@@ -206,6 +206,16 @@ impl Member {
     }
 }
 
+/// The finding of `kind` among the latest ones of a `status.log`.
+fn finding<'a>(status: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    status["unlogged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} finding in {status}"))
+}
+
 /// `status.log` of `ztmesh status --json`.
 fn log_status(node: &TestNode) -> serde_json::Value {
     node.status()["status"]["log"].clone()
@@ -918,18 +928,13 @@ fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
             },
         );
         let status = log_status(node);
-        let finding = status["unlogged"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["kind"] == "unlogged_certificate")
-            .unwrap_or_else(|| panic!("{status}"));
+        let unlogged = finding(&status, "unlogged_certificate");
         assert_eq!(
-            finding["serial"],
+            unlogged["serial"],
             rogue_serial.to_hex().as_str(),
             "{status}"
         );
-        assert_eq!(finding["node_id"], rogue.node_id.as_str(), "{status}");
+        assert_eq!(unlogged["node_id"], rogue.node_id.as_str(), "{status}");
         // Everything else checked was logged: the enrollments, every rotation, the revocation.
         assert_eq!(status["unlogged_certificates"], 1, "{status}");
         assert_eq!(status["unlogged_revocations"], 0, "{status}");
@@ -983,11 +988,7 @@ fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
         || log_status(&nodes[0])["unlogged_revocations"] == 1,
     );
     let status = log_status(&nodes[0]);
-    let findings = status["unlogged"].as_array().unwrap();
-    let revocation = findings
-        .iter()
-        .find(|f| f["kind"] == "unlogged_revocation")
-        .unwrap();
+    let revocation = finding(&status, "unlogged_revocation");
     assert_eq!(revocation["serial"], silent.to_hex().as_str(), "{status}");
     assert!(revocation["node_id"].is_null());
     assert_eq!(status["unlogged_certificates"], 1, "{status}");
@@ -999,12 +1000,7 @@ fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
         || log_status(&nodes[1])["foreign_certificates"] == 1,
     );
     let status = log_status(&nodes[1]);
-    let foreign = status["unlogged"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["kind"] == "foreign_certificate")
-        .unwrap_or_else(|| panic!("{status}"));
+    let foreign = finding(&status, "foreign_certificate");
     assert_eq!(
         foreign["serial"],
         foreign_serial.to_hex().as_str(),
@@ -1035,12 +1031,7 @@ fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
         || log_status(&nodes[0])["withheld_revocations"] == 1,
     );
     let status = log_status(&nodes[0]);
-    let withheld = status["unlogged"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["kind"] == "withheld_revocation")
-        .unwrap_or_else(|| panic!("{status}"));
+    let withheld = finding(&status, "withheld_revocation");
     assert_eq!(
         withheld["serial"],
         spare_serial.to_hex().as_str(),
