@@ -496,14 +496,56 @@ pub struct LogStatus {
     /// The latest of those alarms (at most 32), oldest first.
     #[serde(default)]
     pub unlogged: Vec<UnloggedFinding>,
+    /// The `log_stalled` alarm is raised: no checkpoint meeting the witness quorum arrived
+    /// within `log_stall_secs`, or a certificate this node was shown (a peer's or its own)
+    /// waited past its grace and `log_stall_secs` without the verified log covering its
+    /// issuance. A liveness alarm: it clears by itself once quorum checkpoints arrive again
+    /// and the log has moved past the certificates it waited for, or by acknowledgement.
+    /// Saved in `state.db`.
+    #[serde(default)]
+    pub log_stalled: bool,
+    /// `log_stalled` alarms over the node's life (saved across restarts).
+    #[serde(default)]
+    pub log_stalled_alarms: u64,
+    /// While `log_stalled`: why, in words.
+    #[serde(default)]
+    pub log_stalled_reason: Option<String>,
+    /// While `log_stalled`: when it was raised, RFC 3339.
+    #[serde(default)]
+    pub log_stalled_since: Option<String>,
+    /// When the last checkpoint meeting the quorum arrived from the CA (or moved the head by
+    /// gossip), or when watching began, RFC 3339.
+    #[serde(default)]
+    pub last_quorum_checkpoint: Option<String>,
+    /// `log_stall_secs` of node.toml in force.
+    #[serde(default)]
+    pub log_stall_secs: u64,
+    /// Certificates found waiting past their `log_stalled` deadline without the log covering
+    /// their issuance, since start.
+    #[serde(default)]
+    pub certificates_uncovered: u64,
+}
+
+/// Which alarm of the membership-log watch an acknowledgement is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogAlarmKind {
+    /// The split-view alarm (`status.log.split_view_alarms` counts them).
+    #[default]
+    SplitView,
+    /// The `log_stalled` alarm (`status.log.log_stalled_alarms` counts them).
+    LogStalled,
 }
 
 /// Body of `POST /v1/log/alarm/acknowledge`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcknowledgeAlarmRequest {
-    /// The alarm count (`status.log.split_view_alarms`) the operator looked at: the alarm is
-    /// cleared only while it is still that one.
+    /// Which alarm: `split_view` when not given.
+    #[serde(default)]
+    pub alarm: LogAlarmKind,
+    /// The alarm count (`status.log.split_view_alarms`, or `log_stalled_alarms`) the operator
+    /// looked at: the alarm is cleared only while it is still that one.
     pub alarms: u64,
 }
 
@@ -512,8 +554,15 @@ pub struct AcknowledgeAlarmRequest {
 pub struct AcknowledgeAlarmResponse {
     /// Always true in a 200 answer.
     pub acknowledged: bool,
-    /// The alarm count, unchanged by the acknowledgement.
-    pub split_view_alarms: u64,
+    /// Which alarm was acknowledged.
+    #[serde(default)]
+    pub alarm: LogAlarmKind,
+    /// Its count, unchanged by the acknowledgement.
+    #[serde(default)]
+    pub alarms: u64,
+    /// The same count, for a split-view acknowledgement (as before `alarm` existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_view_alarms: Option<u64>,
 }
 
 /// A certificate or revocation on which the node and the verified membership log disagree (an

@@ -504,6 +504,7 @@ async fn enroll_into(
         max_peers: 64,
         insecure_plaintext_key: matches!(options.protection, Protection::InsecurePlaintext),
         health_interval_ms: 15_000,
+        log_stall_secs: crate::log_stall::DEFAULT_STALL_SECS,
         attestation: match attestation {
             Some(EnrollAttestation::Tpm2 { device }) => crate::attestation::AttestationConfig {
                 attester: crate::attestation::Attester::Tpm2,

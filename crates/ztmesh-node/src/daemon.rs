@@ -737,6 +737,7 @@ pub async fn run(
         &config.trust_domain,
         store.clone(),
         config.node_id,
+        std::time::Duration::from_secs(config.log_stall_secs),
         now().as_unix_secs(),
     )
     .map_err(|e| NodeError::Inconsistent(e.to_string()))?;
@@ -1647,7 +1648,7 @@ async fn log_watch_loop(node: Arc<Node>, task: LogWatchTask) {
             Some(note) = received.recv() => Some(note),
             Some(ack) = acks.recv() => {
                 let outcome = watcher
-                    .acknowledge(ack.expected_alarms, now().as_unix_secs())
+                    .acknowledge(ack.kind, ack.expected_alarms, now().as_unix_secs())
                     .await;
                 node.log_watch.set_status(watcher.status());
                 // The asker may have gone (timed out); the outcome is saved either way.

@@ -34,6 +34,7 @@ pub mod https;
 pub mod local_api;
 mod log_audit;
 mod log_report;
+mod log_stall;
 mod log_watch;
 pub mod membership_log;
 mod node_api;

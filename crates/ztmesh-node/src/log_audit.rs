@@ -366,6 +366,9 @@ pub(crate) struct CertificateQueue {
     capacity: usize,
     /// Certificates not queued because the queue was full.
     dropped: u64,
+    /// Waiting certificates already handed out by [`CertificateQueue::take_overdue`] (a subset
+    /// of `pending`'s keys, so bounded by it).
+    overdue: HashSet<Serial>,
 }
 
 impl CertificateQueue {
@@ -374,6 +377,7 @@ impl CertificateQueue {
             pending: BTreeMap::new(),
             capacity,
             dropped: 0,
+            overdue: HashSet::new(),
         }
     }
 
@@ -412,8 +416,46 @@ impl CertificateQueue {
             .map(|pending| pending.serial.clone())
             .collect();
         due.iter()
-            .filter_map(|serial| self.pending.remove(serial))
+            .filter_map(|serial| {
+                self.overdue.remove(serial);
+                self.pending.remove(serial)
+            })
             .collect()
+    }
+
+    /// The waiting certificates whose `deadline` (computed from their `notBefore`) has passed
+    /// at `now`, each handed out once: they stay queued, to be judged when the log moves past
+    /// them, unless [`CertificateQueue::settle`]d. For the `log_stalled` check
+    /// ([`log_stall`](crate::log_stall)).
+    pub(crate) fn take_overdue(
+        &mut self,
+        now: u64,
+        deadline: impl Fn(Timestamp) -> u64,
+    ) -> Vec<PendingCertificate> {
+        let overdue: Vec<PendingCertificate> = self
+            .pending
+            .values()
+            .filter(|pending| !self.overdue.contains(&pending.serial))
+            .filter(|pending| deadline(pending.not_before) <= now)
+            .cloned()
+            .collect();
+        self.overdue
+            .extend(overdue.iter().map(|pending| pending.serial.clone()));
+        overdue
+    }
+
+    /// Hands certificates out again by the next [`CertificateQueue::take_overdue`] (their
+    /// check could not be carried out).
+    pub(crate) fn unmark_overdue(&mut self, certificates: &[PendingCertificate]) {
+        for pending in certificates {
+            self.overdue.remove(&pending.serial);
+        }
+    }
+
+    /// Takes a certificate out of the queue: the log showed its issuance before moving past it.
+    pub(crate) fn settle(&mut self, serial: &Serial) -> Option<PendingCertificate> {
+        self.overdue.remove(serial);
+        self.pending.remove(serial)
     }
 
     /// Certificates waiting.
@@ -796,6 +838,30 @@ mod tests {
         assert!(queue.take_due(Some(T0 + 140)).is_empty(), "taken once");
         queue.handle_certificate(node(4), &serial(4), at(T0));
         assert_eq!(queue.len(), 2);
+    }
+
+    #[test]
+    fn overdue_certificates_are_handed_out_once_and_stay_queued_until_settled() {
+        let mut queue = CertificateQueue::new(8);
+        let at = |secs: u64| Timestamp::from_unix_secs(secs);
+        queue.handle_certificate(node(1), &serial(1), at(T0));
+        queue.handle_certificate(node(2), &serial(2), at(T0 + 100));
+        let deadline = |not_before: Timestamp| not_before.as_unix_secs() + 200;
+        assert!(queue.take_overdue(T0 + 199, deadline).is_empty());
+        let overdue = queue.take_overdue(T0 + 200, deadline);
+        assert_eq!(overdue.len(), 1);
+        assert_eq!(overdue[0].serial, serial(1));
+        assert!(queue.take_overdue(T0 + 250, deadline).is_empty(), "once");
+        assert_eq!(queue.len(), 2, "still waiting for the log");
+        // A check that failed hands it out again.
+        queue.unmark_overdue(&overdue);
+        assert_eq!(queue.take_overdue(T0 + 250, deadline).len(), 1);
+        // The log moves past it: judged the usual way, and forgotten.
+        assert_eq!(queue.take_due(Some(T0 + 90)).len(), 1);
+        assert!(queue.overdue.is_empty());
+        assert_eq!(queue.take_overdue(T0 + 300, deadline).len(), 1);
+        assert!(queue.settle(&serial(2)).is_some());
+        assert_eq!((queue.len(), queue.overdue.len()), (0, 0));
     }
 
     /// The whole decision with a real tree: certificates seen on links against the entries

@@ -43,16 +43,20 @@ use ztmesh_tlog::{
     TreeHead,
 };
 
-use crate::api_types::{AcknowledgeAlarmRequest, AcknowledgeAlarmResponse, LogStatus};
+use crate::api_types::{
+    AcknowledgeAlarmRequest, AcknowledgeAlarmResponse, LogAlarmKind, LogStatus,
+};
 use crate::ca_client::ClientError;
 use crate::log_audit::{
     is_due, issuance_is_logged, own_entry_is_due, revocation_is_logged, revocations_due_by,
     withheld, CertificateQueue, EntryFollower, FindingKind, Findings, PendingCertificate,
     BATCHES_PER_WAKE, MAX_FOLLOWED_ENTRIES, MAX_PENDING_CERTIFICATES, OWN_ENTRIES_PER_WAKE,
 };
+use crate::log_stall::{StallAckRefused, StallEvent, StallJudge, DEFAULT_STALL_SECS};
 use crate::node_dir::{NodeDir, NodeDirError};
 use crate::store::{
-    AlarmAck, LogWatchSwap, NodeStore, SavedLogAlarm, SavedLogHead, SavedLogWatch, StoreError,
+    AlarmAck, EndedStall, LogWatchSwap, NodeStore, SavedLogAlarm, SavedLogHead, SavedLogStall,
+    SavedLogWatch, StallEnd, StoreError,
 };
 
 /// How often the CA's latest checkpoint is fetched.
@@ -73,6 +77,10 @@ pub(crate) const CHECKPOINT_REPUBLISH_INTERVAL: Duration = Duration::from_secs(1
 /// Checkpoint notes received by gossip and not yet looked at; more are dropped (the next
 /// one, or the CA, tells the same story).
 pub(crate) const RECEIVED_QUEUE: usize = 16;
+
+/// Ended `log_stalled` alarms kept in memory while `state.db` cannot be written; older ones
+/// are dropped (and said so in the log).
+const MAX_UNSAVED_STALL_ENDS: usize = 8;
 
 /// Leaf hashes read per query when the verified entries are reloaded at start.
 const RELOAD_BATCH: usize = 10_000;
@@ -279,6 +287,12 @@ pub(crate) struct Watcher {
     own_id: NodeId,
     /// The next log index at which entries naming this node are judged.
     own_cursor: u64,
+    /// The `log_stalled` judge ([`log_stall`](crate::log_stall)).
+    stall: StallJudge,
+    /// Its state as last saved.
+    stall_saved: SavedLogStall,
+    /// Ended stall alarms not yet in `state.db`'s history (a save failed).
+    stall_ends: Vec<EndedStall>,
 }
 
 impl Watcher {
@@ -292,6 +306,20 @@ impl Watcher {
     ) -> Result<Self, LogWatchError> {
         let saved = store.log_watch()?;
         let own_cursor = store.own_audit_start()?;
+        let stall_saved = store.log_stall()?;
+        let stall = StallJudge::resume(
+            Duration::from_secs(DEFAULT_STALL_SECS),
+            &stall_saved,
+            now_secs,
+        );
+        if let Some(raised) = stall.raised() {
+            tracing::error!(
+                alarm = stall.alarms(),
+                reason = %raised.reason,
+                "LOG STALLED (log_stalled, raised before the restart): {}",
+                raised.reason
+            );
+        }
         let resumed = resume_from(&monitor, &saved, now_secs)?;
         let follower = load_follower(&store)?;
         if let Some(head) = resumed.current() {
@@ -325,7 +353,16 @@ impl Watcher {
             follower_full_reported: false,
             own_id,
             own_cursor,
+            stall,
+            stall_saved,
+            stall_ends: Vec::new(),
         })
+    }
+
+    /// Sets `log_stall_secs` (node.toml); the saved clock and alarm carry on.
+    pub(crate) fn with_stall_after(mut self, stall_after: Duration, now_secs: u64) -> Self {
+        self.stall = StallJudge::resume(stall_after, &self.stall_saved, now_secs);
+        self
     }
 
     /// The note of the accepted head.
@@ -369,6 +406,14 @@ impl Watcher {
             }
         };
         if let Some(observation) = observation {
+            let moved = self.monitor.current() != before;
+            // A gossiped copy of the head already held says nothing about the log now:
+            // members relay it for an hour whatever the CA does (see `log_stall`).
+            if matches!(observation, Observation::Accepted { .. })
+                && (source == Source::Ca || moved)
+            {
+                self.stall.handle_quorum_checkpoint(now_secs);
+            }
             self.report(&observation, source, alarms);
         }
         self.persist(now_secs).await;
@@ -396,10 +441,14 @@ impl Watcher {
         let (from, to) = self.monitor.pending()?;
         let before = self.monitor.current();
         let alarms = self.monitor.stats().split_view_alarms;
+        let now_secs = crate::timefmt::now().as_unix_secs();
         if let Some(observation) = self.prove(from, to, log).await {
+            if matches!(observation, Observation::Accepted { .. }) {
+                self.stall.handle_quorum_checkpoint(now_secs);
+            }
             self.report(&observation, Source::Gossip, alarms);
         }
-        self.persist(crate::timefmt::now().as_unix_secs()).await;
+        self.persist(now_secs).await;
         self.moved_since(before)
     }
 
@@ -525,9 +574,13 @@ impl Watcher {
     /// from the accepted head, so a log still showing two histories raises the next alarm.
     pub(crate) async fn acknowledge(
         &mut self,
+        kind: LogAlarmKind,
         expected_alarms: u64,
         now_secs: u64,
     ) -> Result<AlarmAck, String> {
+        if kind == LogAlarmKind::LogStalled {
+            return self.acknowledge_stall(expected_alarms, now_secs).await;
+        }
         // Whatever the monitor holds unsaved goes first, so the count compared is current.
         self.persist(now_secs).await;
         let store = self.store.clone();
@@ -541,6 +594,186 @@ impl Watcher {
             self.reload(now_secs).await;
         }
         Ok(outcome)
+    }
+
+    /// The operator's acknowledgement of `log_stalled` alarm number `expected_alarms`: it goes
+    /// to the history and the checkpoint clock starts again (see [`log_stall`](crate::log_stall)).
+    async fn acknowledge_stall(
+        &mut self,
+        expected_alarms: u64,
+        now_secs: u64,
+    ) -> Result<AlarmAck, String> {
+        let raised = match self.stall.acknowledge(expected_alarms, now_secs) {
+            Ok(raised) => raised,
+            Err(StallAckRefused::NoAlarm) => return Ok(AlarmAck::NoAlarm),
+            Err(StallAckRefused::Changed { alarms }) => return Ok(AlarmAck::Changed { alarms }),
+        };
+        let ended = EndedStall {
+            alarm: expected_alarms,
+            raised,
+            ended_at: now_secs,
+            ended_by: StallEnd::Acknowledged,
+        };
+        if let Err(error) = self.persist_stall(Some(ended)).await {
+            // Not acknowledged: the alarm stays raised, as saved.
+            self.stall.restore(&self.stall_saved);
+            return Err(error);
+        }
+        tracing::warn!(
+            alarm = expected_alarms,
+            "log_stalled alarm acknowledged by the operator; it stays in state.db (log_stall_history)"
+        );
+        Ok(AlarmAck::Acknowledged)
+    }
+
+    /// Saves the stall judge's state if it changed, with `ended` (and any ended alarm a
+    /// failed save left) in the history, in one transaction.
+    async fn persist_stall(&mut self, ended: Option<EndedStall>) -> Result<(), String> {
+        let state = self.stall.saved();
+        let acknowledged = ended.is_some();
+        if let Some(ended) = ended {
+            self.stall_ends.push(ended);
+        }
+        if state == self.stall_saved && self.stall_ends.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let (saved, ends) = (state.clone(), self.stall_ends.clone());
+        let result = blocking(move || {
+            // One ended alarm per transaction (a retry after a partial failure keeps the
+            // row saved first: an alarm ends once).
+            for end in &ends {
+                store.save_log_stall(&saved, Some(end))?;
+            }
+            if ends.is_empty() {
+                store.save_log_stall(&saved, None)?;
+            }
+            Ok(())
+        })
+        .await;
+        match result {
+            Ok(()) => {
+                self.stall_saved = state;
+                self.stall_ends.clear();
+                Ok(())
+            }
+            Err(error) => {
+                if acknowledged {
+                    self.stall_ends.pop();
+                }
+                if self.stall_ends.len() > MAX_UNSAVED_STALL_ENDS {
+                    let dropped = self.stall_ends.remove(0);
+                    tracing::warn!(
+                        alarm = dropped.alarm,
+                        "log_stalled alarm ended, but state.db could not keep it in its history"
+                    );
+                }
+                tracing::warn!(%error, "could not save the log_stalled state");
+                Err(error)
+            }
+        }
+    }
+
+    /// The `log_stalled` checks, once per wake-up after the other cross-checks: certificates
+    /// the log has not covered past their deadline, then the checkpoint clock.
+    async fn check_stall(&mut self, watch: &LogWatch, now_secs: u64) {
+        self.check_overdue_certificates(watch, now_secs).await;
+        let event = self.stall.poll(now_secs, self.follower.newest_at());
+        let ended = match event {
+            Some(StallEvent::Raised { alarm, reason }) => {
+                report_stall(alarm, &reason);
+                None
+            }
+            Some(StallEvent::Recovered { alarm, raised }) => {
+                tracing::warn!(
+                    alarm,
+                    raised_at = %crate::timefmt::rfc3339(Timestamp::from_unix_secs(raised.raised_at)),
+                    reason = %raised.reason,
+                    "log_stalled alarm cleared: checkpoints meeting the witness quorum arrive again and the log has moved past every certificate it was waiting for; kept in state.db (log_stall_history)"
+                );
+                Some(EndedStall {
+                    alarm,
+                    raised,
+                    ended_at: now_secs,
+                    ended_by: StallEnd::Recovered,
+                })
+            }
+            None => None,
+        };
+        let _ = self.persist_stall(ended).await;
+    }
+
+    /// Certificates waiting past their `log_stalled` deadline: one the verified log shows is
+    /// checked (and leaves the queue); one it does not raises the alarm and waits on for the
+    /// log to move past it.
+    async fn check_overdue_certificates(&mut self, watch: &LogWatch, now_secs: u64) {
+        if self
+            .monitor
+            .current()
+            .is_some_and(|head| self.follower.is_full(head.size))
+        {
+            // The follower stopped at its capacity: nothing newer can be shown covered.
+            return;
+        }
+        let stall = &self.stall;
+        let overdue = watch.take_overdue_certificates(now_secs, |not_before| {
+            stall.certificate_deadline(not_before)
+        });
+        if overdue.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let looked_up = overdue.clone();
+        let results = blocking(move || {
+            looked_up
+                .into_iter()
+                .map(|pending| {
+                    let kinds = store.logged_kinds(&pending.serial.to_hex())?;
+                    Ok((pending, issuance_is_logged(&kinds)))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await;
+        let results = match results {
+            Ok(results) => results,
+            Err(error) => {
+                tracing::warn!(%error, "could not check waiting certificates against the log");
+                watch.unmark_overdue(&overdue);
+                return;
+            }
+        };
+        for (pending, logged) in results {
+            if logged {
+                // A quiet log shows the issuance and no later entry yet: checked and passed.
+                watch.settle(&pending.serial);
+                self.findings.record(
+                    FindingKind::UnloggedCertificate,
+                    &pending.serial,
+                    Some(pending.node_id),
+                    pending.not_before,
+                    true,
+                );
+                continue;
+            }
+            let own = pending.node_id == self.own_id;
+            if let Some(StallEvent::Raised { alarm, reason }) =
+                self.stall.handle_uncovered_certificate(
+                    pending.node_id,
+                    &pending.serial,
+                    pending.not_before,
+                    own,
+                    now_secs,
+                )
+            {
+                report_stall(alarm, &reason);
+            } else {
+                tracing::warn!(
+                    node = %pending.node_id,
+                    serial = %pending.serial,
+                    "log_stalled: another certificate the witnessed log has not covered in time"
+                );
+            }
+        }
     }
 
     /// Carries on from what the store holds.
@@ -581,6 +814,7 @@ impl Watcher {
         self.check_certificates(watch).await;
         self.check_crl().await;
         self.check_own_entries(now_secs).await;
+        self.check_stall(watch, now_secs).await;
     }
 
     /// Judges the verified `enroll` and `rotate` entries naming this node, once
@@ -903,8 +1137,29 @@ impl Watcher {
             withheld_revocations: self.findings.withheld_revocations,
             foreign_certificates: self.findings.foreign_certificates,
             unlogged: self.findings.recent(),
+            log_stalled: self.stall.raised().is_some(),
+            log_stalled_alarms: self.stall.alarms(),
+            log_stalled_reason: self.stall.raised().map(|raised| raised.reason.clone()),
+            log_stalled_since: self
+                .stall
+                .raised()
+                .map(|raised| crate::timefmt::rfc3339(Timestamp::from_unix_secs(raised.raised_at))),
+            last_quorum_checkpoint: Some(crate::timefmt::rfc3339(Timestamp::from_unix_secs(
+                self.stall.last_quorum_at(),
+            ))),
+            log_stall_secs: self.stall.stall_after_secs(),
+            certificates_uncovered: self.stall.uncovered(),
         }
     }
+}
+
+/// The ERROR line of a raised `log_stalled` alarm.
+fn report_stall(alarm: u64, reason: &str) {
+    tracing::error!(
+        alarm,
+        %reason,
+        "LOG STALLED (log_stalled): {reason}; the log may be hiding members the CA admits meanwhile"
+    );
 }
 
 /// What one CRL's cross-check found.
@@ -938,8 +1193,9 @@ pub(crate) struct LogWatchTask {
     pub(crate) acks: mpsc::Receiver<AckRequest>,
 }
 
-/// An acknowledgement of alarm number `expected_alarms`, and where its outcome goes.
+/// An acknowledgement of alarm number `expected_alarms` of `kind`, and where its outcome goes.
 pub(crate) struct AckRequest {
+    pub(crate) kind: LogAlarmKind,
     pub(crate) expected_alarms: u64,
     pub(crate) reply: tokio::sync::oneshot::Sender<Result<AlarmAck, String>>,
 }
@@ -956,13 +1212,14 @@ pub(crate) enum AckError {
 }
 
 /// Reads the pinned policy: with one, the watch and the task that drives it, carrying on from
-/// what `store` saved; without, a watch that says so in the status and ignores gossiped
-/// checkpoints and peer certificates.
+/// what `store` saved, raising `log_stalled` after `stall_after`; without, a watch that says so
+/// in the status and ignores gossiped checkpoints and peer certificates.
 pub(crate) fn prepare(
     dir: &NodeDir,
     trust_domain: &TrustDomain,
     store: Arc<NodeStore>,
     own_id: NodeId,
+    stall_after: Duration,
     now_secs: u64,
 ) -> Result<(LogWatch, Option<LogWatchTask>), LogWatchError> {
     let Some(text) = dir.read_log_policy()? else {
@@ -973,7 +1230,8 @@ pub(crate) fn prepare(
         error,
     })?;
     let ca_der = NodeDir::read_cert(&dir.ca_cert())?;
-    let watcher = Watcher::open(monitor, store, ca_der, own_id, now_secs)?;
+    let watcher = Watcher::open(monitor, store, ca_der, own_id, now_secs)?
+        .with_stall_after(stall_after, now_secs);
     let (sender, received) = mpsc::channel(RECEIVED_QUEUE);
     let (ack_sender, acks) = mpsc::channel(4);
     let watch = LogWatch {
@@ -1002,14 +1260,19 @@ impl LogWatch {
         }
     }
 
-    /// Hands the operator's acknowledgement of alarm number `expected_alarms` to the task and
-    /// waits for its outcome.
-    pub(crate) async fn acknowledge(&self, expected_alarms: u64) -> Result<AlarmAck, AckError> {
+    /// Hands the operator's acknowledgement of alarm number `expected_alarms` of `kind` to the
+    /// task and waits for its outcome.
+    pub(crate) async fn acknowledge(
+        &self,
+        kind: LogAlarmKind,
+        expected_alarms: u64,
+    ) -> Result<AlarmAck, AckError> {
         let Some(acks) = &self.acks else {
             return Err(AckError::NotWatched);
         };
         let (reply, outcome) = tokio::sync::oneshot::channel();
         acks.try_send(AckRequest {
+            kind,
             expected_alarms,
             reply,
         })
@@ -1060,6 +1323,31 @@ impl LogWatch {
             .take_due(log_time)
     }
 
+    fn take_overdue_certificates(
+        &self,
+        now_secs: u64,
+        deadline: impl Fn(Timestamp) -> u64,
+    ) -> Vec<PendingCertificate> {
+        self.certificates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_overdue(now_secs, deadline)
+    }
+
+    fn unmark_overdue(&self, certificates: &[PendingCertificate]) {
+        self.certificates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unmark_overdue(certificates);
+    }
+
+    fn settle(&self, serial: &Serial) {
+        self.certificates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .settle(serial);
+    }
+
     fn requeue(&self, certificates: Vec<PendingCertificate>) {
         let mut queue = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
         for pending in certificates {
@@ -1084,9 +1372,10 @@ impl LogWatch {
     }
 }
 
-/// `POST /v1/log/alarm/acknowledge` (local API token): clears the split-view alarm the
-/// operator saw. 409 `no_alarm` when none is raised, 409 `alarm_changed` when another alarm
-/// was raised since (the body names the count), 409 `log_not_watched` without a policy.
+/// `POST /v1/log/alarm/acknowledge` (local API token): clears the split-view alarm (or, with
+/// `"alarm": "log_stalled"`, the `log_stalled` alarm) the operator saw. 409 `no_alarm` when
+/// none is raised, 409 `alarm_changed` when another alarm was raised since (the body names the
+/// count), 409 `log_not_watched` without a policy.
 pub(crate) async fn post_acknowledge(
     axum::extract::State(node): axum::extract::State<Arc<crate::daemon::Node>>,
     headers: axum::http::HeaderMap,
@@ -1095,15 +1384,22 @@ pub(crate) async fn post_acknowledge(
     use crate::api_error::ApiError;
     use axum::http::StatusCode;
     crate::local_api::local_app(&node, &headers)?;
-    match node.log_watch.acknowledge(request.alarms).await {
+    let kind = request.alarm;
+    let name = match kind {
+        LogAlarmKind::SplitView => "split-view",
+        LogAlarmKind::LogStalled => "log_stalled",
+    };
+    match node.log_watch.acknowledge(kind, request.alarms).await {
         Ok(AlarmAck::Acknowledged) => Ok(axum::Json(AcknowledgeAlarmResponse {
             acknowledged: true,
-            split_view_alarms: request.alarms,
+            alarm: kind,
+            alarms: request.alarms,
+            split_view_alarms: (kind == LogAlarmKind::SplitView).then_some(request.alarms),
         })),
         Ok(AlarmAck::NoAlarm) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "no_alarm",
-            "no split-view alarm is raised",
+            format!("no {name} alarm is raised"),
         )),
         Ok(AlarmAck::Changed { alarms }) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -1135,6 +1431,7 @@ mod tests {
     use crate::membership_log::{EntryKind, LogEntry};
 
     const NOW: u64 = 1_800_000_000;
+    const STALL: Duration = Duration::from_secs(crate::log_stall::DEFAULT_STALL_SECS);
 
     fn trust_domain() -> TrustDomain {
         "test.ztmesh".parse().unwrap()
@@ -1402,12 +1699,12 @@ mod tests {
         // Acknowledged as the alarm seen: cleared, counted still, the head kept; the forgery
         // seen again is the next alarm.
         assert_eq!(
-            watcher.acknowledge(2, NOW).await,
+            watcher.acknowledge(LogAlarmKind::SplitView, 2, NOW).await,
             Ok(AlarmAck::Changed { alarms: 1 })
         );
         assert!(watcher.status().split_view);
         assert_eq!(
-            watcher.acknowledge(1, NOW).await,
+            watcher.acknowledge(LogAlarmKind::SplitView, 1, NOW).await,
             Ok(AlarmAck::Acknowledged)
         );
         let status = watcher.status();
@@ -1934,11 +2231,175 @@ mod tests {
         assert!(!watcher.status().split_view, "an alarm of its own kind");
     }
 
+    /// A watcher on the store in `temp` raising `log_stalled` after [`SHORT_STALL`].
+    fn stalling_watcher_in(temp: &tempfile::TempDir, now: u64) -> Watcher {
+        let monitor = parse_log_policy(&policy_text(), &trust_domain()).unwrap();
+        Watcher::open(monitor, store_in(temp), Vec::new(), OWN, now)
+            .unwrap()
+            .with_stall_after(SHORT_STALL, now)
+    }
+
+    const SHORT_STALL: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_ca_that_stops_serving_quorum_checkpoints_raises_log_stalled_until_they_return() {
+        let temp = tempfile::tempdir().unwrap();
+        let stall = SHORT_STALL.as_secs();
+        let ca = FakeLog::with_leaves(membership(3), Some(4));
+        let watch = watch_with_queue();
+        let mut watcher = stalling_watcher_in(&temp, NOW);
+        // Quorum checkpoints every 10 s: nothing, however long.
+        for step in 0..10 {
+            let now = NOW + 10 * step;
+            watcher.poll_log(&ca, now).await;
+            watcher.cross_check(&ca, &watch, now).await;
+        }
+        assert!(!watcher.status().log_stalled, "{:?}", watcher.status());
+        let last = NOW + 90;
+        // The CA is gone; members keep relaying the accepted head by gossip, which says
+        // nothing about the log now.
+        ca.with(|s| s.reachable = false);
+        let relayed = watcher.current_note().unwrap().to_owned();
+        for now in [last + 10, last + stall - 1] {
+            watcher.poll_log(&ca, now).await;
+            watcher.feed(&relayed, Source::Gossip, &ca, now).await;
+            watcher.cross_check(&ca, &watch, now).await;
+        }
+        assert!(!watcher.status().log_stalled);
+        watcher.cross_check(&ca, &watch, last + stall).await;
+        let status = watcher.status();
+        assert!(status.log_stalled, "{status:?}");
+        assert_eq!(status.log_stalled_alarms, 1);
+        assert!(
+            status.log_stalled_reason.as_deref().is_some_and(
+                |r| r.contains("no membership-log checkpoint meeting the witness quorum")
+            ),
+            "{status:?}"
+        );
+        assert_eq!(status.log_stall_secs, stall);
+        // Saved: a restart keeps it raised and counted once.
+        drop(watcher);
+        let mut watcher = stalling_watcher_in(&temp, last + stall + 5);
+        watcher.cross_check(&ca, &watch, last + stall + 5).await;
+        let status = watcher.status();
+        assert!(status.log_stalled);
+        assert_eq!(status.log_stalled_alarms, 1);
+        // The CA is back with quorum checkpoints: cleared by itself, kept in the history.
+        ca.with(|s| s.reachable = true);
+        watcher.poll_log(&ca, last + stall + 20).await;
+        watcher.cross_check(&ca, &watch, last + stall + 20).await;
+        let status = watcher.status();
+        assert!(!status.log_stalled, "{status:?}");
+        assert_eq!(status.log_stalled_alarms, 1);
+        let history = store_in(&temp).log_stall_history().unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].ended_by, StallEnd::Recovered);
+        assert_eq!(history[0].raised.raised_at, last + stall);
+    }
+
+    #[tokio::test]
+    async fn a_frozen_log_raises_log_stalled_for_certificates_it_never_covers_own_rotation_too() {
+        let temp = tempfile::tempdir().unwrap();
+        let stall = SHORT_STALL.as_secs();
+        let grace = crate::log_audit::LOG_GRACE.as_secs();
+        // The CA keeps serving its last cosigned checkpoint (node 1's rotation at NOW): quorum
+        // checkpoints arrive on time, the log never moves.
+        let ca = FakeLog::with_leaves(membership(3), Some(4));
+        let watch = watch_with_queue();
+        let mut watcher = stalling_watcher_in(&temp, NOW);
+        let at = Timestamp::from_unix_secs;
+        // Node 1's logged rotation (notBefore back-dated 60 s), and a certificate of node 7
+        // issued after the log froze.
+        watch.handle_certificate(node(100), &serial(100), at(NOW - 60));
+        watch.handle_certificate(node(7), &serial(7), at(NOW + 10));
+        let deadline = |nb: u64| nb + grace + stall;
+        let mut now = NOW;
+        while now < deadline(NOW + 10) {
+            watcher.poll_log(&ca, now).await;
+            watcher.cross_check(&ca, &watch, now).await;
+            now += 10;
+        }
+        let status = watcher.status();
+        // Node 1's rotation is in the log: checked, nothing raised, though no later entry came.
+        assert_eq!(status.certificates_checked, 1, "{status:?}");
+        assert!(!status.log_stalled, "{status:?}");
+        watcher.poll_log(&ca, deadline(NOW + 10)).await;
+        watcher.cross_check(&ca, &watch, deadline(NOW + 10)).await;
+        watch.set_status(watcher.status());
+        let status = watch.status();
+        assert!(status.log_stalled, "{status:?}");
+        assert_eq!(
+            (status.log_stalled_alarms, status.certificates_uncovered),
+            (1, 1)
+        );
+        let reason = status.log_stalled_reason.clone().unwrap();
+        assert!(reason.contains(&serial(7).to_string()), "{reason}");
+        assert!(reason.contains(&node(7).to_string()), "{reason}");
+        assert_eq!(
+            status.certificates_pending, 1,
+            "node 7's waits on for the log"
+        );
+        assert_eq!(
+            status.unlogged_certificates, 0,
+            "the log never moved past it"
+        );
+        // Checkpoints keep coming; the log does not move: it stays raised, across a restart.
+        watcher.poll_log(&ca, deadline(NOW + 10) + 100).await;
+        watcher
+            .cross_check(&ca, &watch, deadline(NOW + 10) + 100)
+            .await;
+        assert!(watcher.status().log_stalled);
+        drop(watcher);
+        let mut watcher = stalling_watcher_in(&temp, deadline(NOW + 10) + 110);
+        watcher.poll_log(&ca, deadline(NOW + 10) + 110).await;
+        watcher
+            .cross_check(&ca, &watch, deadline(NOW + 10) + 110)
+            .await;
+        assert!(watcher.status().log_stalled);
+
+        // Acknowledged by its count; then this node's own rotation, never logged, raises the
+        // next alarm.
+        let acked = deadline(NOW + 10) + 120;
+        assert_eq!(
+            watcher
+                .acknowledge(LogAlarmKind::LogStalled, 2, acked)
+                .await,
+            Ok(AlarmAck::Changed { alarms: 1 })
+        );
+        assert_eq!(
+            watcher
+                .acknowledge(LogAlarmKind::LogStalled, 1, acked)
+                .await,
+            Ok(AlarmAck::Acknowledged)
+        );
+        assert!(!watcher.status().log_stalled);
+        assert_eq!(
+            watcher
+                .acknowledge(LogAlarmKind::LogStalled, 1, acked)
+                .await,
+            Ok(AlarmAck::NoAlarm)
+        );
+        let history = store_in(&temp).log_stall_history().unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].ended_by, StallEnd::Acknowledged);
+        watch.handle_certificate(OWN, &serial(201), at(acked));
+        watcher.poll_log(&ca, deadline(acked)).await;
+        watcher.cross_check(&ca, &watch, deadline(acked)).await;
+        let status = watcher.status();
+        assert!(status.log_stalled, "{status:?}");
+        assert_eq!(status.log_stalled_alarms, 2);
+        let reason = status.log_stalled_reason.unwrap();
+        assert!(reason.contains("this node's own certificate"), "{reason}");
+        assert!(reason.contains(&serial(201).to_string()), "{reason}");
+        assert!(!status.split_view, "an alarm of its own kind");
+    }
+
     #[test]
     fn without_a_policy_nothing_is_watched() {
         let temp = tempfile::tempdir().unwrap();
         let dir = NodeDir(temp.path().to_owned());
-        let (watch, task) = prepare(&dir, &trust_domain(), store_in(&temp), OWN, NOW).unwrap();
+        let (watch, task) =
+            prepare(&dir, &trust_domain(), store_in(&temp), OWN, STALL, NOW).unwrap();
         assert!(task.is_none());
         assert!(!watch.status().policy);
         assert!(!watch.handle_gossip(note(&tree("a", 1), 1, &[1, 2])));
@@ -1957,6 +2418,7 @@ mod tests {
                 &"other.mesh".parse().unwrap(),
                 store_in(&temp),
                 OWN,
+                STALL,
                 NOW
             ),
             Err(LogWatchError::Policy { .. })
@@ -1970,7 +2432,8 @@ mod tests {
         dir.write_log_policy(&policy_text()).unwrap();
         // Only read here (to check saved CRLs later), never parsed as a certificate.
         std::fs::write(dir.ca_cert(), ztmesh_pki::cert_der_to_pem(b"ca")).unwrap();
-        let (watch, task) = prepare(&dir, &trust_domain(), store_in(&temp), OWN, NOW).unwrap();
+        let (watch, task) =
+            prepare(&dir, &trust_domain(), store_in(&temp), OWN, STALL, NOW).unwrap();
         let mut task = task.unwrap();
         assert!(watch.status().policy);
         let n = note(&tree("a", 1), 1, &[1, 2]);

@@ -129,10 +129,11 @@ impl LocalApiClient {
     /// `POST /v1/log/alarm/acknowledge`.
     pub async fn acknowledge_log_alarm(
         &self,
+        alarm: crate::api_types::LogAlarmKind,
         alarms: u64,
     ) -> Result<crate::api_types::AcknowledgeAlarmResponse, ClientError> {
         let url = format!("{}/v1/log/alarm/acknowledge", self.base);
-        let body = crate::api_types::AcknowledgeAlarmRequest { alarms };
+        let body = crate::api_types::AcknowledgeAlarmRequest { alarm, alarms };
         send_json(self.authorized(self.client.post(&url)).json(&body), &url).await
     }
 

@@ -72,6 +72,11 @@ pub struct NodeConfig {
     /// release key and the signed manifest.
     #[serde(default)]
     pub attestation: crate::attestation::AttestationConfig,
+    /// Seconds without a membership-log checkpoint meeting the witness quorum (or a
+    /// certificate waiting that long past its grace without the log covering it) before the
+    /// `log_stalled` alarm is raised (20..=604800).
+    #[serde(default = "default_log_stall_secs")]
+    pub log_stall_secs: u64,
     /// This node as a witness of its mesh's membership log (off by default; not written
     /// while default).
     #[serde(
@@ -96,6 +101,9 @@ fn default_crl_refresh() -> u64 {
 fn default_health_ms() -> u64 {
     15_000
 }
+fn default_log_stall_secs() -> u64 {
+    crate::log_stall::DEFAULT_STALL_SECS
+}
 fn default_max_peers() -> usize {
     64
 }
@@ -114,6 +122,14 @@ impl NodeConfig {
         }
         if !(100..=3_600_000).contains(&self.health_interval_ms) {
             return Err("health_interval_ms must be between 100 and 3600000".into());
+        }
+        let stall = crate::log_stall::MIN_STALL_SECS..=crate::log_stall::MAX_STALL_SECS;
+        if !stall.contains(&self.log_stall_secs) {
+            return Err(format!(
+                "log_stall_secs must be between {} and {} (the log-watch loop fetches the CA's checkpoint every 10 s)",
+                stall.start(),
+                stall.end()
+            ));
         }
         self.attestation.validate()?;
         self.witness.validate()?;
@@ -505,11 +521,18 @@ mod tests {
         let dir = NodeDir(temp.path().to_owned());
         let good = "node_id = \"xj4bnp4pahh6uqkbidpf3lrceoyagynd\"\ntrust_domain = \"t.test\"\nca_url = \"https://127.0.0.1:1\"\ncrl_url = \"https://127.0.0.1:1/v1/crl\"\n";
         std::fs::write(dir.config(), good).unwrap();
-        assert!(dir.read_config().is_ok());
+        assert_eq!(
+            dir.read_config().unwrap().log_stall_secs,
+            crate::log_stall::DEFAULT_STALL_SECS
+        );
+        std::fs::write(dir.config(), format!("{good}log_stall_secs = 20\n")).unwrap();
+        assert_eq!(dir.read_config().unwrap().log_stall_secs, 20);
         for bad in [
             format!("{good}heartbeat_interval_ms = 5\n"),
             format!("{good}crl_refresh_secs = 0\n"),
             format!("{good}max_peers = 0\n"),
+            format!("{good}log_stall_secs = 19\n"),
+            format!("{good}log_stall_secs = 604801\n"),
             format!("{good}bogus = 1\n"),
             good.replace("https://127.0.0.1:1\"\ncrl", "http://127.0.0.1:1\"\ncrl"),
             good.replace("xj4b", "XJ4B"),

@@ -30,8 +30,9 @@ pub use ca_store::{
     Tpm2KeyRegistration,
 };
 pub use node_store::{
-    AlarmAck, FollowedEntry, Issuance, LogWatchSwap, NodeStore, SavedLogAlarm, SavedLogHead,
-    SavedLogWatch, StoredPeer, DEFAULT_PEER_CAPACITY,
+    AlarmAck, EndedStall, FollowedEntry, Issuance, LogWatchSwap, NodeStore, SavedLogAlarm,
+    SavedLogHead, SavedLogStall, SavedLogWatch, SavedStallAlarm, StallEnd, StoredPeer,
+    DEFAULT_PEER_CAPACITY,
 };
 pub use witness_store::WitnessStore;
 

@@ -103,6 +103,30 @@ CREATE TABLE log_alarm_history (
     acknowledged_at INTEGER NOT NULL CHECK (acknowledged_at >= 0)
 ) STRICT;
 "#,
+        r#"
+-- Singleton: the log_stalled alarm (log_stall.rs): when a checkpoint meeting the quorum last
+-- arrived, the last acknowledgement, how many alarms were raised, and the raised one.
+CREATE TABLE log_stall (
+    id              INTEGER PRIMARY KEY NOT NULL CHECK (id = 1),
+    last_quorum_at  INTEGER CHECK (last_quorum_at >= 0),
+    acknowledged_at INTEGER CHECK (acknowledged_at >= 0),
+    alarms          INTEGER NOT NULL CHECK (alarms >= 0),
+    raised_at       INTEGER CHECK (raised_at >= 0),
+    reason          TEXT,
+    await_log_at    INTEGER CHECK (await_log_at >= 0),
+    CHECK ((raised_at IS NULL) = (reason IS NULL)),
+    CHECK (raised_at IS NOT NULL OR await_log_at IS NULL)
+) STRICT;
+
+-- Every log_stalled alarm that ended: cleared by itself (`recovered`) or by the operator.
+CREATE TABLE log_stall_history (
+    alarms    INTEGER PRIMARY KEY NOT NULL CHECK (alarms > 0),
+    raised_at INTEGER NOT NULL CHECK (raised_at >= 0),
+    reason    TEXT NOT NULL,
+    ended_at  INTEGER NOT NULL CHECK (ended_at >= 0),
+    ended_by  TEXT NOT NULL CHECK (ended_by IN ('recovered', 'acknowledged'))
+) STRICT;
+"#,
     ],
 };
 
@@ -150,6 +174,62 @@ pub struct SavedLogWatch {
     pub alarm: Option<SavedLogAlarm>,
     /// Alarms raised over the node's life.
     pub alarms: u64,
+}
+
+/// The `log_stalled` alarm state as saved (see `log_stall.rs`); times in Unix seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SavedLogStall {
+    /// When a checkpoint meeting the quorum last arrived (`None`: nothing saved yet).
+    pub last_quorum_at: Option<u64>,
+    /// When the operator last acknowledged an alarm.
+    pub acknowledged_at: Option<u64>,
+    /// Alarms raised over the node's life.
+    pub alarms: u64,
+    /// The alarm, while raised.
+    pub raised: Option<SavedStallAlarm>,
+}
+
+/// A raised `log_stalled` alarm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedStallAlarm {
+    /// When it was raised.
+    pub raised_at: u64,
+    /// Why, for the operator.
+    pub reason: String,
+    /// Raised (or joined) by certificates: it cannot clear before the verified log has an
+    /// entry committed at or after this time.
+    pub await_log_at: Option<u64>,
+}
+
+/// How a `log_stalled` alarm ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallEnd {
+    /// The log was live again.
+    Recovered,
+    /// The operator acknowledged it.
+    Acknowledged,
+}
+
+impl StallEnd {
+    fn as_str(self) -> &'static str {
+        match self {
+            StallEnd::Recovered => "recovered",
+            StallEnd::Acknowledged => "acknowledged",
+        }
+    }
+}
+
+/// One ended `log_stalled` alarm of `log_stall_history`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedStall {
+    /// Its number (the alarm count when it was raised).
+    pub alarm: u64,
+    /// What it was.
+    pub raised: SavedStallAlarm,
+    /// When it ended.
+    pub ended_at: u64,
+    /// How.
+    pub ended_by: StallEnd,
 }
 
 /// What [`NodeStore::save_log_watch`] did with the head it was given.
@@ -483,6 +563,140 @@ impl NodeStore {
                 },
                 timestamp_from_sql(row.get(4)?, "acknowledgement time")?,
             ));
+        }
+        Ok(history)
+    }
+
+    /// The saved `log_stalled` state (empty when nothing was saved yet).
+    pub fn log_stall(&self) -> Result<SavedLogStall, StoreError> {
+        let conn = lock(&self.connection);
+        type Row = (
+            Option<i64>,
+            Option<i64>,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+        );
+        let row: Option<Row> = conn
+            .query_row(
+                "SELECT last_quorum_at, acknowledged_at, alarms, raised_at, reason, await_log_at
+                 FROM log_stall WHERE id = 1",
+                [],
+                |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((last_quorum_at, acknowledged_at, alarms, raised_at, reason, await_log_at)) = row
+        else {
+            return Ok(SavedLogStall::default());
+        };
+        let time =
+            |value: Option<i64>, what: &str| value.map(|v| count_from_sql(v, what)).transpose();
+        let raised = match (time(raised_at, "stall raised_at")?, reason) {
+            (Some(raised_at), Some(reason)) => Some(SavedStallAlarm {
+                raised_at,
+                reason,
+                await_log_at: time(await_log_at, "stall await_log_at")?,
+            }),
+            _ => None,
+        };
+        Ok(SavedLogStall {
+            last_quorum_at: time(last_quorum_at, "stall last_quorum_at")?,
+            acknowledged_at: time(acknowledged_at, "stall acknowledged_at")?,
+            alarms: count_from_sql(alarms, "stall alarm count")?,
+            raised,
+        })
+    }
+
+    /// Saves the `log_stalled` state and, in the same transaction, the alarm that `ended`
+    /// (if one did) in `log_stall_history`; an alarm ends once (the first row saved for its
+    /// number stays). The alarm count never goes down.
+    pub fn save_log_stall(
+        &self,
+        state: &SavedLogStall,
+        ended: Option<&EndedStall>,
+    ) -> Result<(), StoreError> {
+        let time = |value: Option<u64>, what: &'static str| {
+            value.map(|v| count_to_sql(v, what)).transpose()
+        };
+        let mut conn = lock(&self.connection);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO log_stall
+                 (id, last_quorum_at, acknowledged_at, alarms, raised_at, reason, await_log_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET last_quorum_at = excluded.last_quorum_at,
+                 acknowledged_at = excluded.acknowledged_at,
+                 alarms = max(log_stall.alarms, excluded.alarms),
+                 raised_at = excluded.raised_at, reason = excluded.reason,
+                 await_log_at = excluded.await_log_at",
+            params![
+                time(state.last_quorum_at, "stall last_quorum_at")?,
+                time(state.acknowledged_at, "stall acknowledged_at")?,
+                count_to_sql(state.alarms, "stall alarm count")?,
+                time(
+                    state.raised.as_ref().map(|r| r.raised_at),
+                    "stall raised_at"
+                )?,
+                state.raised.as_ref().map(|r| r.reason.as_str()),
+                time(
+                    state.raised.as_ref().and_then(|r| r.await_log_at),
+                    "stall await_log_at"
+                )?,
+            ],
+        )?;
+        if let Some(ended) = ended {
+            tx.execute(
+                "INSERT INTO log_stall_history (alarms, raised_at, reason, ended_at, ended_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (alarms) DO NOTHING",
+                params![
+                    count_to_sql(ended.alarm, "stall alarm count")?,
+                    count_to_sql(ended.raised.raised_at, "stall raised_at")?,
+                    ended.raised.reason,
+                    count_to_sql(ended.ended_at, "stall ended_at")?,
+                    ended.ended_by.as_str(),
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The `log_stalled` alarms that ended, oldest first.
+    pub fn log_stall_history(&self) -> Result<Vec<EndedStall>, StoreError> {
+        let conn = lock(&self.connection);
+        let mut statement = conn.prepare(
+            "SELECT alarms, raised_at, reason, ended_at, ended_by FROM log_stall_history
+             ORDER BY alarms",
+        )?;
+        let mut rows = statement.query([])?;
+        let mut history = Vec::new();
+        while let Some(row) = rows.next()? {
+            let ended_by: String = row.get(4)?;
+            history.push(EndedStall {
+                alarm: count_from_sql(row.get(0)?, "stall alarm count")?,
+                raised: SavedStallAlarm {
+                    raised_at: count_from_sql(row.get(1)?, "stall raised_at")?,
+                    reason: row.get(2)?,
+                    await_log_at: None,
+                },
+                ended_at: count_from_sql(row.get(3)?, "stall ended_at")?,
+                ended_by: match ended_by.as_str() {
+                    "recovered" => StallEnd::Recovered,
+                    "acknowledged" => StallEnd::Acknowledged,
+                    other => return Err(StoreError::Corrupt(format!("stall ended_by {other:?}"))),
+                },
+            });
         }
         Ok(history)
     }
@@ -1015,6 +1229,76 @@ mod tests {
         let reopened = open(&dir);
         assert_eq!(reopened.acknowledged_log_alarms().unwrap().len(), 2);
         assert_eq!(reopened.log_watch().unwrap().alarms, 3);
+    }
+
+    #[test]
+    fn the_log_stalled_state_and_its_history_outlive_a_reopen_and_the_count_never_goes_down() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = open(&dir);
+        assert_eq!(store.log_stall().unwrap(), SavedLogStall::default());
+        let raised = SavedStallAlarm {
+            raised_at: 2_000,
+            reason: "frozen".into(),
+            await_log_at: Some(2_000),
+        };
+        let state = SavedLogStall {
+            last_quorum_at: Some(1_000),
+            acknowledged_at: None,
+            alarms: 2,
+            raised: Some(raised.clone()),
+        };
+        store.save_log_stall(&state, None).unwrap();
+        drop(store);
+        let store = open(&dir);
+        assert_eq!(store.log_stall().unwrap(), state);
+        // Ended by the operator: kept in the history in the same transaction.
+        let ended = EndedStall {
+            alarm: 2,
+            raised: raised.clone(),
+            ended_at: 2_500,
+            ended_by: StallEnd::Acknowledged,
+        };
+        let cleared = SavedLogStall {
+            acknowledged_at: Some(2_500),
+            raised: None,
+            ..state.clone()
+        };
+        store.save_log_stall(&cleared, Some(&ended)).unwrap();
+        // A lower count given is not saved.
+        store
+            .save_log_stall(
+                &SavedLogStall {
+                    alarms: 1,
+                    ..cleared.clone()
+                },
+                None,
+            )
+            .unwrap();
+        drop(store);
+        let store = open(&dir);
+        assert_eq!(store.log_stall().unwrap(), cleared);
+        let history = store.log_stall_history().unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            (history[0].alarm, history[0].ended_at, history[0].ended_by),
+            (2, 2_500, StallEnd::Acknowledged)
+        );
+        assert_eq!(history[0].raised.reason, "frozen");
+        // One alarm ends once: the first row stays.
+        let again = EndedStall {
+            ended_by: StallEnd::Recovered,
+            ..ended.clone()
+        };
+        store.save_log_stall(&cleared, Some(&again)).unwrap();
+        // (What the alarm waited for is not history.)
+        let kept = EndedStall {
+            raised: SavedStallAlarm {
+                await_log_at: None,
+                ..raised
+            },
+            ..ended
+        };
+        assert_eq!(store.log_stall_history().unwrap(), vec![kept]);
     }
 
     /// Two connections (two processes on one data directory, or a writer that read the state
