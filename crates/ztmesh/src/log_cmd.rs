@@ -1,6 +1,7 @@
 //! `ztmesh log`: the CA's membership log for operators and auditors (`key`, `checkpoint`,
 //! `show`, `verify`), and a node operator's acknowledgement of a split-view alarm (`ack`). Every check is the tlog crate's and every format `ztmesh_node`'s
 //! `membership_log`; this module fetches, prints, and exits non-zero when a check fails.
+//! `ack --alarm log-stalled` acknowledges the `log_stalled` alarm instead.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,9 @@ pub enum LogCommand {
     /// Acknowledge the split-view alarm a running node raised, once investigated: its evidence
     /// is kept in the node's state.db and the node carries on from its accepted checkpoint (a
     /// log still showing two histories raises the next alarm). --alarms is the alarm count
-    /// `ztmesh status` shows, so a newer alarm is never cleared unseen.
+    /// `ztmesh status` shows, so a newer alarm is never cleared unseen. With
+    /// `--alarm log-stalled`, the log_stalled alarm: kept in state.db's history, and a log
+    /// still stalled raises the next one log_stall_secs later.
     Ack(LogAckArgs),
 }
 
@@ -46,9 +49,22 @@ pub enum LogCommand {
 pub struct LogAckArgs {
     #[command(flatten)]
     node: crate::app::NodeArgs,
-    /// The alarm count (`split_view_alarms` of `ztmesh status --json`) being acknowledged.
+    /// Which alarm.
+    #[arg(long, value_enum, default_value = "split-view")]
+    alarm: AlarmArg,
+    /// The alarm count being acknowledged (`split_view_alarms`, or `log_stalled_alarms`, of
+    /// `ztmesh status --json`).
     #[arg(long)]
     alarms: u64,
+}
+
+/// The alarms `ztmesh log ack` clears.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum AlarmArg {
+    /// Two histories of the membership log.
+    SplitView,
+    /// No witnessed checkpoint (or no coverage of a certificate) in log_stall_secs.
+    LogStalled,
 }
 
 /// Where the log is read from.
@@ -108,15 +124,27 @@ pub async fn run(command: LogCommand) -> Result<()> {
     }
 }
 
-/// `ztmesh log ack`: clears the split-view alarm number `--alarms` on a running node.
+/// `ztmesh log ack`: clears the split-view (or log_stalled) alarm number `--alarms` on a
+/// running node.
 async fn ack(args: LogAckArgs) -> Result<()> {
+    use ztmesh_node::api_types::LogAlarmKind;
+    let kind = match args.alarm {
+        AlarmArg::SplitView => LogAlarmKind::SplitView,
+        AlarmArg::LogStalled => LogAlarmKind::LogStalled,
+    };
     let answer = crate::app::client(&args.node)?
-        .acknowledge_log_alarm(args.alarms)
+        .acknowledge_log_alarm(kind, args.alarms)
         .await?;
-    out!(
-        "split-view alarm {} acknowledged; its evidence stays in the node's state.db",
-        answer.split_view_alarms
-    );
+    match kind {
+        LogAlarmKind::SplitView => out!(
+            "split-view alarm {} acknowledged; its evidence stays in the node's state.db",
+            answer.alarms
+        ),
+        LogAlarmKind::LogStalled => out!(
+            "log_stalled alarm {} acknowledged; it stays in the node's state.db (log_stall_history), and a log still stalled raises the next one after log_stall_secs",
+            answer.alarms
+        ),
+    }
     Ok(())
 }
 

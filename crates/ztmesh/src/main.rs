@@ -867,6 +867,12 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
             log.stale
         );
         out!(
+            "log liveness  last quorum checkpoint {}, log_stall_secs {}, {} log_stalled alarm(s)",
+            log.last_quorum_checkpoint.as_deref().unwrap_or("-"),
+            log.log_stall_secs,
+            log.log_stalled_alarms
+        );
+        out!(
             "log audit     {} entries verified, {} certificates checked ({} waiting), {} revocations checked",
             log.entries_verified,
             log.certificates_checked,
@@ -879,6 +885,15 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
             "SPLIT VIEW    the membership log showed two histories ({} alarm(s)): {}; see `status --json`",
             log.split_view_alarms,
             log.split_view_reason.as_deref().unwrap_or("two valid checkpoints conflict")
+        );
+    }
+    if log.log_stalled {
+        out!(
+            "LOG STALLED   since {} (alarm {}): {}; acknowledge with `ztmesh log ack --alarm log-stalled --alarms {}`",
+            log.log_stalled_since.as_deref().unwrap_or("-"),
+            log.log_stalled_alarms,
+            log.log_stalled_reason.as_deref().unwrap_or("the witnessed log stopped moving"),
+            log.log_stalled_alarms
         );
     }
     for finding in &log.unlogged {

@@ -1092,3 +1092,125 @@ fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
         node.proc.as_mut().unwrap().assert_running();
     }
 }
+
+/// `log_stall_secs` of the stall test: long enough for a few fetches of the CA's checkpoint
+/// (every 10 s) on a loaded machine, short enough to keep the test quick.
+const STALL_SECS: &str = "30";
+
+/// The finding of issue 12 item 3: the CA restarted without its log policy, a new node
+/// enrolled and linked to every peer, and no node raised anything while the log stayed
+/// unwitnessed (only `quorum_not_met` counted). Now every node watching the log raises
+/// `log_stalled`: the two that followed the witnessed log because no checkpoint meeting the
+/// quorum arrives any more, and the new one (given the pinned policy by its operator) for the
+/// same reason and because its own enrollment is never covered. One acknowledges it; another
+/// sees it clear by itself once the CA is back with its policy and the witness cosigns again.
+#[test]
+fn a_ca_restarted_without_its_log_policy_raises_log_stalled_on_every_node() {
+    let root = tempfile::tempdir().unwrap();
+    let mut wca = WitnessedCa::start(root.path(), &[]);
+    let mut nodes: Vec<TestNode> = (1..=2)
+        .map(|i| wca.ca.enroll(root.path(), &format!("node{i}")))
+        .collect();
+    for node in &mut nodes {
+        set_config(&node.dir, "log_stall_secs", STALL_SECS);
+        node.start();
+    }
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    wait_full_mesh(&refs, WAIT);
+    for node in &nodes {
+        wait_until(
+            &format!("{} to follow the cosigned log", node.name),
+            WAIT,
+            || {
+                let status = log_status(node);
+                status["size"].as_u64() >= Some(2)
+                    && status["witnesses_met"] == serde_json::json!(["w1"])
+            },
+        );
+        let status = log_status(node);
+        assert_eq!(status["log_stalled"], false, "{status}");
+        assert_eq!(status["log_stall_secs"], 30, "{status}");
+    }
+    let policy = std::fs::read_to_string(nodes[0].dir.join("log-policy.txt")).unwrap();
+
+    // The CA comes back without its policy: nothing it signs from now on is witnessed.
+    wca.ca.restart(&[]);
+    let mut newcomer = wca.ca.enroll(root.path(), "node3");
+    assert!(
+        !newcomer.dir.join("log-policy.txt").exists(),
+        "a CA without a policy pins none"
+    );
+    std::fs::write(newcomer.dir.join("log-policy.txt"), &policy).unwrap();
+    set_config(&newcomer.dir, "log_stall_secs", STALL_SECS);
+    newcomer.start();
+    nodes.push(newcomer);
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    wait_full_mesh(&refs, WAIT);
+
+    for node in &nodes {
+        wait_until(
+            &format!("{} to raise log_stalled", node.name),
+            SLOW_WAIT,
+            || log_status(node)["log_stalled"] == true,
+        );
+        let status = log_status(node);
+        assert_eq!(status["log_stalled_alarms"], 1, "{status}");
+        assert!(status["quorum_not_met"].as_u64() >= Some(1), "{status}");
+        assert!(status["log_stalled_since"].is_string(), "{status}");
+        assert_eq!(
+            status["split_view"], false,
+            "a liveness alarm, not a fork: {status}"
+        );
+        let log = node.proc.as_ref().unwrap().log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("ERROR") && l.contains("LOG STALLED")),
+            "{log}"
+        );
+        let text = node.cli_ok(&["status"]);
+        assert!(text.contains("LOG STALLED"), "{text}");
+    }
+
+    // node1's operator acknowledges the alarm they saw (another count changes nothing).
+    let refused = nodes[0].cli(&["log", "ack", "--alarm", "log-stalled", "--alarms", "2"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("alarm_changed"));
+    let text = nodes[0].cli_ok(&["log", "ack", "--alarm", "log-stalled", "--alarms", "1"]);
+    assert!(text.contains("log_stalled alarm 1 acknowledged"), "{text}");
+    let status = log_status(&nodes[0]);
+    assert_eq!(status["log_stalled"], false, "{status}");
+    assert_eq!(status["log_stalled_alarms"], 1, "{status}");
+    let history = ztmesh_node::store::NodeStore::open(&nodes[0].dir.join("state.db"))
+        .unwrap()
+        .log_stall_history()
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(
+        history[0].ended_by,
+        ztmesh_node::store::StallEnd::Acknowledged
+    );
+    // The split-view acknowledgement is a separate one: there is no split view to clear.
+    let refused = nodes[0].cli(&["log", "ack", "--alarms", "1"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no_alarm"));
+
+    // The CA is back with its policy: the witness cosigns the grown log and node2's alarm
+    // clears by itself, counted and kept in the history.
+    let args: Vec<&str> = wca.serve_args.iter().map(String::as_str).collect();
+    wca.ca.restart(&args);
+    wait_until("node2 to see the log live again", SLOW_WAIT, || {
+        let status = log_status(&nodes[1]);
+        status["log_stalled"] == false && status["witnesses_met"] == serde_json::json!(["w1"])
+    });
+    let status = log_status(&nodes[1]);
+    assert_eq!(status["log_stalled_alarms"], 1, "{status}");
+    let history = ztmesh_node::store::NodeStore::open(&nodes[1].dir.join("state.db"))
+        .unwrap()
+        .log_stall_history()
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].ended_by, ztmesh_node::store::StallEnd::Recovered);
+    wca.witness.assert_running();
+    for node in &mut nodes {
+        node.proc.as_mut().unwrap().assert_running();
+    }
+}
