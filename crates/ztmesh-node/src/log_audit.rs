@@ -32,13 +32,15 @@
 //!   index at which the node started keeping its history are not judged (see
 //!   [`NodeStore::own_audit_start`](crate::store::NodeStore::own_audit_start)); the index,
 //!   unlike the CA-chosen `at`, cannot be moved by the CA. The node's own certificates go
-//!   through the [`CertificateQueue`] like its peers'.
+//!   through the [`CertificateQueue`] like its peers'. A certificate the log neither shows nor
+//!   moves past in time is [`log_stall`](crate::log_stall)'s to report (`log_stalled`).
 //!
 //! These are alarms, never refusals: a link stays up and a CRL stays in force. The time rule
 //! leaves room for honest races (see [`LOG_GRACE`]), but a refusal on a timing judgement would
 //! turn a slow CA into an outage; the alarm is for the operator, with the node and serial.
 //! The time compared is the CA's own `at` of its entries: a CA that both issues unlogged and
-//! stops logging anything newer delays the alarm, which then never clears either.
+//! stops logging anything newer delays the alarm (`log_stalled` is raised meanwhile), which then
+//! never clears either.
 //!
 //! This module must never keep an entry that was not verified against an accepted root, and
 //! never count a certificate as checked before the log could show it.

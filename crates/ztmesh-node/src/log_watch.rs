@@ -25,6 +25,11 @@
 //! saved after every change and resumed at start, so a CA rolled back while the node was down
 //! is caught as soon as the node looks again, and an alarm outlives a restart.
 //!
+//! A log that shows nothing is watched too: [`log_stall`](crate::log_stall) raises
+//! `log_stalled` when no checkpoint meeting the quorum arrives for `log_stall_secs`, or when a
+//! certificate waits that long past its grace without the log covering it. Its state and the
+//! history of its alarms live in `state.db` beside the split-view alarm's.
+//!
 //! The monitor lives in one task (the loop), so a proof always answers the request it was
 //! fetched for; the API reads a [`LogStatus`] snapshot the loop refreshes after every wake-up.
 //! What must never happen here: accepting a checkpoint the monitor did not, saving a head the
