@@ -1,5 +1,8 @@
 //! Client of a node's own HTTPS API, used by `ztmesh status` and `ztmesh peers`: it presents
 //! the node's current certificate, so it needs the key-file passphrase like the daemon does.
+//! Both clients here accept only the node of their data directory as the server, and accept
+//! it with an expired certificate too: they must keep working through a CA outage. They must
+//! never be used to reach another node.
 
 use std::sync::Arc;
 
@@ -31,8 +34,11 @@ impl NodeApiClient {
         let ca = NodeDir::read_cert(&dir.ca_cert())?;
         let trust = Arc::new(MeshTrust::new(ca, config.trust_domain));
         let current = Arc::new(CurrentCertificate::new(vec![cert], &key.to_pkcs8_der())?);
+        // Pinned to this directory's node, expired or not: status must work when the
+        // certificate ran out (a CA outage), and nothing but this node may answer.
+        let tls = crate::tls::own_node_api_client_config(trust, config.node_id, Some(current))?;
         Ok(NodeApiClient {
-            client: http_client(crate::tls::node_api_client_config(trust, Some(current))?)?,
+            client: http_client(tls)?,
             base: format!("https://{}", addrs.api),
         })
     }
@@ -52,7 +58,7 @@ impl NodeApiClient {
 
 /// A local application's connection to its node's API: authenticated by `api.token`, never by
 /// the node's keys, so no passphrase is needed. The node's server certificate is checked
-/// against the mesh CA in the data directory.
+/// against the mesh CA and the NodeId in the data directory (expiry forgiven).
 pub struct LocalApiClient {
     client: reqwest::Client,
     streaming: reqwest::Client,
@@ -74,7 +80,7 @@ impl LocalApiClient {
         let token = zeroize::Zeroizing::new(dir.read_api_token()?);
         let ca = NodeDir::read_cert(&dir.ca_cert())?;
         let trust = Arc::new(MeshTrust::new(ca, config.trust_domain));
-        let tls = crate::tls::node_api_client_config(trust, None)?;
+        let tls = crate::tls::own_node_api_client_config(trust, config.node_id, None)?;
         // The event stream stays open for as long as the caller listens, so its client has a
         // connect timeout only.
         let streaming = reqwest::Client::builder()

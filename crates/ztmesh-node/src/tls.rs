@@ -99,6 +99,21 @@ impl MeshTrust {
         )
     }
 
+    /// Chain, profile and signature as [`Self::verify_ignoring_revocation`], judged at
+    /// `min(now, notAfter)`: a certificate past its expiry passes, one not yet valid does not.
+    /// Revocation is not checked. Only for the two places an expired certificate may still
+    /// identify a node: the CA's `POST /v1/rotate` under its grace (the caller checks how
+    /// long ago it expired) and a node's API letting in its own operator. Never for links.
+    pub fn verify_ignoring_expiry(
+        &self,
+        cert_der: &[u8],
+        now: Timestamp,
+    ) -> Result<NodeCertificate, PkiError> {
+        // Parsing first only reads notAfter; the verification below checks everything.
+        let claimed = NodeCertificate::parse(cert_der)?;
+        self.verify_ignoring_revocation(cert_der, now.min(claimed.not_after))
+    }
+
     /// Verifies a CRL (DER) against the CA and, if it is newer than the one in force, makes it
     /// the revocation set. Returns the CRL and the serials it newly revokes.
     pub fn apply_crl(&self, crl_der: &[u8]) -> Result<(Crl, Vec<Serial>), PkiError> {
@@ -401,6 +416,88 @@ pub fn node_api_client_config(
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// Client config for a node's own CLI talking to its own daemon's API (`ztmesh status`,
+/// `ztmesh peers`, the `api.token` commands): the server must present a certificate of this
+/// mesh naming `own` (the NodeId in the data directory, the hash of its identity key), whether
+/// or not it has expired, so the operator can look at a node whose certificate ran out. Any
+/// other node's certificate is refused, expired or not. We present `cert` when given.
+pub fn own_node_api_client_config(
+    trust: Arc<MeshTrust>,
+    own: ztmesh_core::NodeId,
+    cert: Option<Arc<CurrentCertificate>>,
+) -> Result<ClientConfig, rustls::Error> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(OwnNodeVerifier {
+            trust,
+            own,
+            algorithms: algorithms(),
+        }));
+    let mut config = match cert {
+        Some(cert) => builder.with_client_cert_resolver(cert),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Server verifier pinning the node's own identity: chain to the mesh CA and the node profile
+/// (expiry forgiven, see [`MeshTrust::verify_ignoring_expiry`]), and the NodeId must be `own`.
+#[derive(Debug)]
+struct OwnNodeVerifier {
+    trust: Arc<MeshTrust>,
+    own: ztmesh_core::NodeId,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for OwnNodeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = self
+            .trust
+            .verify_ignoring_expiry(end_entity.as_ref(), timestamp_of(now))
+            .map_err(to_rustls_error)?;
+        if cert.node_id != self.own {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(PkiError::Untrusted(format!(
+                    "the API answering is node {}, not this data directory's node {}",
+                    cert.node_id, self.own
+                )))),
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        refuse_tls12()
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 /// Client config for the CA's HTTPS API once the CA certificate is known: the server must chain
