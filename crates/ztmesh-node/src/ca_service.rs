@@ -1,7 +1,8 @@
 //! The CA's HTTPS API (`ztmesh ca serve`) and its data directory (`ztmesh ca init`).
 //!
 //! Routes: `GET /v1/ca`, `POST /v1/enroll`, `POST /v1/enroll/tpm2/credential`,
-//! `POST /v1/rotate` (mTLS), `GET /v1/crl`,
+//! `POST /v1/rotate` (mTLS; an expired certificate within `--rotation-grace`, see
+//! [`rotation_client`]), `GET /v1/crl`,
 //! `POST /v1/revoke` (admin), `POST /v1/tokens` (admin), `POST /v1/announce` (mTLS), and the
 //! public membership log: `GET /v1/log/key`, `/v1/log/checkpoint`, `/v1/log/entries`,
 //! `/v1/log/proof/inclusion`, `/v1/log/proof/consistency`, `/v1/log/policy`.
@@ -73,6 +74,18 @@ pub const CRL_VALIDITY: Duration = Duration::from_secs(3600);
 
 /// Back-dating of notBefore, so peers with a slightly slow clock accept a new certificate.
 pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60);
+
+/// Default of `ca serve --rotation-grace`: how long after its certificate expired a node may
+/// still rotate by proving its identity key. A week outlasts a CA outage over a long weekend;
+/// a node that should not come back after that long is revoked, not left to expire.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(7 * 86_400);
+
+/// Rotations with an expired certificate one node may attempt: a burst of this many, then
+/// [`EXPIRED_ROTATIONS_PER_MINUTE`]. A healthy node needs one; its retries back off to 32 s.
+pub const EXPIRED_ROTATIONS_BURST: u32 = 3;
+
+/// Refill of the per-node budget of expired-certificate rotations, per minute.
+pub const EXPIRED_ROTATIONS_PER_MINUTE: u32 = 2;
 
 /// Files of a CA data directory.
 #[derive(Debug, Clone)]
@@ -400,6 +413,10 @@ pub struct CaServeOptions {
     /// vouched for by credential activation (`POST /v1/enroll/tpm2/credential`); compared by
     /// EK name. Empty: every credential request is refused.
     pub tpm2_endorsement_keys: Vec<ztmesh_attest::tpm2_credential::EndorsementKey>,
+    /// How long after its certificate expired a node may still rotate (`POST /v1/rotate`) by
+    /// proving its identity key, when that certificate is in the CA's records (and so in the
+    /// membership log) and neither it nor the node is revoked. Zero: never after expiry.
+    pub rotation_grace: Duration,
 }
 
 impl Default for CaServeOptions {
@@ -416,6 +433,7 @@ impl Default for CaServeOptions {
             attestation: EnrollAttestationPolicy::default(),
             manifest: None,
             tpm2_endorsement_keys: Vec::new(),
+            rotation_grace: DEFAULT_ROTATION_GRACE,
         }
     }
 }
@@ -662,6 +680,8 @@ struct CaState {
     store: Arc<CaStore>,
     trust: Arc<MeshTrust>,
     limiter: Mutex<RateLimiter>,
+    /// Rotations presenting an expired certificate, per node (see [`rotation_client`]).
+    expired_rotations: Mutex<RateLimiter<NodeId>>,
     options: CaServeOptions,
     public_url: String,
     admin_hash: String,
@@ -804,6 +824,10 @@ impl CaService {
                 store,
                 trust,
                 limiter,
+                expired_rotations: Mutex::new(RateLimiter::new(
+                    EXPIRED_ROTATIONS_PER_MINUTE,
+                    EXPIRED_ROTATIONS_BURST,
+                )),
                 options,
                 public_url,
                 admin_hash,
@@ -1399,6 +1423,15 @@ async fn authenticated_node(
     presented: Option<Extension<PresentedCertificate>>,
 ) -> Result<ztmesh_pki::NodeCertificate, ApiError> {
     let cert = crate::api_error::verified_client(&state.trust, presented)?;
+    refuse_revoked(state, &cert).await?;
+    Ok(cert)
+}
+
+/// 403 `revoked` when the node or this certificate is revoked in the store.
+async fn refuse_revoked(
+    state: &CaState,
+    cert: &ztmesh_pki::NodeCertificate,
+) -> Result<(), ApiError> {
     let store = state.store.clone();
     let (node_id, serial) = (cert.node_id, cert.serial.clone());
     let revoked = blocking(move || -> Result<bool, crate::store::StoreError> {
@@ -1412,7 +1445,70 @@ async fn authenticated_node(
             format!("node {node_id} (certificate {}) is revoked", cert.serial),
         ));
     }
-    Ok(cert)
+    Ok(())
+}
+
+/// The client of `POST /v1/rotate`: like [`authenticated_node`], except that a certificate
+/// past its expiry is let through for up to `--rotation-grace`, so a mesh outlives a CA
+/// outage longer than a certificate lifetime. Returns the certificate, its DER and how long
+/// ago it expired (`None`: still valid).
+///
+/// An expired certificate is only an authentication hint: the handler still demands the
+/// identity proof over the CSR, and that the presented bytes are a certificate the CA's
+/// records hold (every record is in the membership log), so a certificate signed with the
+/// CA key but never logged, or a stolen certificate and TLS key without the identity key,
+/// gets nothing. Expired attempts are rate-limited per node (429) before any of that work.
+async fn rotation_client(
+    state: &CaState,
+    presented: Option<Extension<PresentedCertificate>>,
+) -> Result<(ztmesh_pki::NodeCertificate, Arc<Vec<u8>>, Option<Duration>), ApiError> {
+    let Some(Extension(PresentedCertificate(Some(der)))) = presented else {
+        return Err(ApiError::unauthorized(
+            "client_certificate_required",
+            "this route requires a mesh certificate (mutual TLS)",
+        ));
+    };
+    let at = now();
+    let cert = state
+        .trust
+        .verify_ignoring_expiry(&der, at)
+        .map_err(|e| ApiError::unauthorized("invalid_client_certificate", e.to_string()))?;
+    // Revocation first: for a revoked node it is the reason that matters, grace or not.
+    refuse_revoked(state, &cert).await?;
+    if at <= cert.not_after {
+        return Ok((cert, der, None));
+    }
+    let grace = state.options.rotation_grace;
+    let Some(expired_for) = within_rotation_grace(at, cert.not_after, grace) else {
+        let expired_for = at.duration_since(cert.not_after);
+        tracing::warn!(node = %cert.node_id, serial = %cert.serial, expired_secs = expired_for.as_secs(), grace_secs = grace.as_secs(), "rotation refused: the certificate expired longer ago than the rotation grace");
+        return Err(ApiError::forbidden(
+            "rotation_grace_passed",
+            format!(
+                "certificate {} expired {}s ago; this CA lets a node rotate at most {}s after expiry (--rotation-grace); the node must enroll again",
+                cert.serial,
+                expired_for.as_secs(),
+                grace.as_secs()
+            ),
+        ));
+    };
+    if let Err(wait) = state
+        .expired_rotations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(cert.node_id, at)
+    {
+        tracing::warn!(node = %cert.node_id, "rotation with an expired certificate rate-limited");
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many rotations with an expired certificate for this node; retry in {}s",
+                wait.as_secs().max(1)
+            ),
+        ));
+    }
+    Ok((cert, der, Some(expired_for)))
 }
 
 fn state_serial_revoked(
@@ -1616,7 +1712,7 @@ async fn rotate(
     presented: Option<Extension<PresentedCertificate>>,
     body: Result<ApiJson<RotateRequest>, ApiError>,
 ) -> Result<Json<RotateResponse>, ApiError> {
-    let current = authenticated_node(&state, presented).await?;
+    let (current, presented_der, expired_for) = rotation_client(&state, presented).await?;
     let ApiJson(request) = body?;
     let csr_der = decode_csr(&request.csr)?;
     ztmesh_pki::csr_public_key(&csr_der)
@@ -1635,6 +1731,17 @@ async fn rotate(
                 "identity_proof does not verify with the certificate's identity key",
             )
         })?;
+    // The presented certificate must be, byte for byte, one the CA recorded (and logged) for
+    // this node: a serial alone could be copied into a certificate signed outside the log.
+    let store = state.store.clone();
+    let serial = current.serial.clone();
+    let recorded = blocking(move || store.certificate(&serial))
+        .await?
+        .map_err(ApiError::internal)?;
+    if !recorded.is_some_and(|r| r.node_id == current.node_id && r.cert_der == *presented_der) {
+        tracing::warn!(node = %current.node_id, serial = %current.serial, expired = expired_for.is_some(), "rotation refused: the presented certificate is not in this CA's records");
+        return Err(unknown_certificate());
+    }
     let now = now();
     let issued = state
         .ca
@@ -1661,23 +1768,46 @@ async fn rotate(
         .await?
         .map_err(|e| match e {
             RotateError::Store(e) => ApiError::internal(e),
-            RotateError::UnknownCertificate => ApiError::forbidden(
-                "unknown_certificate",
-                "the presented certificate was not issued by this CA's records",
-            ),
+            RotateError::UnknownCertificate => unknown_certificate(),
             RotateError::CertificateRevoked | RotateError::NodeRevoked => {
                 ApiError::forbidden("revoked", "this node is revoked")
             }
             #[allow(unreachable_patterns)]
             other => ApiError::forbidden("policy_refused", other.to_string()),
         })?;
-    tracing::info!(node = %current.node_id, old = %current.serial, new = %issued.serial, "rotated certificate");
+    match expired_for {
+        Some(expired_for) => {
+            tracing::warn!(node = %current.node_id, old = %current.serial, new = %issued.serial, expired_secs = expired_for.as_secs(), "certificate re-established after expiry by identity proof (rotation grace)");
+        }
+        None => {
+            tracing::info!(node = %current.node_id, old = %current.serial, new = %issued.serial, "rotated certificate");
+        }
+    }
     Ok(Json(RotateResponse {
         serial: issued.serial.to_hex(),
         certificate: ztmesh_pki::cert_der_to_pem(&issued.der),
         valid_not_before: rfc3339(issued.not_before),
         valid_not_after: rfc3339(issued.not_after),
     }))
+}
+
+/// How long ago a certificate expiring at `not_after` expired, if at `now` that is within
+/// `grace` (`Some(0)` at the very second of expiry, when it is still valid). `None`: expired
+/// longer ago than the grace (always, past expiry, with a grace of 0).
+fn within_rotation_grace(
+    now: Timestamp,
+    not_after: Timestamp,
+    grace: Duration,
+) -> Option<Duration> {
+    let expired_for = now.duration_since(not_after);
+    (expired_for <= grace).then_some(expired_for)
+}
+
+fn unknown_certificate() -> ApiError {
+    ApiError::forbidden(
+        "unknown_certificate",
+        "the presented certificate was not issued by this CA's records",
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -2193,6 +2323,30 @@ mod tests {
 
     fn binding() -> [u8; 64] {
         ztmesh_attest::report_data_binding(b"token hash", b"tls spki")
+    }
+
+    #[test]
+    fn rotation_grace_counts_from_expiry_and_zero_turns_it_off() {
+        let expiry = Timestamp::from_unix_secs(NOW);
+        let grace = Duration::from_secs(3600);
+        let after = |secs| expiry.saturating_add(Duration::from_secs(secs));
+        assert_eq!(
+            within_rotation_grace(after(0), expiry, grace),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            within_rotation_grace(after(3600), expiry, grace),
+            Some(grace)
+        );
+        assert_eq!(within_rotation_grace(after(3601), expiry, grace), None);
+        assert_eq!(
+            within_rotation_grace(after(1), expiry, Duration::ZERO),
+            None
+        );
+        assert_eq!(
+            within_rotation_grace(after(1), expiry, DEFAULT_ROTATION_GRACE),
+            Some(Duration::from_secs(1))
+        );
     }
 
     #[test]

@@ -1422,11 +1422,18 @@ async fn rotation_loop(node: Arc<Node>) {
                 _ = tokio::time::sleep(wait) => continue,
             }
         }
+        // Past expiry the CA still rotates this node within its `--rotation-grace`, on the
+        // identity proof every rotation carries; the retries below keep asking until it does.
+        let expired = t > not_after;
         match rotate_once(&node).await {
             Ok(serial) => {
                 failures = 0;
                 node.rotations.fetch_add(1, Ordering::SeqCst);
-                tracing::info!(%serial, "certificate rotated");
+                if expired {
+                    tracing::warn!(%serial, "certificate re-established after it had expired");
+                } else {
+                    tracing::info!(%serial, "certificate rotated");
+                }
             }
             Err(error) => {
                 failures += 1;

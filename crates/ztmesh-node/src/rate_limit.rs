@@ -1,6 +1,8 @@
-//! Per-client token-bucket rate limiting, sans-IO: callers pass `now`.
+//! Per-client token-bucket rate limiting, sans-IO: callers pass `now`. A client is an address
+//! by default, or any small key (the CA limits expired-certificate rotations per NodeId).
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -10,12 +12,13 @@ use ztmesh_core::Timestamp;
 /// spray of source addresses cannot grow memory without bound.
 pub const MAX_TRACKED_CLIENTS: usize = 4096;
 
-/// A token bucket per client address: `per_minute` requests a minute, bursts up to `burst`.
+/// A token bucket per client (an address unless `K` says otherwise): `per_minute` requests a
+/// minute, bursts up to `burst`.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = IpAddr> {
     per_minute: u32,
     burst: u32,
-    buckets: HashMap<IpAddr, Bucket>,
+    buckets: HashMap<K, Bucket>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -24,7 +27,7 @@ struct Bucket {
     updated: Timestamp,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq + Copy> RateLimiter<K> {
     /// A limiter allowing `per_minute` requests a minute per client with bursts of `burst`.
     pub fn new(per_minute: u32, burst: u32) -> Self {
         RateLimiter {
@@ -35,7 +38,7 @@ impl RateLimiter {
     }
 
     /// Takes one token for `client` at `now`; `Err` holds how long until a token is available.
-    pub fn check(&mut self, client: IpAddr, now: Timestamp) -> Result<(), Duration> {
+    pub fn check(&mut self, client: K, now: Timestamp) -> Result<(), Duration> {
         if !self.buckets.contains_key(&client) && self.buckets.len() >= MAX_TRACKED_CLIENTS {
             if let Some(oldest) = self
                 .buckets

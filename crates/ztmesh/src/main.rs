@@ -157,6 +157,11 @@ struct CaServeArgs {
     /// Lifetime of issued node certificates (at least 60s).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_lifetime: Duration,
+    /// How long after its certificate expired a node may still rotate by proving its identity
+    /// key (its last certificate must be in the membership log and not revoked), so the mesh
+    /// outlives a CA outage longer than a certificate lifetime. 0 = never after expiry.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    rotation_grace: Duration,
     /// Enrollment requests per minute per client address.
     #[arg(long, default_value_t = 120)]
     rate_limit_rpm: u32,
@@ -492,6 +497,7 @@ async fn ca_serve(args: CaServeArgs) -> Result<()> {
         cert_lifetime: args.cert_lifetime,
         rate_limit_rpm: args.rate_limit_rpm,
         rate_limit_burst: args.rate_limit_burst,
+        rotation_grace: args.rotation_grace,
         gossip_fanout: 3,
         server_names: args.server_names,
         public_url: args.public_url,
@@ -845,6 +851,11 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
     );
     if status.self_revoked {
         out!("REVOKED       this node's certificate is revoked");
+    }
+    let expired = ztmesh_node::timefmt::parse_rfc3339(&status.certificate_not_after)
+        .is_some_and(|not_after| not_after < ztmesh_node::timefmt::now());
+    if expired && !status.self_revoked {
+        out!("EXPIRED       this node's certificate has expired: peers refuse its links until it rotates (it keeps asking the CA, which allows it within its --rotation-grace)");
     }
     let log = &status.log;
     if !log.policy {

@@ -1081,9 +1081,10 @@ fn rotate_requires_a_valid_unrevoked_client_certificate_and_an_identity_proof() 
         t.saturating_sub(Duration::from_secs(7200)),
         t.saturating_sub(Duration::from_secs(3600)),
     );
+    // Expired within the CA's rotation grace, so judged on the records: never issued by them.
     Http::ca_with_cert(&ca, &expired, &stale.tls_key)
         .post_json("/v1/rotate", &rotate_request(&stale.identity).0)
-        .assert_error(401, "invalid_client_certificate");
+        .assert_error(403, "unknown_certificate");
     let unrecorded = Enrollee::new();
     let off_book = issue(
         &unrecorded,
