@@ -268,6 +268,12 @@ fn the_mesh_heals_by_itself_after_a_ca_outage_longer_than_a_certificate_lifetime
             .expect("the new certificate is in the CA's records");
         assert_eq!(record.kind, IssueKind::Rotate);
         assert_eq!(record.node_id.to_string(), node.node_id);
+        let run_log = log_of(&node.dir.join("run.log"));
+        assert!(
+            run_log.contains("certificate re-established after it had expired"),
+            "{} did not log its re-establishment:\n{run_log}",
+            node.name
+        );
     }
 }
 
