@@ -235,6 +235,18 @@ fn the_mesh_heals_by_itself_after_a_ca_outage_longer_than_a_certificate_lifetime
         TIMEOUT,
         || nodes.iter().all(|n| n.connected_count() == 0),
     );
+    // The outage outlasts a whole certificate lifetime (60 s) with room to spare; status keeps
+    // answering on every node meanwhile.
+    wait_until(
+        "the outage to outlast a certificate lifetime",
+        TIMEOUT,
+        || {
+            for node in &nodes {
+                status_cert(node);
+            }
+            killed.elapsed() > Duration::from_secs(75)
+        },
+    );
 
     // The CA comes back on the same address; nobody touches the nodes.
     let outage = killed.elapsed();
