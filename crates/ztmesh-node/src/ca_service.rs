@@ -682,6 +682,8 @@ struct CaState {
     limiter: Mutex<RateLimiter>,
     /// Rotations presenting an expired certificate, per node (see [`rotation_client`]).
     expired_rotations: Mutex<RateLimiter<NodeId>>,
+    /// The same for attempts whose identity proof failed (see [`expired_rotation_budget`]).
+    expired_rotation_failures: Mutex<RateLimiter<NodeId>>,
     options: CaServeOptions,
     public_url: String,
     admin_hash: String,
@@ -825,6 +827,10 @@ impl CaService {
                 trust,
                 limiter,
                 expired_rotations: Mutex::new(RateLimiter::new(
+                    EXPIRED_ROTATIONS_PER_MINUTE,
+                    EXPIRED_ROTATIONS_BURST,
+                )),
+                expired_rotation_failures: Mutex::new(RateLimiter::new(
                     EXPIRED_ROTATIONS_PER_MINUTE,
                     EXPIRED_ROTATIONS_BURST,
                 )),
@@ -1457,7 +1463,7 @@ async fn refuse_revoked(
 /// identity proof over the CSR, and that the presented bytes are a certificate the CA's
 /// records hold (every record is in the membership log), so a certificate signed with the
 /// CA key but never logged, or a stolen certificate and TLS key without the identity key,
-/// gets nothing. Expired attempts are rate-limited per node (429) before any of that work.
+/// gets nothing. Expired attempts are rate-limited per node by [`expired_rotation_budget`].
 async fn rotation_client(
     state: &CaState,
     presented: Option<Extension<PresentedCertificate>>,
@@ -1492,23 +1498,35 @@ async fn rotation_client(
             ),
         ));
     };
-    if let Err(wait) = state
-        .expired_rotations
+    Ok((cert, der, Some(expired_for)))
+}
+
+/// Takes one of `node`'s expired-certificate rotations (429 `rate_limited` when none is
+/// left). Attempts whose identity proof failed draw on their own budget, so whoever holds a
+/// node's certificate and TLS key but not its identity key can hammer the route without
+/// locking the node itself out; attempts with a good proof are bounded too, so even the
+/// identity key cannot mint certificates in a loop from an expired one.
+fn expired_rotation_budget(state: &CaState, node: NodeId, proven: bool) -> Result<(), ApiError> {
+    let limiter = if proven {
+        &state.expired_rotations
+    } else {
+        &state.expired_rotation_failures
+    };
+    let checked = limiter
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .check(cert.node_id, at)
-    {
-        tracing::warn!(node = %cert.node_id, "rotation with an expired certificate rate-limited");
-        return Err(ApiError::new(
+        .check(node, now());
+    checked.map_err(|wait| {
+        tracing::warn!(%node, proven, "rotation with an expired certificate rate-limited");
+        ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!(
                 "too many rotations with an expired certificate for this node; retry in {}s",
                 wait.as_secs().max(1)
             ),
-        ));
-    }
-    Ok((cert, der, Some(expired_for)))
+        )
+    })
 }
 
 fn state_serial_revoked(
@@ -1722,15 +1740,19 @@ async fn rotate(
         "bad_identity_proof",
         "identity_proof",
     )?;
-    current
+    let proven = current
         .identity_key
         .verify_proof(IdentityProofDomain::RotateCsr, &csr_der, &proof)
-        .map_err(|_| {
-            ApiError::bad_request(
-                "bad_identity_proof",
-                "identity_proof does not verify with the certificate's identity key",
-            )
-        })?;
+        .is_ok();
+    if expired_for.is_some() {
+        expired_rotation_budget(&state, current.node_id, proven)?;
+    }
+    if !proven {
+        return Err(ApiError::bad_request(
+            "bad_identity_proof",
+            "identity_proof does not verify with the certificate's identity key",
+        ));
+    }
     // The presented certificate must be, byte for byte, one the CA recorded (and logged) for
     // this node: a serial alone could be copied into a certificate signed outside the log.
     let store = state.store.clone();

@@ -450,11 +450,19 @@ fn rotation_after_expiry_is_refused_when_revoked_unproven_unlogged_past_the_grac
     // Signed with the CA key but never in the CA's records nor its log.
     rotate(&ca, &forged, &forged.identity).assert_error(403, "unknown_certificate");
     rotate(&ca, &copied_serial, &copied_serial.identity).assert_error(403, "unknown_certificate");
-    // Hammering one node's route: its budget runs out (429), other nodes are not affected.
+    // Hammering one node's route without its identity key: the budget of failed proofs runs
+    // out (429), and the node itself, proving its key, is not locked out.
     for _ in 0..EXPIRED_ROTATIONS_BURST {
         rotate(&ca, hammer, &thief).assert_error(400, "bad_identity_proof");
     }
     rotate(&ca, hammer, &thief).assert_error(429, "rate_limited");
+    let reply = rotate(&ca, hammer, &hammer.identity);
+    assert_eq!(reply.status, 200, "answer: {reply:?}");
+    // Even with the identity key, an expired certificate yields a bounded number of new ones.
+    for _ in 1..EXPIRED_ROTATIONS_BURST {
+        let reply = rotate(&ca, hammer, &hammer.identity);
+        assert_eq!(reply.status, 200, "answer: {reply:?}");
+    }
     rotate(&ca, hammer, &hammer.identity).assert_error(429, "rate_limited");
 
     // The healthy node, expired within the grace, with its identity proof: a new certificate,
