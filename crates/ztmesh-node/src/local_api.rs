@@ -135,20 +135,35 @@ pub(crate) async fn post_revocation(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
     let body = body_or_error(body, "malformed_message")?;
+    // Before the core sees it: publishing stores and forwards, so a member's anomaly (or any
+    // other kind) posted here without a client certificate would spread before a later check.
+    revocation_kind_only(&body)?;
     let id = node.publish_signed(body.to_vec()).map_err(gossip_error)?;
-    let stored = node.gossip.message_kind(&id);
-    if stored != Some(MessageKind::Revocation) {
-        // Accepted by the core but not a revocation: still a valid message of the mesh, yet
-        // this unauthenticated route only exists for CA records.
-        return Err(ApiError::forbidden(
-            "not_a_revocation",
-            "this route accepts CA-signed revocation records only",
-        ));
-    }
+    // The core checked the payload's kind against the header's read above, and accepts the
+    // revocation kind from the CA only.
+    debug_assert_eq!(node.gossip.message_kind(&id), Some(MessageKind::Revocation));
     Ok((
         StatusCode::ACCEPTED,
         Json(PublishResponse { id: id.to_string() }),
     ))
+}
+
+/// The gate of `POST /v1/revocations`: the kind the message's protected header claims must be
+/// a revocation. Read without verifying anything, which is enough to refuse: the core then
+/// verifies the signature and refuses a payload whose kind differs from this header's.
+pub(crate) fn revocation_kind_only(cose: &[u8]) -> Result<(), ApiError> {
+    let config = ztmesh_gossip::GossipConfig::default();
+    match ztmesh_gossip::claimed_kind(cose, &config) {
+        Some(MessageKind::Revocation) => Ok(()),
+        Some(_) => Err(ApiError::forbidden(
+            "not_a_revocation",
+            "this route accepts CA-signed revocation records only",
+        )),
+        None => Err(ApiError::bad_request(
+            "malformed_message",
+            "not a signed gossip message of a known kind",
+        )),
+    }
 }
 
 /// `POST /v1/anomalies`.
@@ -547,5 +562,99 @@ pub(crate) async fn delete_bundle(
             "not_found",
             "no delivered bundle with that id",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ztmesh_core::NodeId;
+    use ztmesh_core::Timestamp;
+    use ztmesh_gossip::UnsignedMessage;
+
+    /// A message of `kind` with a body its schema accepts, signed by a throwaway key (the gate
+    /// reads the header only; the signature is the core's to check).
+    fn signed(kind: MessageKind, body: Vec<u8>) -> Vec<u8> {
+        let now = Timestamp::from_unix_secs(1_800_000_000);
+        UnsignedMessage {
+            origin: NodeId::from_bytes([7; 20]),
+            kind,
+            body,
+            created_at: now,
+            expires_at: now.saturating_add(Duration::from_secs(60)),
+            hop_limit: 4,
+        }
+        .sign(None, |_| [0; 64])
+        .unwrap()
+    }
+
+    /// A body of `kind` its schema accepts.
+    fn body_of(kind: MessageKind) -> Vec<u8> {
+        use ztmesh_gossip::kinds::*;
+        let now = Timestamp::from_unix_secs(1_800_000_000);
+        match kind {
+            MessageKind::Anomaly => AnomalySignature {
+                event_sha256: [1; 32],
+                indicator: "file.hash".into(),
+                risk_score: 90,
+                rule_id: None,
+                metadata: BTreeMap::new(),
+            }
+            .encode(),
+            MessageKind::Revocation => RevocationRecord {
+                crl: vec![1],
+                revoked_nodes: vec![],
+            }
+            .encode(),
+            MessageKind::PeerExchange => PeerExchange {
+                addr: "127.0.0.1:1".into(),
+            }
+            .encode(),
+            MessageKind::Health => Health {
+                seq: 1,
+                uptime_ms: 1,
+                links: 1,
+            }
+            .encode(),
+            MessageKind::BundleReceipt => BundleReceipt {
+                bundle_id: "b1".into(),
+            }
+            .encode(),
+            MessageKind::Checkpoint => CheckpointNote::new("origin\n1\nroot\n\n\u{2014} log AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n".into())
+                .and_then(|note| note.encode()),
+            MessageKind::Proposal => GovernanceProposal {
+                param: "gossip_fanout".into(),
+                value: 4,
+                expires_at: now,
+                token: vec![],
+            }
+            .encode(),
+            MessageKind::Vote => GovernanceVote {
+                proposal_id: vec![0; 32],
+                approve: true,
+                token: vec![],
+            }
+            .encode(),
+            other => panic!("a kind added without a body here: {other}"),
+        }
+        .unwrap()
+    }
+
+    #[test]
+    fn not_a_revocation_is_refused_before_anything_is_stored_or_forwarded() {
+        for kind in MessageKind::ALL {
+            let cose = signed(kind, body_of(kind));
+            let answer = revocation_kind_only(&cose);
+            if kind == MessageKind::Revocation {
+                assert!(answer.is_ok(), "{kind}");
+            } else {
+                let error = answer.expect_err(kind.as_str());
+                assert_eq!(error.code(), "not_a_revocation", "{kind}");
+            }
+        }
+        assert_eq!(
+            revocation_kind_only(b"garbage").unwrap_err().code(),
+            "malformed_message"
+        );
     }
 }
