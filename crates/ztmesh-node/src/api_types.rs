@@ -482,9 +482,17 @@ pub struct LogStatus {
     /// issued without logging it.
     #[serde(default)]
     pub unlogged_certificates: u64,
-    /// `unlogged_revocation` alarms since start: a CRL revocation missing from the log.
+    /// `unlogged_revocation` alarms since start: a CRL revocation, or a revocation by node id
+    /// from a CA-signed record, missing from the log.
     #[serde(default)]
     pub unlogged_revocations: u64,
+    /// Revocations by node id waiting for the verified log (held unapplied when no newer CRL
+    /// listed one of the node's certificates).
+    #[serde(default)]
+    pub node_revocations_pending: u64,
+    /// Of those, the ones held unapplied.
+    #[serde(default)]
+    pub node_revocations_held: u64,
     /// `withheld_revocation` alarms since start: a revocation the log shows that the CRL in
     /// force leaves out (by its `thisUpdate` − 90 s).
     #[serde(default)]
@@ -572,7 +580,7 @@ pub struct UnloggedFinding {
     /// `unlogged_certificate`, `unlogged_revocation`, `withheld_revocation` or
     /// `foreign_certificate`.
     pub kind: String,
-    /// The certificate serial, lowercase hex.
+    /// The certificate serial, lowercase hex; empty for a revocation by node id.
     pub serial: String,
     /// Whose certificate: the node that presented it, the node the log names (withheld and
     /// foreign), `null` for an unlogged revocation.

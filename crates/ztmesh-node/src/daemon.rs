@@ -6,7 +6,7 @@
 //! CA announcements, the membership-log watch and the API server. Shutdown is a watch channel
 //! every loop selects on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,7 +20,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use zeroize::Zeroizing;
 use ztmesh_core::link::{FrameDecoder, LinkMessage, PeerAdvert};
 use ztmesh_core::{NodeId, Timestamp};
-use ztmesh_gossip::kinds::PeerExchange;
+use ztmesh_gossip::kinds::{PeerExchange, RevocationRecord};
 use ztmesh_gossip::{GossipError, MessageId, MessageKind, UnsignedMessage};
 use ztmesh_pki::keyfile::Protection;
 use ztmesh_pki::{IdentityKey, NodeCertificate, PkiError, Serial, TlsKeyPair};
@@ -476,35 +476,8 @@ impl Node {
                     self.events.emit(NodeEvent::Anomaly(anomaly));
                 }
                 Consequence::Revocation(record) => {
-                    self.gossip.revoke_nodes(&record.revoked_nodes);
-                    let revoked = {
-                        let mut tiers = self.tiers();
-                        for revoked in &record.revoked_nodes {
-                            tiers.handle_revoked(*revoked, now());
-                        }
-                        tiers.revoked().clone()
-                    };
-                    if let Err(error) = save_revoked(&self.dir.0, &revoked) {
-                        tracing::error!(%error, "could not persist the revoked node set");
-                    }
-                    self.log_tier_changes();
                     let node = self.clone();
-                    tokio::spawn(async move {
-                        match node.apply_crl(&record.crl).await {
-                            Ok(_) | Err(PkiError::StaleCrl { .. }) => {}
-                            Err(error) => {
-                                tracing::warn!(%error, "CRL in a CA-signed revocation record not applied");
-                            }
-                        }
-                        // Links are closed by node id too, in case the record arrived before
-                        // this node ever saw the revoked serials.
-                        node.close_links_to(&record.revoked_nodes, "peer revoked");
-                        let (crl_number, _) = node.trust.crl_state();
-                        node.events.emit(NodeEvent::Revocation {
-                            nodes: record.revoked_nodes.iter().map(|n| n.to_string()).collect(),
-                            crl_number: crl_number.unwrap_or(0),
-                        });
-                    });
+                    tokio::spawn(async move { node.handle_revocation_record(record).await });
                 }
                 Consequence::PeerAddress { node, addr } => {
                     if node != self.node_id {
@@ -542,6 +515,108 @@ impl Node {
                 Consequence::Nothing => {}
             }
         }
+    }
+
+    /// A CA-signed revocation record: its CRL is applied like any other (verified, only if
+    /// newer), and each node it names is revoked by id only when that CRL newly lists one of
+    /// the node's certificates (known from a link, a verified gossip origin or the log's
+    /// `enroll`/`rotate` entries). The record alone proves nothing: whoever holds the CA key
+    /// could name anyone with an unchanged CRL and leave no trace. Every other named node is
+    /// held, unapplied, until the membership log shows its revocation (see
+    /// [`log_audit::NodeRevocationQueue`](crate::log_audit::NodeRevocationQueue)); applied ones
+    /// are held to the log too.
+    async fn handle_revocation_record(self: Arc<Self>, record: RevocationRecord) {
+        let newly = match self.apply_crl(&record.crl).await {
+            Ok(newly) => newly,
+            Err(PkiError::StaleCrl { .. }) => Vec::new(),
+            Err(error) => {
+                tracing::warn!(%error, "CRL in a CA-signed revocation record not applied");
+                Vec::new()
+            }
+        };
+        let mut owners = HashSet::new();
+        let mut unknown = Vec::new();
+        for serial in &newly {
+            match self.serial_owner_in_memory(serial) {
+                Some(owner) => {
+                    owners.insert(owner);
+                }
+                None => unknown.push(serial.to_hex()),
+            }
+        }
+        if !unknown.is_empty() {
+            let store = self.store.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                unknown
+                    .iter()
+                    .filter_map(|serial| store.logged_owner(serial).ok().flatten())
+                    .filter_map(|owner| owner.parse::<NodeId>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            owners.extend(found);
+        }
+        let learnt = now();
+        let mut justified = Vec::new();
+        for revoked in &record.revoked_nodes {
+            if owners.contains(revoked) {
+                justified.push(*revoked);
+                self.log_watch.handle_node_revocation(*revoked, learnt, true);
+            } else if self.tiers().revoked().contains(revoked) {
+                // In force already (justified before): nothing to hold.
+            } else if self
+                .log_watch
+                .handle_node_revocation(*revoked, learnt, false)
+            {
+                tracing::warn!(node = %revoked, crl_number = ?self.trust.crl_state().0, "a CA-signed record revokes this node, but no newer CRL lists any of its certificates; held until the membership log shows the revocation");
+            } else {
+                tracing::warn!(node = %revoked, "a CA-signed record revokes this node, but no newer CRL lists any of its certificates and this node cannot check the membership log; not applied");
+            }
+        }
+        self.apply_node_revocations(&justified);
+    }
+
+    /// The node whose certificate `serial` is, as this node knows without its database: a
+    /// live link's certificate, or a gossip origin's.
+    fn serial_owner_in_memory(&self, serial: &Serial) -> Option<NodeId> {
+        {
+            let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            for (peer, handle) in links.iter() {
+                if &handle.info.peer_cert.lock().unwrap_or_else(|p| p.into_inner()).0 == serial {
+                    return Some(*peer);
+                }
+            }
+        }
+        self.gossip.owner_of_serial(serial)
+    }
+
+    /// Revokes `nodes` by id: their gossip is refused and purged, they drop to Untrusted (a
+    /// tier change reported to the log), the set is persisted in `revoked-nodes.json`, and
+    /// links to them close. Only for revocations a newer CRL or the membership log justified.
+    pub(crate) fn apply_node_revocations(&self, nodes: &[NodeId]) {
+        if nodes.is_empty() {
+            return;
+        }
+        self.gossip.revoke_nodes(nodes);
+        let revoked = {
+            let mut tiers = self.tiers();
+            for revoked in nodes {
+                tiers.handle_revoked(*revoked, now());
+            }
+            tiers.revoked().clone()
+        };
+        if let Err(error) = save_revoked(&self.dir.0, &revoked) {
+            tracing::error!(%error, "could not persist the revoked node set");
+        }
+        self.log_tier_changes();
+        self.close_links_to(nodes, "peer revoked");
+        let (crl_number, _) = self.trust.crl_state();
+        tracing::warn!(nodes = ?nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>(), "nodes revoked");
+        self.events.emit(NodeEvent::Revocation {
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            crl_number: crl_number.unwrap_or(0),
+        });
     }
 
     fn close_links_to(&self, nodes: &[NodeId], reason: &'static str) {
@@ -767,7 +842,10 @@ pub async fn run(
         );
     }
     tracing::info!(binary_sha256 = %hex::encode(binary_sha256), "own executable");
-    let revoked = load_revoked(&dir.0).map_err(NodeError::Inconsistent)?;
+    let mut revoked = load_revoked(&dir.0).map_err(NodeError::Inconsistent)?;
+    if log_watch.is_watched() {
+        audit_persisted_revocations(&dir.0, &store, &log_watch, &mut revoked)?;
+    }
     let revoked_nodes: Vec<NodeId> = revoked.iter().map(|(node, _)| *node).collect();
     let mut tiers = ztmesh_trust::TrustBook::with_revoked(
         ztmesh_trust::TrustPolicy {
@@ -1073,6 +1151,41 @@ pub(crate) fn load_revoked(dir: &std::path::Path) -> Result<ztmesh_trust::Revoke
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ztmesh_trust::RevokedSet::new()),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
+}
+
+/// Holds `revoked-nodes.json` to the membership log at start (a node that watches the log).
+///
+/// Each entry is kept in force only if the verified log this node followed shows a
+/// `revoke_node` entry for it. Any other entry is taken out of the set (and the file) and
+/// held unapplied, like a fresh record no newer CRL justified: applied again if the log shows
+/// it, an `unlogged_revocation` if the log moves past the time it was learnt without. The
+/// choice: a revocation only removes trust, but one the log does not justify is exactly the
+/// attack (a CA-signed record excluding a node with no trace), and keeping it would carry the
+/// attack across every restart. The certificates of an honestly revoked node stay refused by
+/// the CRL meanwhile; only the ban by id waits for the log.
+fn audit_persisted_revocations(
+    dir: &std::path::Path,
+    store: &NodeStore,
+    log_watch: &LogWatch,
+    revoked: &mut ztmesh_trust::RevokedSet,
+) -> Result<(), NodeError> {
+    let mut unjustified = Vec::new();
+    for (node, _) in revoked.iter() {
+        let kinds = store.logged_kinds_for_node(&node.to_string())?;
+        if !crate::log_audit::node_revocation_is_logged(&kinds) {
+            unjustified.push(*node);
+        }
+    }
+    if unjustified.is_empty() {
+        return Ok(());
+    }
+    for node in &unjustified {
+        if let Some(learnt) = revoked.remove(node) {
+            log_watch.handle_node_revocation(*node, learnt, false);
+            tracing::warn!(%node, learnt = %crate::timefmt::rfc3339(learnt), "revoked-nodes.json: the membership log followed so far shows no revocation of this node; held, not applied, until it does");
+        }
+    }
+    save_revoked(dir, revoked).map_err(NodeError::Inconsistent)
 }
 
 /// Writes `revoked-nodes.json` atomically (temporary file, then rename).
@@ -1685,6 +1798,8 @@ async fn log_watch_loop(node: Arc<Node>, task: LogWatchTask) {
         watcher
             .cross_check(&node.ca, &node.log_watch, now().as_unix_secs())
             .await;
+        let logged = watcher.judge_node_revocations(&node.log_watch).await;
+        node.apply_node_revocations(&logged);
         node.log_watch.set_status(watcher.status());
         if node.self_revoked.load(Ordering::SeqCst) {
             continue;

@@ -278,6 +278,17 @@ impl GossipDriver {
         }
     }
 
+    /// The node whose certificate `serial` is, if a message carrying that certificate was
+    /// verified lately (the cache is bounded, so a miss proves nothing).
+    pub(crate) fn owner_of_serial(&self, serial: &Serial) -> Option<NodeId> {
+        self.lock()
+            .membership
+            .certificates
+            .values()
+            .find(|cached| &cached.serial == serial)
+            .map(|cached| cached.node_id)
+    }
+
     /// Stored, unexpired anomaly signatures, newest first, at most `limit`.
     pub(crate) fn anomalies(&self, limit: usize) -> Vec<AnomalyEvent> {
         let inner = self.lock();

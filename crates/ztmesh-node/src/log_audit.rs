@@ -19,6 +19,13 @@
 //!   past the CRL's `thisUpdate` + [`LOG_GRACE`], must have a `revoke_node` or
 //!   `revoke_certificate` entry, or it is an `unlogged_revocation`.
 //!
+//! - Each revocation by node id (a CA-signed record's `revoked_nodes`) waits in the bounded
+//!   [`NodeRevocationQueue`] until the log shows a `revoke_node` entry for that node, or
+//!   moves past the time this node learnt it + [`LOG_GRACE`] without one: an
+//!   `unlogged_revocation` naming the node (no serial). Unlike the other findings this one
+//!   also decides: a revocation no newer CRL justified is held unapplied until the log shows
+//!   it, and is never applied if the log does not (the node daemon acts on the verdicts).
+//!
 //! - The other way round, each CRL the log has moved past must list every serial the log shows
 //!   revoked by its `thisUpdate` − [`LOG_GRACE`], or it is a `withheld_revocation`: a CA
 //!   (or whoever signs with its key) hiding from this node a revocation it logged for everyone
@@ -471,6 +478,134 @@ impl CertificateQueue {
     }
 }
 
+/// Whether the entries naming a node (their kinds) include a revocation of the node itself:
+/// only `revoke_node` bans a node by id; `revoke_certificate` names one certificate, and
+/// its owner may hold others.
+pub(crate) fn node_revocation_is_logged(kinds: &[String]) -> bool {
+    kinds.iter().any(|kind| kind == EntryKind::RevokeNode.as_str())
+}
+
+/// Most revocations by node id waiting for the log; more are refused (and counted). Only
+/// CA-signed records fill it, so a full queue means a CA (or its key) revoking in bulk
+/// outside the log, which the ones queued already report.
+pub(crate) const MAX_PENDING_NODE_REVOCATIONS: usize = 1024;
+
+/// A revocation by node id (a CA-signed record's `revoked_nodes`, or an entry of
+/// `revoked-nodes.json` at start) waiting for the verified log to show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PendingNodeRevocation {
+    /// The node revoked.
+    pub(crate) node_id: NodeId,
+    /// When this node learnt it (its own clock, not the record's: a back-dated record must
+    /// not be judged before the log could show it, nor a future-dated one never).
+    pub(crate) learnt: Timestamp,
+    /// Whether it is in force already (a newer CRL listed one of the node's certificates);
+    /// one not in force is held and applied only once the log shows it.
+    pub(crate) applied: bool,
+}
+
+/// What the log said about a revocation by node id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NodeRevocationVerdict {
+    /// The log shows a `revoke_node` entry for it.
+    Logged(PendingNodeRevocation),
+    /// The log moved past it ([`LOG_GRACE`]) without showing it: `unlogged_revocation`.
+    Unlogged(PendingNodeRevocation),
+}
+
+/// Revocations by node id waiting for the log; keyed by node, bounded by `capacity`.
+///
+/// The rule it serves: a node is treated as revoked only when a newer CRL lists one of its
+/// certificates, or when the witnessed log shows its revocation. A record naming a node
+/// whose certificates the CRL it carries does not newly list is held here unapplied, then
+/// applied if the log shows it, or dropped and reported if the log moves past it without.
+/// Applied ones are queued too, so every revocation a node acts on is held to the log.
+#[derive(Debug)]
+pub(crate) struct NodeRevocationQueue {
+    pending: BTreeMap<NodeId, PendingNodeRevocation>,
+    capacity: usize,
+    dropped: u64,
+}
+
+impl NodeRevocationQueue {
+    pub(crate) fn new(capacity: usize) -> Self {
+        NodeRevocationQueue {
+            pending: BTreeMap::new(),
+            capacity,
+            dropped: 0,
+        }
+    }
+
+    /// Queues `node_id`'s revocation, learnt at `learnt`. A node queued already keeps its
+    /// first time and becomes applied if this one is. Returns false when the queue is full.
+    pub(crate) fn handle_revocation(
+        &mut self,
+        node_id: NodeId,
+        learnt: Timestamp,
+        applied: bool,
+    ) -> bool {
+        if let Some(pending) = self.pending.get_mut(&node_id) {
+            pending.applied |= applied;
+            return true;
+        }
+        if self.pending.len() >= self.capacity {
+            self.dropped += 1;
+            return false;
+        }
+        self.pending.insert(
+            node_id,
+            PendingNodeRevocation {
+                node_id,
+                learnt,
+                applied,
+            },
+        );
+        true
+    }
+
+    /// The nodes waiting, to be looked up in the log.
+    pub(crate) fn nodes(&self) -> Vec<NodeId> {
+        self.pending.keys().copied().collect()
+    }
+
+    /// Judges the waiting revocations: those `logged` says the log shows, and those the log
+    /// (newest verified entry at `log_time`) has moved past without showing, leave the queue
+    /// with their verdict; the others keep waiting.
+    pub(crate) fn judge(
+        &mut self,
+        log_time: Option<u64>,
+        logged: &HashSet<NodeId>,
+    ) -> Vec<NodeRevocationVerdict> {
+        let decided: Vec<NodeId> = self
+            .pending
+            .values()
+            .filter(|pending| logged.contains(&pending.node_id) || is_due(pending.learnt, log_time))
+            .map(|pending| pending.node_id)
+            .collect();
+        decided
+            .into_iter()
+            .filter_map(|node| self.pending.remove(&node))
+            .map(|pending| {
+                if logged.contains(&pending.node_id) {
+                    NodeRevocationVerdict::Logged(pending)
+                } else {
+                    NodeRevocationVerdict::Unlogged(pending)
+                }
+            })
+            .collect()
+    }
+
+    /// Revocations waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Revocations waiting unapplied.
+    pub(crate) fn held(&self) -> usize {
+        self.pending.values().filter(|p| !p.applied).count()
+    }
+}
+
 /// Which cross-check failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum FindingKind {
@@ -509,6 +644,8 @@ pub(crate) struct Findings {
     recent: VecDeque<UnloggedFinding>,
     /// What was reported already, so each is counted once.
     reported: HashSet<(FindingKind, Serial)>,
+    /// Nodes whose unlogged revocation by node id was reported already.
+    reported_nodes: HashSet<NodeId>,
 }
 
 impl Findings {
@@ -553,6 +690,37 @@ impl Findings {
             serial: serial.to_hex(),
             node_id: node_id.map(|node| node.to_string()),
             issued: crate::timefmt::rfc3339(issued),
+        });
+        true
+    }
+
+    /// Counts a check of a revocation by node id, and records an `unlogged_revocation` (with
+    /// no serial) if `logged` is false. Returns whether it is a new finding.
+    pub(crate) fn record_node_revocation(
+        &mut self,
+        node_id: NodeId,
+        learnt: Timestamp,
+        logged: bool,
+    ) -> bool {
+        self.revocations_checked += 1;
+        if logged {
+            return false;
+        }
+        if self.reported_nodes.len() >= MAX_REPORTED {
+            self.reported_nodes.clear();
+        }
+        if !self.reported_nodes.insert(node_id) {
+            return false;
+        }
+        self.unlogged_revocations += 1;
+        if self.recent.len() >= MAX_FINDINGS_SHOWN {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(UnloggedFinding {
+            kind: FindingKind::UnloggedRevocation.as_str().to_owned(),
+            serial: String::new(),
+            node_id: Some(node_id.to_string()),
+            issued: crate::timefmt::rfc3339(learnt),
         });
         true
     }
@@ -939,6 +1107,69 @@ mod tests {
         ));
         assert_eq!(findings.unlogged_revocations, 1);
         assert_eq!(findings.revocations_checked, 1);
+    }
+
+    #[test]
+    fn a_revocation_by_node_id_waits_for_the_log_and_only_a_logged_one_passes() {
+        let mut queue = NodeRevocationQueue::new(2);
+        let learnt = Timestamp::from_unix_secs(T0);
+        assert!(queue.handle_revocation(node(1), learnt, false));
+        assert!(queue.handle_revocation(node(2), learnt, true));
+        // Seen again (re-gossiped, or applied by a later CRL): queued once, applied wins.
+        assert!(queue.handle_revocation(node(1), Timestamp::from_unix_secs(T0 + 50), true));
+        assert!(!queue.handle_revocation(node(3), learnt, false));
+        assert_eq!((queue.len(), queue.dropped), (2, 1));
+
+        // The log has not moved past them and shows neither: both wait.
+        let none = HashSet::new();
+        assert!(queue.judge(Some(T0 + 89), &none).is_empty());
+        assert!(queue.judge(None, &none).is_empty());
+        // The log shows node 2's revocation: it passes at once, before the grace.
+        let logged: HashSet<NodeId> = [node(2)].into();
+        let verdicts = queue.judge(Some(T0 + 10), &logged);
+        assert_eq!(
+            verdicts,
+            vec![NodeRevocationVerdict::Logged(PendingNodeRevocation {
+                node_id: node(2),
+                learnt,
+                applied: true,
+            })]
+        );
+        // Past the grace without an entry: unlogged, with its first time.
+        let verdicts = queue.judge(Some(T0 + 90), &none);
+        assert_eq!(
+            verdicts,
+            vec![NodeRevocationVerdict::Unlogged(PendingNodeRevocation {
+                node_id: node(1),
+                learnt,
+                applied: true,
+            })]
+        );
+        assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn only_a_revoke_node_entry_bans_a_node_by_id() {
+        let kinds = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(node_revocation_is_logged(&kinds(&["enroll", "revoke_node"])));
+        assert!(!node_revocation_is_logged(&kinds(&["enroll", "revoke_certificate"])));
+        assert!(!node_revocation_is_logged(&kinds(&[])));
+    }
+
+    #[test]
+    fn an_unlogged_revocation_by_node_id_is_found_once() {
+        let mut findings = Findings::default();
+        let learnt = Timestamp::from_unix_secs(T0);
+        assert!(!findings.record_node_revocation(node(1), learnt, true));
+        assert!(findings.record_node_revocation(node(2), learnt, false));
+        assert!(!findings.record_node_revocation(node(2), learnt, false));
+        assert_eq!(findings.revocations_checked, 3);
+        assert_eq!(findings.unlogged_revocations, 1);
+        let recent = findings.recent();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0].kind, "unlogged_revocation");
+        assert_eq!(recent[0].serial, "");
+        assert_eq!(recent[0].node_id, Some(node(2).to_string()));
     }
 
     #[test]

@@ -53,9 +53,11 @@ use crate::api_types::{
 };
 use crate::ca_client::ClientError;
 use crate::log_audit::{
-    is_due, issuance_is_logged, own_entry_is_due, revocation_is_logged, revocations_due_by,
-    withheld, CertificateQueue, EntryFollower, FindingKind, Findings, PendingCertificate,
-    BATCHES_PER_WAKE, MAX_FOLLOWED_ENTRIES, MAX_PENDING_CERTIFICATES, OWN_ENTRIES_PER_WAKE,
+    is_due, issuance_is_logged, node_revocation_is_logged, own_entry_is_due, revocation_is_logged,
+    revocations_due_by, withheld, CertificateQueue, EntryFollower, FindingKind, Findings,
+    NodeRevocationQueue, NodeRevocationVerdict, PendingCertificate, BATCHES_PER_WAKE,
+    MAX_FOLLOWED_ENTRIES, MAX_PENDING_CERTIFICATES, MAX_PENDING_NODE_REVOCATIONS,
+    OWN_ENTRIES_PER_WAKE,
 };
 use crate::log_stall::{StallAckRefused, StallEvent, StallJudge, DEFAULT_STALL_SECS};
 use crate::node_dir::{NodeDir, NodeDirError};
@@ -1109,6 +1111,75 @@ impl Watcher {
         }
     }
 
+    /// Judges the revocations by node id waiting in `watch` against the verified log (see
+    /// [`NodeRevocationQueue`]), records the unlogged ones, and returns the nodes whose held
+    /// revocation the log now shows: the daemon applies them. A held revocation the log moved
+    /// past without showing is dropped here, never applied.
+    pub(crate) async fn judge_node_revocations(&mut self, watch: &LogWatch) -> Vec<NodeId> {
+        let nodes = watch
+            .node_revocations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .nodes();
+        if nodes.is_empty() {
+            return Vec::new();
+        }
+        let store = self.store.clone();
+        let logged = blocking(move || {
+            let mut logged = HashSet::new();
+            for node in nodes {
+                if node_revocation_is_logged(&store.logged_kinds_for_node(&node.to_string())?) {
+                    logged.insert(node);
+                }
+            }
+            Ok(logged)
+        })
+        .await;
+        let logged = match logged {
+            Ok(logged) => logged,
+            Err(error) => {
+                tracing::warn!(%error, "could not check revocations by node id against the log");
+                return Vec::new();
+            }
+        };
+        let verdicts = watch
+            .node_revocations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .judge(self.follower.newest_at(), &logged);
+        let mut apply = Vec::new();
+        for verdict in verdicts {
+            match verdict {
+                NodeRevocationVerdict::Logged(pending) => {
+                    self.findings
+                        .record_node_revocation(pending.node_id, pending.learnt, true);
+                    if !pending.applied {
+                        tracing::info!(node = %pending.node_id, "the membership log shows the revocation held for it; applying it");
+                        apply.push(pending.node_id);
+                    }
+                }
+                NodeRevocationVerdict::Unlogged(pending) => {
+                    if self
+                        .findings
+                        .record_node_revocation(pending.node_id, pending.learnt, false)
+                    {
+                        let outcome = if pending.applied {
+                            "it stays in force, as the newer CRL that came with it lists the node's certificate (that CRL is checked on its own)"
+                        } else {
+                            "it was never applied and is dropped"
+                        };
+                        tracing::warn!(
+                            node = %pending.node_id,
+                            learnt = %crate::timefmt::rfc3339(pending.learnt),
+                            "UNLOGGED REVOCATION (unlogged_revocation): a CA-signed record revokes this node by id, but the membership log shows no revocation of it; {outcome}"
+                        );
+                    }
+                }
+            }
+        }
+        apply
+    }
+
     /// What `GET /v1/status` shows (the pending certificates are filled in by
     /// [`LogWatch::set_status`]).
     pub(crate) fn status(&self) -> LogStatus {
@@ -1139,6 +1210,8 @@ impl Watcher {
             revocations_checked: self.findings.revocations_checked,
             unlogged_certificates: self.findings.unlogged_certificates,
             unlogged_revocations: self.findings.unlogged_revocations,
+            node_revocations_pending: 0,
+            node_revocations_held: 0,
             withheld_revocations: self.findings.withheld_revocations,
             foreign_certificates: self.findings.foreign_certificates,
             unlogged: self.findings.recent(),
@@ -1189,6 +1262,8 @@ pub(crate) struct LogWatch {
     /// Peer certificates accepted on links, waiting for the log (see
     /// [`log_audit`](crate::log_audit)).
     certificates: Mutex<CertificateQueue>,
+    /// Revocations by node id waiting for the log (see [`NodeRevocationQueue`]).
+    node_revocations: Mutex<NodeRevocationQueue>,
 }
 
 /// What the log-watch loop owns.
@@ -1244,6 +1319,7 @@ pub(crate) fn prepare(
         acks: Some(ack_sender),
         status: Mutex::new(watcher.status()),
         certificates: Mutex::new(CertificateQueue::new(MAX_PENDING_CERTIFICATES)),
+        node_revocations: Mutex::new(NodeRevocationQueue::new(MAX_PENDING_NODE_REVOCATIONS)),
     };
     Ok((
         watch,
@@ -1262,7 +1338,33 @@ impl LogWatch {
             acks: None,
             status: Mutex::new(LogStatus::default()),
             certificates: Mutex::new(CertificateQueue::new(0)),
+            node_revocations: Mutex::new(NodeRevocationQueue::new(0)),
         }
+    }
+
+    /// Whether the node watches the membership log (it has a log policy).
+    pub(crate) fn is_watched(&self) -> bool {
+        self.received.is_some()
+    }
+
+    /// A revocation of `node_id` by node id, learnt at `learnt`, to be held to the log:
+    /// `applied` when a newer CRL justified it and it is in force; otherwise it stays
+    /// unapplied until [`Watcher::judge_node_revocations`] finds it logged. Returns false when
+    /// it was not queued (no log policy, or the queue is full): an unapplied one then never
+    /// applies.
+    pub(crate) fn handle_node_revocation(
+        &self,
+        node_id: NodeId,
+        learnt: Timestamp,
+        applied: bool,
+    ) -> bool {
+        if !self.is_watched() {
+            return false;
+        }
+        self.node_revocations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .handle_revocation(node_id, learnt, applied)
     }
 
     /// Hands the operator's acknowledgement of alarm number `expected_alarms` of `kind` to the
@@ -1372,6 +1474,14 @@ impl LogWatch {
             let queue = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
             status.certificates_pending = queue.len() as u64;
             status.certificates_dropped = queue.dropped();
+        }
+        {
+            let queue = self
+                .node_revocations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            status.node_revocations_pending = queue.len() as u64;
+            status.node_revocations_held = queue.held() as u64;
         }
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
     }
@@ -1938,6 +2048,7 @@ mod tests {
             acks: None,
             status: Mutex::new(LogStatus::default()),
             certificates: Mutex::new(CertificateQueue::new(16)),
+            node_revocations: Mutex::new(NodeRevocationQueue::new(16)),
         }
     }
 
@@ -2202,6 +2313,7 @@ mod tests {
                     acks: None,
                     status: Mutex::new(LogStatus::default()),
                     certificates: Mutex::new(CertificateQueue::new(16)),
+                    node_revocations: Mutex::new(NodeRevocationQueue::new(16)),
                 },
                 receiver,
             )

@@ -49,6 +49,13 @@ impl RevokedSet {
         self.entries.iter()
     }
 
+    /// Takes `node` out of the set, before a trust book is made from it: for a persisted
+    /// revocation the runtime could not justify at start (it decides; the book never lifts a
+    /// revocation). Returns when it had been learnt, if it was in the set.
+    pub fn remove(&mut self, node: &NodeId) -> Option<Timestamp> {
+        self.entries.remove(node)
+    }
+
     /// Adds `node` (keeping the first revocation time), evicting the oldest entries beyond
     /// `max`. Returns how many entries were evicted.
     pub(crate) fn insert(&mut self, node: NodeId, now: Timestamp, max: usize) -> usize {

@@ -856,6 +856,32 @@ impl NodeStore {
         Ok(found)
     }
 
+    /// The kinds of the verified entries naming node `node_id`.
+    pub fn logged_kinds_for_node(&self, node_id: &str) -> Result<Vec<String>, StoreError> {
+        let conn = lock(&self.connection);
+        let mut statement = conn.prepare_cached(
+            "SELECT DISTINCT kind FROM log_entries WHERE node_id = ?1 ORDER BY kind",
+        )?;
+        let kinds = statement
+            .query_map([node_id], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(kinds)
+    }
+
+    /// The node a verified `enroll` or `rotate` entry gives certificate `serial` (lowercase
+    /// hex) to, if the log shows its issuance.
+    pub fn logged_owner(&self, serial: &str) -> Result<Option<String>, StoreError> {
+        let conn = lock(&self.connection);
+        let owner = conn
+            .prepare_cached(
+                "SELECT node_id FROM log_entries
+                 WHERE serial = ?1 AND kind IN ('enroll', 'rotate') ORDER BY idx LIMIT 1",
+            )?
+            .query_row([serial], |row| row.get(0))
+            .optional()?;
+        Ok(owner)
+    }
+
     /// The kinds of the verified entries naming certificate `serial` (lowercase hex).
     pub fn logged_kinds(&self, serial: &str) -> Result<Vec<String>, StoreError> {
         let conn = lock(&self.connection);
