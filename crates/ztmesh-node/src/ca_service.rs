@@ -1962,19 +1962,30 @@ async fn revoke(
 ) -> Result<StatusCode, ApiError> {
     require_admin(&state, &headers)?;
     let ApiJson(request) = body?;
-    let target = match (request.serial, request.node_id) {
-        (Some(serial), None) => RevokeTarget::Serial(
+    let serial = request
+        .serial
+        .map(|serial| {
             Serial::from_hex(&serial)
-                .map_err(|e| ApiError::bad_request("malformed_serial", e.to_string()))?,
-        ),
-        (None, Some(node)) => RevokeTarget::Node(
-            node.parse()
-                .map_err(|e| ApiError::bad_request("malformed_node_id", format!("node_id: {e}")))?,
-        ),
-        _ => {
+                .map_err(|e| ApiError::bad_request("malformed_serial", e.to_string()))
+        })
+        .transpose()?;
+    let node_id = request
+        .node_id
+        .map(|node| {
+            node.parse::<NodeId>()
+                .map_err(|e| ApiError::bad_request("malformed_node_id", format!("node_id: {e}")))
+        })
+        .transpose()?;
+    // Both: one certificate of that node, which this CA's database need not know (a rogue
+    // certificate signed with its key, as a node's `unlogged_certificate` finding shows it).
+    let target = match (serial, node_id) {
+        (Some(serial), None) => RevokeTarget::Serial(serial),
+        (None, Some(node)) => RevokeTarget::Node(node),
+        (Some(serial), Some(node_id)) => RevokeTarget::SerialOf { serial, node_id },
+        (None, None) => {
             return Err(ApiError::bad_request(
                 "malformed_body",
-                "give exactly one of serial and node_id",
+                "give serial, node_id, or both (a certificate of that node)",
             ))
         }
     };
@@ -1987,13 +1998,16 @@ async fn revoke(
             RevokeError::NotFound => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no certificate or node with that identifier",
+                "this CA issued no certificate with that serial; to revoke one signed with its key outside its database, give node_id too (the node the certificate names)",
             ),
+            RevokeError::OwnerMismatch { .. } => {
+                ApiError::bad_request("serial_owner_mismatch", e.to_string())
+            }
             RevokeError::Store(e) => ApiError::internal(e),
             #[allow(unreachable_patterns)]
             other => ApiError::internal(other),
         })?;
-    if outcome.newly_revoked.is_empty() {
+    if outcome.newly_revoked.is_empty() && outcome.revoked_node.is_none() {
         return Ok(StatusCode::NO_CONTENT);
     }
     let der = {

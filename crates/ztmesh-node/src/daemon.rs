@@ -526,6 +526,8 @@ impl Node {
     /// [`log_audit::NodeRevocationQueue`](crate::log_audit::NodeRevocationQueue)); applied ones
     /// are held to the log too.
     async fn handle_revocation_record(self: Arc<Self>, record: RevocationRecord) {
+        // Taken before the CRL is applied, as applying it closes the links it revokes.
+        let linked = self.link_serials();
         let newly = match self.apply_crl(&record.crl).await {
             Ok(newly) => newly,
             Err(PkiError::StaleCrl { .. }) => Vec::new(),
@@ -537,7 +539,12 @@ impl Node {
         let mut owners = HashSet::new();
         let mut unknown = Vec::new();
         for serial in &newly {
-            match self.serial_owner_in_memory(serial) {
+            let owner = linked
+                .iter()
+                .find(|(_, linked)| linked == serial)
+                .map(|(peer, _)| *peer)
+                .or_else(|| self.gossip.owner_of_serial(serial));
+            match owner {
                 Some(owner) => {
                     owners.insert(owner);
                 }
@@ -577,18 +584,22 @@ impl Node {
         self.apply_node_revocations(&justified);
     }
 
-    /// The node whose certificate `serial` is, as this node knows without its database: a
-    /// live link's certificate, or a gossip origin's.
-    fn serial_owner_in_memory(&self, serial: &Serial) -> Option<NodeId> {
-        {
-            let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-            for (peer, handle) in links.iter() {
-                if &handle.info.peer_cert.lock().unwrap_or_else(|p| p.into_inner()).0 == serial {
-                    return Some(*peer);
-                }
-            }
-        }
-        self.gossip.owner_of_serial(serial)
+    /// The certificate serial each live link's peer holds.
+    fn link_serials(&self) -> Vec<(NodeId, Serial)> {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        links
+            .iter()
+            .map(|(peer, handle)| {
+                let serial = handle
+                    .info
+                    .peer_cert
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+                    .clone();
+                (*peer, serial)
+            })
+            .collect()
     }
 
     /// Revokes `nodes` by id: their gossip is refused and purged, they drop to Untrusted (a

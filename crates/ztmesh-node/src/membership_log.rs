@@ -1604,11 +1604,14 @@ mod tests {
         ));
         assert!(matches!(
             store.revoke(
-                &RevokeTarget::Node(node(99)),
+                &RevokeTarget::SerialOf {
+                    serial: serial(1),
+                    node_id: node(99)
+                },
                 RevocationReason::Unspecified,
                 at
             ),
-            Err(RevokeError::NotFound)
+            Err(RevokeError::OwnerMismatch { .. })
         ));
         // A used token, a rotation from a foreign certificate, a duplicate serial.
         assert!(store

@@ -248,10 +248,12 @@ struct TokenCreateArgs {
 struct RevokeArgs {
     #[command(flatten)]
     access: CaAccessArgs,
-    /// Serial (hex) of one certificate.
-    #[arg(long, conflicts_with = "node_id", required_unless_present = "node_id")]
+    /// Serial (hex) of one certificate. With --node-id too: that node's certificate, revoked
+    /// even if this CA's database never issued it (a rogue certificate signed with its key).
+    #[arg(long, required_unless_present = "node_id")]
     serial: Option<String>,
-    /// A node: all its certificates, and it may never enroll again.
+    /// A node: all its certificates, and it may never enroll again (also a node this CA's
+    /// database does not know). With --serial: only that certificate of the node.
     #[arg(long)]
     node_id: Option<String>,
     /// unspecified, key_compromise, cessation_of_operation or superseded.
@@ -600,11 +602,11 @@ async fn token_create(args: TokenCreateArgs) -> Result<()> {
 async fn revoke(args: RevokeArgs) -> Result<()> {
     let (url, cert, admin) = ca_access(&args.access)?;
     let client = CaClient::new(&url, &cert, None)?;
-    let what = args
-        .serial
-        .clone()
-        .map(|s| format!("certificate {s}"))
-        .or(args.node_id.clone().map(|n| format!("node {n}")));
+    let what = match (&args.serial, &args.node_id) {
+        (Some(serial), Some(node)) => Some(format!("certificate {serial} of node {node}")),
+        (Some(serial), None) => Some(format!("certificate {serial}")),
+        (None, node) => node.as_ref().map(|n| format!("node {n}")),
+    };
     client
         .revoke(
             &admin,

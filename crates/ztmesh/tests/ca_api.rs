@@ -1283,6 +1283,87 @@ fn crl_is_served_as_der_or_pem_with_etag_and_lists_revocations() {
 // 6. Admin authentication and request rules of /v1/revoke and /v1/tokens
 // ---------------------------------------------------------------------------------------------
 
+/// Issue 12, item 4: a certificate signed with the CA's key outside its database (as a node's
+/// `unlogged_certificate` finding shows it) and a node the database never knew used to be
+/// answered `404 not_found`. Now both are revoked: the serial is in the CRL (openssl reads
+/// it), the log has a `revoke_certificate` and a `revoke_node` entry, and the banned node
+/// cannot enroll.
+#[test]
+fn a_rogue_certificate_unknown_to_the_ca_database_is_revoked_by_serial_and_by_node_id() {
+    let root = tempdir();
+    let ca = start_ca(root.path());
+    let http = Http::ca(&ca);
+    let admin = ca.admin_token();
+    let revoke = |body: Value| http.post_admin("/v1/revoke", &admin, &body);
+    let rogue = Enrollee::new().node_id();
+    let rogue_serial = Serial::random(&mut rand::rngs::OsRng);
+    let (before, _) = fetch_crl(&http, &ca);
+
+    revoke(json!({"serial": rogue_serial.to_hex(), "node_id": rogue.to_string()}))
+        .assert_status(204);
+    let (crl, der) = fetch_crl(&http, &ca);
+    assert!(crl_lists(&crl, &rogue_serial));
+    assert!(crl.number > before.number);
+    // Again: nothing changes, the CRL stays.
+    revoke(json!({"serial": rogue_serial.to_hex(), "node_id": rogue.to_string()}))
+        .assert_status(204);
+    assert_eq!(fetch_crl(&http, &ca).0.number, crl.number);
+    // External oracle: openssl reads the serial in the CA-signed CRL.
+    let crl_path = root.path().join("crl.der");
+    std::fs::write(&crl_path, &der).unwrap();
+    let openssl = Command::new("openssl")
+        .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+        .arg(&crl_path)
+        .arg("-CAfile")
+        .arg(ca.dir.join("ca.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&openssl.stdout).to_uppercase();
+    assert!(
+        openssl.status.success() && String::from_utf8_lossy(&openssl.stderr).contains("verify OK"),
+        "openssl crl: {}",
+        String::from_utf8_lossy(&openssl.stderr)
+    );
+    assert!(
+        text.contains(&rogue_serial.to_hex().to_uppercase()),
+        "serial {} not in:\n{text}",
+        rogue_serial.to_hex()
+    );
+
+    // A node id the database never saw: banned, logged, and it cannot enroll.
+    let stranger = Enrollee::new();
+    revoke(json!({"node_id": stranger.node_id().to_string()})).assert_status(204);
+    assert!(fetch_crl(&http, &ca).0.number > crl.number);
+    let entries = http.get("/v1/log/entries?start=0&count=1000");
+    entries.assert_status(200);
+    let logged: Vec<ztmesh_node::membership_log::LogEntry> = entries.json()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|item| {
+            let leaf = base64::engine::general_purpose::STANDARD
+                .decode(item["leaf"].as_str().unwrap())
+                .unwrap();
+            ztmesh_node::membership_log::LogEntry::from_leaf(&leaf).ok()
+        })
+        .collect();
+    assert!(
+        logged.iter().any(|e| e.kind.as_str() == "revoke_certificate"
+            && e.node_id == rogue
+            && e.serial == rogue_serial.to_hex()),
+        "{logged:?}"
+    );
+    assert!(
+        logged
+            .iter()
+            .any(|e| e.kind.as_str() == "revoke_node" && e.node_id == stranger.node_id()),
+        "{logged:?}"
+    );
+    let token = mint(&http, &ca, json!({}));
+    http.post_json("/v1/enroll", &stranger.request(&token))
+        .assert_error(403, "node_revoked");
+}
+
 #[test]
 fn admin_routes_require_the_admin_credential_and_a_well_formed_request() {
     let root = tempdir();
@@ -1314,15 +1395,15 @@ fn admin_routes_require_the_admin_credential_and_a_well_formed_request() {
     assert!(!crl_lists(&fetch_crl(&http, &ca).0, &node.serial()));
 
     let revoke = |body: Value| http.post_admin("/v1/revoke", &admin, &body);
-    revoke(json!({"serial": serial, "node_id": node.node_id.to_string()}))
-        .assert_error(400, "malformed_body");
+    // Both: that node's certificate, refused when this CA issued it to another node.
+    revoke(json!({"serial": serial, "node_id": Enrollee::new().node_id().to_string()}))
+        .assert_error(400, "serial_owner_mismatch");
     revoke(json!({})).assert_error(400, "malformed_body");
     revoke(json!({"serial": serial, "reason": "because"})).assert_error(400, "malformed_body");
     revoke(json!({"serial": "not hex"})).assert_error(400, "malformed_serial");
     revoke(json!({"node_id": "not-a-node"})).assert_error(400, "malformed_node_id");
+    // An unknown serial alone names no node to log it under.
     revoke(json!({"serial": Serial::random(&mut rand::rngs::OsRng).to_hex()}))
-        .assert_error(404, "not_found");
-    revoke(json!({"node_id": Enrollee::new().node_id().to_string()}))
         .assert_error(404, "not_found");
     assert!(!crl_lists(&fetch_crl(&http, &ca).0, &node.serial()));
 

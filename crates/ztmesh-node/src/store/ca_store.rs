@@ -157,6 +157,18 @@ CREATE TABLE tpm2_attestation_keys (
     registered_at INTEGER NOT NULL
 ) STRICT;
 "#,
+        // Serials signed with the CA's key that this database never issued (a rogue issuance
+        // a node's log audit found): revoked by serial and listed in every CRL beside
+        // `revocations`, which only holds certificates of this database. `node_id` is the
+        // node the certificate names, as the operator gave it, for the log entry.
+        r#"
+CREATE TABLE foreign_revocations (
+    serial     BLOB PRIMARY KEY NOT NULL,
+    node_id    TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL,
+    reason     TEXT NOT NULL
+) STRICT;
+"#,
     ],
 };
 
@@ -255,8 +267,16 @@ pub enum RotateError {
 /// What to revoke.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevokeTarget {
-    /// One certificate.
+    /// One certificate this CA issued.
     Serial(Serial),
+    /// One certificate said to name `node_id`: one this CA issued (to that node), or one
+    /// signed with its key outside this database, revoked all the same.
+    SerialOf {
+        /// Its serial.
+        serial: Serial,
+        /// The node it names.
+        node_id: NodeId,
+    },
     /// A node: all its certificates, and it may never enroll or rotate again.
     Node(NodeId),
 }
@@ -278,9 +298,17 @@ pub struct RevokeOutcome {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RevokeError {
-    /// No certificate with this serial, or no node with this id, is known.
+    /// No certificate with this serial is known, and no node was given to log it under.
     #[error("nothing to revoke: unknown serial or node")]
     NotFound,
+    /// The serial was issued by this CA to another node than the one given.
+    #[error("certificate {serial} was issued to {owner}, not to the node given")]
+    OwnerMismatch {
+        /// The serial, hex.
+        serial: String,
+        /// Its owner in this database.
+        owner: NodeId,
+    },
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -579,7 +607,46 @@ impl CaStore {
             .map_err(StoreError::from)?;
         let mut changed = false;
         let mut revoked_node = None;
+        let mut foreign = None;
         let candidates: Vec<Serial> = match target {
+            RevokeTarget::SerialOf { serial, node_id } => {
+                let owner: Option<String> = tx
+                    .query_row(
+                        "SELECT node_id FROM certificates WHERE serial = ?1",
+                        [serial.as_bytes()],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(StoreError::from)?;
+                match owner {
+                    Some(owner) => {
+                        let owner = node_id_from_sql(&owner)?;
+                        if &owner != node_id {
+                            return Err(RevokeError::OwnerMismatch {
+                                serial: serial.to_hex(),
+                                owner,
+                            });
+                        }
+                        vec![serial.clone()]
+                    }
+                    None => {
+                        // Not issued from this database: whoever signed it used the CA's
+                        // key outside it. Revoked all the same, and logged under the node
+                        // the certificate names.
+                        let inserted = tx
+                            .execute(
+                                "INSERT INTO foreign_revocations (serial, node_id, revoked_at, reason)
+                                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (serial) DO NOTHING",
+                                params![serial.as_bytes(), node_id.to_string(), now_sql, reason_text],
+                            )
+                            .map_err(StoreError::from)?;
+                        if inserted == 1 {
+                            foreign = Some((serial.clone(), *node_id));
+                        }
+                        Vec::new()
+                    }
+                }
+            }
             RevokeTarget::Serial(serial) => {
                 let known: bool = tx
                     .query_row(
@@ -604,7 +671,19 @@ impl CaStore {
                     .optional()
                     .map_err(StoreError::from)?;
                 match revoked_at {
-                    None => return Err(RevokeError::NotFound),
+                    None => {
+                        // A node this database never issued to (a certificate signed with
+                        // the CA's key outside it names it): banned all the same, so it can
+                        // never enroll, and logged; nodes apply it once the log shows it.
+                        tx.execute(
+                            "INSERT INTO nodes (node_id, revoked_at, revocation_reason)
+                             VALUES (?1, ?2, ?3)",
+                            params![node_text, now_sql, reason_text],
+                        )
+                        .map_err(StoreError::from)?;
+                        changed = true;
+                        revoked_node = Some(*node_id);
+                    }
                     Some(Some(_)) => {}
                     Some(None) => {
                         tx.execute(
@@ -644,12 +723,19 @@ impl CaStore {
         }
         changed |= !newly_revoked.is_empty();
         let kind = match target {
-            RevokeTarget::Serial(_) => EntryKind::RevokeCertificate,
+            RevokeTarget::Serial(_) | RevokeTarget::SerialOf { .. } => {
+                EntryKind::RevokeCertificate
+            }
             RevokeTarget::Node(_) => EntryKind::RevokeNode,
         };
         for serial in &newly_revoked {
             let node_id = certificate_owner(&tx, serial)?;
             append_log_entry(&tx, &LogEntry::revoked(kind, node_id, serial, now))?;
+        }
+        if let Some((serial, node_id)) = foreign {
+            append_log_entry(&tx, &LogEntry::revoked(kind, node_id, &serial, now))?;
+            newly_revoked.push(serial);
+            changed = true;
         }
         if let (Some(node_id), true) = (revoked_node, newly_revoked.is_empty()) {
             let newest = newest_certificate(&tx, &node_id)?;
@@ -1208,7 +1294,8 @@ fn node_revoked(conn: &Connection, node_id: &NodeId) -> Result<bool, StoreError>
 
 fn serial_revoked(conn: &Connection, serial: &Serial) -> Result<bool, StoreError> {
     Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM revocations WHERE serial = ?1)",
+        "SELECT EXISTS (SELECT 1 FROM revocations WHERE serial = ?1)
+             OR EXISTS (SELECT 1 FROM foreign_revocations WHERE serial = ?1)",
         [serial.as_bytes()],
         |row| row.get(0),
     )?)
@@ -1224,7 +1311,12 @@ fn read_crl_number(conn: &Connection) -> Result<u64, StoreError> {
 
 fn read_revoked_entries(conn: &Connection) -> Result<Vec<RevokedEntry>, StoreError> {
     let mut statement = conn
-        .prepare("SELECT serial, revoked_at, reason FROM revocations ORDER BY revoked_at, rowid")?;
+        .prepare(
+            "SELECT serial, revoked_at, reason, 0 AS foreign_first, rowid FROM revocations
+             UNION ALL
+             SELECT serial, revoked_at, reason, 1, rowid FROM foreign_revocations
+             ORDER BY 2, 4, 5",
+        )?;
     let mut rows = statement.query([])?;
     let mut entries = Vec::new();
     while let Some(row) = rows.next()? {
@@ -1631,7 +1723,7 @@ mod tests {
     }
 
     #[test]
-    fn revoking_unknown_targets_is_not_found() {
+    fn an_unknown_serial_alone_is_not_found_and_changes_nothing() {
         let dir = tempfile::TempDir::new().unwrap();
         let store = open(&dir);
         enroll(&store, node(1), 1, 1);
@@ -1643,16 +1735,78 @@ mod tests {
             ),
             Err(RevokeError::NotFound)
         ));
+        // A known serial given with another node than its owner.
         assert!(matches!(
             store.revoke(
-                &RevokeTarget::Node(node(77)),
+                &RevokeTarget::SerialOf {
+                    serial: serial(1),
+                    node_id: node(2)
+                },
                 RevocationReason::Unspecified,
                 ts(1)
             ),
-            Err(RevokeError::NotFound)
+            Err(RevokeError::OwnerMismatch { owner, .. }) if owner == node(1)
         ));
         assert_eq!(store.crl_number().unwrap(), 0);
         assert!(store.revoked_entries().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_serial_and_a_node_unknown_to_the_database_are_revoked_all_the_same() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = open(&dir);
+        enroll(&store, node(1), 1, 1);
+        // A rogue certificate signed with the CA's key outside the database.
+        let foreign = RevokeTarget::SerialOf {
+            serial: serial(77),
+            node_id: node(9),
+        };
+        let outcome = store
+            .revoke(&foreign, RevocationReason::KeyCompromise, ts(10))
+            .unwrap();
+        assert_eq!(outcome.newly_revoked, vec![serial(77)]);
+        assert_eq!(outcome.crl_number, 1);
+        assert_eq!(outcome.revoked_node, None);
+        assert_eq!(
+            store.revoked_entries().unwrap(),
+            vec![RevokedEntry {
+                serial: serial(77),
+                revoked_at: ts(10),
+                reason: RevocationReason::KeyCompromise,
+            }]
+        );
+        // Once: again changes nothing.
+        let again = store
+            .revoke(&foreign, RevocationReason::KeyCompromise, ts(20))
+            .unwrap();
+        assert!(again.newly_revoked.is_empty());
+        assert_eq!(again.crl_number, 1);
+        // Its own certificate given with its owner: an ordinary revocation.
+        let own = store
+            .revoke(
+                &RevokeTarget::SerialOf {
+                    serial: serial(1),
+                    node_id: node(1),
+                },
+                RevocationReason::Unspecified,
+                ts(30),
+            )
+            .unwrap();
+        assert_eq!(own.newly_revoked, vec![serial(1)]);
+        assert_eq!(store.revoked_entries().unwrap().len(), 2);
+
+        // A node the database never knew: banned (no certificate to list), the CRL moves on.
+        let stranger = store
+            .revoke(
+                &RevokeTarget::Node(node(8)),
+                RevocationReason::Unspecified,
+                ts(40),
+            )
+            .unwrap();
+        assert!(stranger.newly_revoked.is_empty());
+        assert_eq!(stranger.revoked_node, Some(node(8)));
+        assert_eq!(stranger.crl_number, 3);
+        assert!(store.is_node_revoked(&node(8)).unwrap());
     }
 
     #[test]
