@@ -341,6 +341,9 @@ pub struct StatusResponse {
     pub revoked_serials: usize,
     /// Whether this node's own certificate is revoked.
     pub self_revoked: bool,
+    /// The operator's local deny-list in force (`ztmesh deny`).
+    #[serde(default)]
+    pub denied: crate::deny_list::DenyListResponse,
     /// Links up.
     pub peers_connected: usize,
     /// Peers known.

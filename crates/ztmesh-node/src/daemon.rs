@@ -186,6 +186,8 @@ pub(crate) struct Node {
     ca: CaClient,
     pub rotations: AtomicU64,
     pub self_revoked: AtomicBool,
+    /// Serializes changes of the deny-list (file, then [`MeshTrust`], then links).
+    deny_lock: tokio::sync::Mutex<()>,
     next_link_id: AtomicU64,
     pub mesh_addr: SocketAddr,
     pub api_addr: SocketAddr,
@@ -569,7 +571,8 @@ impl Node {
         for revoked in &record.revoked_nodes {
             if owners.contains(revoked) {
                 justified.push(*revoked);
-                self.log_watch.handle_node_revocation(*revoked, learnt, true);
+                self.log_watch
+                    .handle_node_revocation(*revoked, learnt, true);
             } else if self.tiers().revoked().contains(revoked) {
                 // In force already (justified before): nothing to hold.
             } else if self
@@ -628,6 +631,45 @@ impl Node {
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             crl_number: crl_number.unwrap_or(0),
         });
+    }
+
+    /// Changes the operator's deny-list with `change`: written to `deny-list.json` first (a
+    /// change that is not durable is not applied), then put in force for every handshake, and
+    /// links to a peer it now denies are closed. Returns the list in force.
+    pub(crate) async fn update_deny(
+        &self,
+        change: impl FnOnce(&mut crate::deny_list::DenySet) -> Result<(), crate::deny_list::DenyError>,
+    ) -> Result<crate::deny_list::DenyListResponse, crate::deny_list::DenyError> {
+        let _guard = self.deny_lock.lock().await;
+        let mut set = self.trust.denied();
+        change(&mut set)?;
+        let dir = self.dir.0.clone();
+        let saved = set.clone();
+        tokio::task::spawn_blocking(move || crate::deny_list::save(&dir, &saved))
+            .await
+            .map_err(|e| crate::deny_list::DenyError::File {
+                path: crate::deny_list::DENY_FILE.into(),
+                reason: e.to_string(),
+            })??;
+        let response = set.to_response();
+        self.trust.set_denied(set);
+        tracing::warn!(nodes = ?response.nodes, serials = ?response.serials, "deny-list changed");
+        let denied: Vec<NodeId> = self
+            .link_serials()
+            .into_iter()
+            .filter(|(peer, serial)| self.trust.is_denied(peer, serial))
+            .map(|(peer, _)| peer)
+            .collect();
+        // Not marked revoked in the peer table: dials keep failing at the handshake while
+        // denied, and succeed again once the entry is removed.
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        for peer in &denied {
+            if let Some(handle) = links.get(peer) {
+                tracing::warn!(%peer, "closing link to a denied peer");
+                let _ = handle.commands.try_send(LinkCommand::Close("peer denied"));
+            }
+        }
+        Ok(response)
     }
 
     fn close_links_to(&self, nodes: &[NodeId], reason: &'static str) {
@@ -721,6 +763,17 @@ pub async fn run(
     let (tls_key, cert_der) = dir.read_tls(&protection, allow_plaintext)?;
     let ca_der = NodeDir::read_cert(&dir.ca_cert())?;
     let trust = Arc::new(MeshTrust::new(ca_der.clone(), config.trust_domain.clone()));
+    // The operator's denials hold from the first handshake on; a damaged file stops the start
+    // rather than trusting what the operator refused.
+    let denied =
+        crate::deny_list::load(&dir.0).map_err(|e| NodeError::Inconsistent(e.to_string()))?;
+    if !denied.is_empty() {
+        tracing::warn!(
+            entries = denied.len(),
+            "deny-list loaded from deny-list.json"
+        );
+    }
+    trust.set_denied(denied);
     let store = Arc::new(NodeStore::open(&dir.state_db())?);
     if let Some((_, der)) = store.latest_crl()? {
         if let Err(error) = trust.apply_crl(&der) {
@@ -920,6 +973,7 @@ pub async fn run(
         ca,
         rotations: AtomicU64::new(0),
         self_revoked: AtomicBool::new(false),
+        deny_lock: tokio::sync::Mutex::new(()),
         next_link_id: AtomicU64::new(1),
         mesh_addr,
         api_addr,
@@ -1496,6 +1550,9 @@ where
                 let (serial, not_after) = info.peer_cert.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 if node.trust.is_revoked(&serial) {
                     return "peer revoked";
+                }
+                if node.trust.is_denied(&peer_id, &serial) {
+                    return "peer denied";
                 }
                 if not_after <= t {
                     return "peer certificate expired";

@@ -23,6 +23,7 @@ pub mod ca_governance;
 pub mod ca_service;
 pub mod ca_tpm2;
 pub mod daemon;
+pub mod deny_list;
 mod dtn_driver;
 pub mod events;
 // Public only so that `ztmesh bench gossip` can measure validation with the node's own

@@ -482,7 +482,9 @@ impl CertificateQueue {
 /// only `revoke_node` bans a node by id; `revoke_certificate` names one certificate, and
 /// its owner may hold others.
 pub(crate) fn node_revocation_is_logged(kinds: &[String]) -> bool {
-    kinds.iter().any(|kind| kind == EntryKind::RevokeNode.as_str())
+    kinds
+        .iter()
+        .any(|kind| kind == EntryKind::RevokeNode.as_str())
 }
 
 /// Most revocations by node id waiting for the log; more are refused (and counted). Only
@@ -1151,8 +1153,14 @@ mod tests {
     #[test]
     fn only_a_revoke_node_entry_bans_a_node_by_id() {
         let kinds = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(node_revocation_is_logged(&kinds(&["enroll", "revoke_node"])));
-        assert!(!node_revocation_is_logged(&kinds(&["enroll", "revoke_certificate"])));
+        assert!(node_revocation_is_logged(&kinds(&[
+            "enroll",
+            "revoke_node"
+        ])));
+        assert!(!node_revocation_is_logged(&kinds(&[
+            "enroll",
+            "revoke_certificate"
+        ])));
         assert!(!node_revocation_is_logged(&kinds(&[])));
     }
 

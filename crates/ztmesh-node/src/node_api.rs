@@ -35,6 +35,14 @@ pub(crate) fn router(node: Arc<Node>) -> Router {
         )
         .route("/v1/events", get(crate::local_api::events))
         .route(
+            "/v1/deny",
+            get(crate::deny_list::get_deny).post(crate::deny_list::post_deny),
+        )
+        .route(
+            "/v1/deny/{entry}",
+            axum::routing::delete(crate::deny_list::delete_deny),
+        )
+        .route(
             "/v1/governance/proposals",
             post(crate::governance::post_proposal).get(crate::governance::list_proposals),
         )
@@ -193,6 +201,7 @@ async fn status(
         crl_number,
         revoked_serials: revoked,
         self_revoked: node.self_revoked.load(std::sync::atomic::Ordering::SeqCst),
+        denied: node.trust.denied().to_response(),
         peers_connected: links.len(),
         peers_known: known,
         gossip: {

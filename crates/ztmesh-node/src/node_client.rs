@@ -121,6 +121,33 @@ impl LocalApiClient {
         send_json(self.authorized(self.client.post(&url)).json(&body), &url).await
     }
 
+    /// `GET /v1/deny`.
+    pub async fn deny_list(&self) -> Result<crate::deny_list::DenyListResponse, ClientError> {
+        let url = format!("{}/v1/deny", self.base);
+        send_json(self.authorized(self.client.get(&url)), &url).await
+    }
+
+    /// `POST /v1/deny`.
+    pub async fn deny_add(
+        &self,
+        entry: &str,
+    ) -> Result<crate::deny_list::DenyListResponse, ClientError> {
+        let url = format!("{}/v1/deny", self.base);
+        let body = crate::deny_list::DenyRequest {
+            entry: entry.to_owned(),
+        };
+        send_json(self.authorized(self.client.post(&url)).json(&body), &url).await
+    }
+
+    /// `DELETE /v1/deny/{entry}`.
+    pub async fn deny_remove(
+        &self,
+        entry: &str,
+    ) -> Result<crate::deny_list::DenyListResponse, ClientError> {
+        let url = format!("{}/v1/deny/{entry}", self.base);
+        send_json(self.authorized(self.client.delete(&url)), &url).await
+    }
+
     /// `POST /v1/governance/votes`.
     pub async fn vote(
         &self,

@@ -45,6 +45,8 @@ pub struct MeshTrust {
     ca_cert_der: Vec<u8>,
     trust_domain: TrustDomain,
     revocations: RwLock<RevocationSet>,
+    /// The operator's local deny-list ([`crate::deny_list`]), refused like a revocation.
+    denied: RwLock<crate::deny_list::DenySet>,
 }
 
 impl MeshTrust {
@@ -54,7 +56,29 @@ impl MeshTrust {
             ca_cert_der,
             trust_domain,
             revocations: RwLock::new(RevocationSet::new()),
+            denied: RwLock::new(crate::deny_list::DenySet::default()),
         }
+    }
+
+    /// Replaces the deny-list in force; verifiers see it on their next handshake.
+    pub fn set_denied(&self, denied: crate::deny_list::DenySet) {
+        *self.denied.write().unwrap_or_else(|p| p.into_inner()) = denied;
+    }
+
+    /// The deny-list in force.
+    pub fn denied(&self) -> crate::deny_list::DenySet {
+        self.denied
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the operator denied `node` or `serial` on this node.
+    pub fn is_denied(&self, node: &ztmesh_core::NodeId, serial: &Serial) -> bool {
+        self.denied
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .denies(node, serial)
     }
 
     /// DER of the mesh CA certificate.
@@ -74,13 +98,21 @@ impl MeshTrust {
         now: Timestamp,
     ) -> Result<NodeCertificate, PkiError> {
         let revocations = self.revocations.read().unwrap_or_else(|p| p.into_inner());
-        ztmesh_pki::verify_node_certificate(
+        let certificate = ztmesh_pki::verify_node_certificate(
             cert_der,
             &self.ca_cert_der,
             &self.trust_domain,
             &revocations,
             now,
-        )
+        )?;
+        if self.is_denied(&certificate.node_id, &certificate.serial) {
+            return Err(PkiError::Revoked(format!(
+                "{} (node {}) is on this node's deny-list",
+                certificate.serial.to_hex(),
+                certificate.node_id
+            )));
+        }
+        Ok(certificate)
     }
 
     /// Chain, validity and profile, but not revocation: for servers that answer a revoked client

@@ -17,6 +17,7 @@ mod bench_core;
 mod bench_mesh;
 mod bench_tlog;
 mod demo;
+mod deny_cmd;
 mod local_mesh;
 mod log_cmd;
 mod manifest_cmd;
@@ -67,6 +68,9 @@ enum Command {
     Peers(NodeQueryArgs),
     /// Revoke a certificate or a whole node, mesh-wide.
     Revoke(RevokeArgs),
+    /// This node's local deny-list: nodes and certificates it refuses, without the CA.
+    #[command(subcommand)]
+    Deny(deny_cmd::DenyCommand),
     /// Publish signed gossip through a running node (the node signs).
     #[command(subcommand)]
     Publish(app::PublishCommand),
@@ -447,6 +451,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Status(args) => status(args).await,
         Command::Peers(args) => peers(args).await,
         Command::Revoke(args) => revoke(args).await,
+        Command::Deny(command) => deny_cmd::run(command).await,
         Command::Publish(command) => app::publish(command).await,
         Command::Watch(args) => app::watch(args).await,
         Command::Anomalies(args) => app::anomalies(args).await,
@@ -858,6 +863,12 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
         .is_some_and(|not_after| not_after < ztmesh_node::timefmt::now());
     if expired && !status.self_revoked {
         out!("EXPIRED       this node's certificate has expired: peers refuse its links until it rotates (it keeps asking the CA, which allows it within its --rotation-grace)");
+    }
+    for node in &status.denied.nodes {
+        out!("DENIED        node {node} (local deny-list)");
+    }
+    for serial in &status.denied.serials {
+        out!("DENIED        certificate {serial} (local deny-list)");
     }
     let log = &status.log;
     if !log.policy {

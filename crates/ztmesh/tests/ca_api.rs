@@ -1348,9 +1348,11 @@ fn a_rogue_certificate_unknown_to_the_ca_database_is_revoked_by_serial_and_by_no
         })
         .collect();
     assert!(
-        logged.iter().any(|e| e.kind.as_str() == "revoke_certificate"
-            && e.node_id == rogue
-            && e.serial == rogue_serial.to_hex()),
+        logged
+            .iter()
+            .any(|e| e.kind.as_str() == "revoke_certificate"
+                && e.node_id == rogue
+                && e.serial == rogue_serial.to_hex()),
         "{logged:?}"
     );
     assert!(

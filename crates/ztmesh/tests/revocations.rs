@@ -246,7 +246,11 @@ fn a_ca_signed_record_with_an_unchanged_crl_excludes_no_one_and_raises_unlogged_
         assert_eq!(status["node_revocations_pending"], 0, "{status}");
         assert_eq!(status["split_view"], false, "{status}");
         // Excluded no one: still linked, never persisted as revoked.
-        assert!(node.connected_to(&victim), "{} dropped the victim", node.name);
+        assert!(
+            node.connected_to(&victim),
+            "{} dropped the victim",
+            node.name
+        );
         assert!(!persisted_revoked(node, &victim));
         let log = node.proc.as_ref().unwrap().log_text();
         assert!(
@@ -418,6 +422,10 @@ fn a_member_signed_anomaly_posted_to_revocations_is_refused_and_stored_nowhere()
         holds(&nodes[1], &marker)
     });
     for node in &nodes {
-        assert!(!holds(node, &forged_id), "{} holds the refused anomaly", node.name);
+        assert!(
+            !holds(node, &forged_id),
+            "{} holds the refused anomaly",
+            node.name
+        );
     }
 }

@@ -723,9 +723,7 @@ impl CaStore {
         }
         changed |= !newly_revoked.is_empty();
         let kind = match target {
-            RevokeTarget::Serial(_) | RevokeTarget::SerialOf { .. } => {
-                EntryKind::RevokeCertificate
-            }
+            RevokeTarget::Serial(_) | RevokeTarget::SerialOf { .. } => EntryKind::RevokeCertificate,
             RevokeTarget::Node(_) => EntryKind::RevokeNode,
         };
         for serial in &newly_revoked {
@@ -1310,13 +1308,12 @@ fn read_crl_number(conn: &Connection) -> Result<u64, StoreError> {
 }
 
 fn read_revoked_entries(conn: &Connection) -> Result<Vec<RevokedEntry>, StoreError> {
-    let mut statement = conn
-        .prepare(
-            "SELECT serial, revoked_at, reason, 0 AS foreign_first, rowid FROM revocations
+    let mut statement = conn.prepare(
+        "SELECT serial, revoked_at, reason, 0 AS foreign_first, rowid FROM revocations
              UNION ALL
              SELECT serial, revoked_at, reason, 1, rowid FROM foreign_revocations
              ORDER BY 2, 4, 5",
-        )?;
+    )?;
     let mut rows = statement.query([])?;
     let mut entries = Vec::new();
     while let Some(row) = rows.next()? {
