@@ -429,3 +429,119 @@ fn a_member_signed_anomaly_posted_to_revocations_is_refused_and_stored_nowhere()
         );
     }
 }
+
+/// Lines of `node`'s log saying a mesh handshake was refused for a revoked or denied
+/// certificate (no CRL revokes anything in the test that counts them).
+fn refused_handshakes(node: &TestNode) -> usize {
+    node.proc
+        .as_ref()
+        .unwrap()
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("Revoked"))
+        .count()
+}
+
+/// Issue 12, item 4: an operator can cut a peer off on one node without the CA (down here):
+/// `ztmesh deny add` closes the link at once, the denial is refused at every handshake and
+/// survives a restart of the denying node, `deny remove` lets the peer back; a serial works
+/// the same way; garbage is refused with a non-zero exit and nothing written.
+#[test]
+fn a_denied_peer_is_cut_off_without_the_ca_stays_refused_across_a_restart_and_comes_back() {
+    let root = tempfile::tempdir().unwrap();
+    let mut ca = TestCa::start(root.path(), &[]);
+    let mut nodes: Vec<TestNode> = (1..=3)
+        .map(|i| ca.enroll(root.path(), &format!("node{i}")))
+        .collect();
+    for node in &mut nodes {
+        node.start();
+    }
+    let refs: Vec<&TestNode> = nodes.iter().collect();
+    wait_full_mesh(&refs, WAIT);
+    let deny_file = nodes[0].dir.join("deny-list.json");
+
+    // Garbage: a typed message, a non-zero exit, nothing written.
+    for garbage in ["not-a-node", "node:abc", "serial:xyz", "zz"] {
+        let out = nodes[0].cli(&["deny", "add", garbage]);
+        assert!(!out.status.success(), "{garbage:?} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("neither a NodeId"), "{stderr}");
+    }
+    let out = nodes[0].cli(&["deny", "remove", &nodes[1].node_id]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not_denied"));
+    assert!(!deny_file.exists());
+
+    // Without the CA.
+    ca.proc.take().unwrap().kill9();
+    let victim = nodes[2].node_id.clone();
+    nodes[0].cli_ok(&["deny", "add", &victim]);
+    for (a, b) in [(&nodes[0], &victim), (&nodes[2], &nodes[0].node_id)] {
+        wait_until("the link to the denied peer to close", WAIT, || {
+            !a.connected_to(b)
+        });
+    }
+    // Local to node1: node2 keeps its link to the victim.
+    assert!(nodes[1].connected_to(&victim));
+    let status = nodes[0].status();
+    assert_eq!(
+        status["status"]["denied"]["nodes"],
+        serde_json::json!([victim.clone()])
+    );
+    assert!(nodes[0]
+        .cli_ok(&["status"])
+        .contains(&format!("DENIED        node {victim}")));
+    assert!(nodes[0].cli_ok(&["deny", "list"]).contains(&victim));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&deny_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // Across a restart of the denying node: refused at the handshake, both ways.
+    nodes[0].kill9();
+    nodes[0].start();
+    wait_until("node1 to link with node2 again", WAIT, || {
+        nodes[0].connected_to(&nodes[1].node_id)
+    });
+    wait_until(
+        "a handshake with the denied peer to be refused",
+        WAIT,
+        || refused_handshakes(&nodes[0]) >= 1,
+    );
+    assert!(!nodes[0].connected_to(&victim));
+    assert!(!nodes[2].connected_to(&nodes[0].node_id));
+
+    // Removed: the peers link again (dial backoff is at most 30 s).
+    nodes[0].cli_ok(&["deny", "remove", &victim]);
+    wait_until(
+        "node1 and the formerly denied peer to link again",
+        Duration::from_secs(120),
+        || nodes[0].connected_to(&victim),
+    );
+
+    // One certificate, by serial.
+    let serial = nodes[1].status()["status"]["certificate_serial"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    nodes[0].cli_ok(&["deny", "add", &format!("serial:{serial}")]);
+    wait_until("the link to the denied certificate to close", WAIT, || {
+        !nodes[0].connected_to(&nodes[1].node_id)
+    });
+    assert_eq!(
+        nodes[0].status()["status"]["denied"]["serials"],
+        serde_json::json!([serial.clone()])
+    );
+    nodes[0].cli_ok(&["deny", "remove", &serial]);
+    wait_until(
+        "node1 and node2 to link again",
+        Duration::from_secs(120),
+        || nodes[0].connected_to(&nodes[1].node_id),
+    );
+    assert_eq!(
+        std::fs::read_to_string(&deny_file).unwrap().trim(),
+        "{\n  \"nodes\": [],\n  \"serials\": []\n}"
+    );
+}
