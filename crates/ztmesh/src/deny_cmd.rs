@@ -73,11 +73,8 @@ fn parse(text: &str) -> Result<DenyEntry> {
 }
 
 async fn change(node: &NodeArgs, entry: &DenyEntry, add: bool) -> Result<DenyListResponse> {
-    let client = match crate::app::client(node) {
-        Ok(client) => Some(client),
-        Err(_) => None,
-    };
-    if let Some(client) = client {
+    // No address file: the node never ran here, or not yet; the file is edited instead.
+    if let Ok(client) = crate::app::client(node) {
         let text = match entry {
             DenyEntry::Node(node) => format!("node:{node}"),
             DenyEntry::Serial(serial) => format!("serial:{}", serial.to_hex()),
