@@ -584,6 +584,14 @@ impl Node {
                 tracing::warn!(node = %revoked, "a CA-signed record revokes this node, but no newer CRL lists any of its certificates and this node cannot check the membership log; not applied");
             }
         }
+        if justified.is_empty() && !newly.is_empty() {
+            // Certificates revoked, no node as a whole: applications still hear of the CRL.
+            let (crl_number, _) = self.trust.crl_state();
+            self.events.emit(NodeEvent::Revocation {
+                nodes: Vec::new(),
+                crl_number: crl_number.unwrap_or(0),
+            });
+        }
         self.apply_node_revocations(&justified);
     }
 
