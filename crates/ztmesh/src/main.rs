@@ -903,6 +903,13 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
             log.certificates_pending,
             log.revocations_checked
         );
+        if log.node_revocations_pending > 0 {
+            out!(
+                "revocations   {} by node id waiting for the log ({} held, not applied)",
+                log.node_revocations_pending,
+                log.node_revocations_held
+            );
+        }
     }
     if log.split_view {
         out!(
@@ -921,6 +928,16 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
         );
     }
     for finding in &log.unlogged {
+        if finding.serial.is_empty() {
+            // A revocation by node id (a CA-signed record) with no revoke_node entry.
+            out!(
+                "UNLOGGED      {} of node {} (learnt {}): a revocation by node id the membership log does not show",
+                finding.kind,
+                finding.node_id.as_deref().unwrap_or("-"),
+                finding.issued
+            );
+            continue;
+        }
         let (label, what) = match finding.kind.as_str() {
             "withheld_revocation" => ("WITHHELD    ", "revoked in the log, missing from the CRL"),
             "foreign_certificate" => ("FOREIGN CERT", "in this node's name, never held by it"),

@@ -252,6 +252,11 @@ fn a_ca_signed_record_with_an_unchanged_crl_excludes_no_one_and_raises_unlogged_
             node.name
         );
         assert!(!persisted_revoked(node, &victim));
+        let text = node.cli_ok(&["status"]);
+        assert!(
+            text.contains(&format!("unlogged_revocation of node {victim}")),
+            "{text}"
+        );
         let log = node.proc.as_ref().unwrap().log_text();
         assert!(
             log.lines().any(|l| l.contains("WARN")
