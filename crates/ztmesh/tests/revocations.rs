@@ -341,13 +341,37 @@ fn a_logged_revocation_still_drops_the_node_everywhere_fast_and_passes_the_log_c
         assert_eq!(status["unlogged_revocations"], 0, "{status}");
         assert_eq!(status["node_revocations_held"], 0, "{status}");
     }
-    // At start the persisted revocation is justified by the log this node followed: kept.
+    // A node id the CA never issued to (named by a rogue certificate): no CRL can list it, so
+    // nodes hold the record's revocation until the log shows its revoke_node entry, then apply.
+    let stranger = ztmesh_core::NodeId::from_bytes(rand::random()).to_string();
+    ztmesh_ok(&[
+        "revoke",
+        "--ca-dir",
+        ca.dir.to_str().unwrap(),
+        "--node-id",
+        &stranger,
+    ]);
+    for node in &nodes[..3] {
+        wait_until(
+            &format!(
+                "{} to apply the logged revocation of an unknown node",
+                node.name
+            ),
+            SLOW_WAIT,
+            || persisted_revoked(node, &stranger),
+        );
+        let status = log_status(node);
+        assert_eq!(status["unlogged_revocations"], 0, "{status}");
+    }
+
+    // At start the persisted revocations are justified by the log this node followed: kept.
     nodes[0].kill9();
     nodes[0].start();
     wait_until("node1 to link with node2 again", WAIT, || {
         nodes[0].connected_to(&nodes[1].node_id)
     });
     assert!(persisted_revoked(&nodes[0], &victim));
+    assert!(persisted_revoked(&nodes[0], &stranger));
     assert_eq!(log_status(&nodes[0])["node_revocations_held"], 0);
     let log = nodes[0].proc.as_ref().unwrap().log_text();
     assert!(
