@@ -464,7 +464,7 @@ async fn enroll_into(
         ));
     }
 
-    std::fs::create_dir_all(&dir.0).map_err(|source| NodeDirError::Io {
+    crate::private_files::create_private_dir(&dir.0).map_err(|source| NodeDirError::Io {
         path: dir.0.clone(),
         source,
     })?;

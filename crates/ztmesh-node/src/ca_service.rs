@@ -56,6 +56,7 @@ use crate::membership_log::{
     self, HttpWitnessTransport, LogEntriesResponse, LogEntryItem, LogPolicy, LogPublisher,
     MembershipLog, ProofResponse, DEFAULT_ENTRIES_PER_REQUEST,
 };
+use crate::private_files::{create_private_dir, write_private_file};
 use crate::rate_limit::RateLimiter;
 use crate::store::{
     CaStore, IssueKind, IssuedRecord, RedeemError, RevokeError, RevokeTarget, RotateError,
@@ -167,32 +168,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
     }
 }
 
-/// Writes `contents` to `path` atomically (temp file, fsync, rename) with mode 0600 on Unix.
-pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        // Make the rename itself durable.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
 /// What `ca init` produced.
 #[derive(Debug, Clone)]
 pub struct CaInitReport {
@@ -217,7 +192,7 @@ pub fn init_ca(
     protection: &Protection<'_>,
     validity: Duration,
 ) -> Result<CaInitReport, CaError> {
-    std::fs::create_dir_all(&dir.0).map_err(io_err(&dir.0))?;
+    create_private_dir(&dir.0).map_err(io_err(&dir.0))?;
     if dir.ca_key().exists() || dir.ca_cert().exists() || dir.log_key().exists() {
         return Err(CaError::AlreadyInitialized(dir.0.clone()));
     }

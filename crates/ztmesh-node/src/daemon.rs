@@ -1041,7 +1041,7 @@ pub async fn run(
         pid: std::process::id(),
     };
     let text = serde_json::to_vec_pretty(&addrs).unwrap_or_default();
-    crate::ca_service::write_private_file(&dir.addr_file(), &text).map_err(|source| {
+    crate::private_files::write_private_file(&dir.addr_file(), &text).map_err(|source| {
         NodeError::Io {
             what: "writing node.addr.json".into(),
             source,
@@ -1269,7 +1269,7 @@ pub(crate) fn save_revoked(
     let path = dir.join(REVOKED_FILE);
     let tmp = dir.join(format!("{REVOKED_FILE}.tmp"));
     let text = serde_json::to_vec(revoked).map_err(|e| e.to_string())?;
-    crate::ca_service::write_private_file(&tmp, &text).map_err(|e| e.to_string())?;
+    crate::private_files::write_private_file(&tmp, &text).map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
 }
 

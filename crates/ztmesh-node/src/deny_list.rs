@@ -209,7 +209,7 @@ pub fn save(dir: &Path, set: &DenySet) -> Result<(), DenyError> {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    crate::ca_service::write_private_file(&path, &text).map_err(|e| DenyError::File {
+    crate::private_files::write_private_file(&path, &text).map_err(|e| DenyError::File {
         path: path.display().to_string(),
         reason: e.to_string(),
     })

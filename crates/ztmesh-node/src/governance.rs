@@ -70,7 +70,7 @@ fn save_decision(dir: &Path, param: Param, value: u64) -> Result<(), String> {
     let path = dir.join(PARAMETERS_FILE);
     let tmp = dir.join(format!("{PARAMETERS_FILE}.tmp"));
     let text = serde_json::to_vec_pretty(&decided).map_err(|e| e.to_string())?;
-    crate::ca_service::write_private_file(&tmp, &text).map_err(|e| e.to_string())?;
+    crate::private_files::write_private_file(&tmp, &text).map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
 }
 

@@ -7,6 +7,7 @@
 //! - [`daemon`]: the node (`ztmesh run`), with [`peer_table`] as its sans-IO dialing core;
 //! - [`store`]: SQLite state of the CA and of nodes;
 //! - [`witness_service`]: the tlog witness, which [`node_witness`] runs inside a Tier 1 node;
+//! - [`private_files`]: data directories, databases and logs only their owner may read;
 //! - [`tpm_device`]: the node's TPM 2.0 through tpm2-tools (EK, AK, credential activation, quotes).
 //!
 //! Protocol decisions live in the sans-IO crates (`ztmesh-core`, `ztmesh-pki`) and in
@@ -44,6 +45,7 @@ pub mod node_dir;
 mod node_token;
 pub mod node_witness;
 pub mod peer_table;
+pub mod private_files;
 pub mod rate_limit;
 pub mod store;
 pub mod timefmt;

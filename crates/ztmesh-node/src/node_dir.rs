@@ -25,7 +25,7 @@ use ztmesh_core::{NodeId, TrustDomain};
 use ztmesh_pki::keyfile::{self, KdfParams, Protection};
 use ztmesh_pki::{IdentityKey, PkiError, TlsKeyPair};
 
-use crate::ca_service::write_private_file;
+use crate::private_files::write_private_file;
 
 /// Node configuration (`node.toml`). Unknown keys are an error, so a typo never silently
 /// leaves a default in force.

@@ -67,8 +67,8 @@ use ztmesh_tlog::{
     CosignatureVerifier, KeyError, SignError, StoredCheckpoint, Verifier, WitnessError,
 };
 
-use crate::ca_service::write_private_file;
 use crate::https::{ClientAddr, MAX_CONNECTIONS};
+use crate::private_files::{create_private_dir, write_private_file};
 use crate::store::{StoreError, WitnessStore};
 use crate::timefmt::now;
 
@@ -383,7 +383,7 @@ pub fn init_witness(
         name: name.to_owned(),
         source,
     })?;
-    std::fs::create_dir_all(&dir.0).map_err(io_err(&dir.0))?;
+    create_private_dir(&dir.0).map_err(io_err(&dir.0))?;
     if [dir.config(), dir.key(), dir.vkey(), dir.state_db()]
         .iter()
         .any(|path| path.exists())

@@ -22,6 +22,7 @@ use ztmesh_node::ca_service::{self, CaDir};
 use ztmesh_node::local_api::{PublishAnomalyRequest, SendBundleRequest};
 use ztmesh_node::node_client::{LocalApiClient, NodeApiClient};
 use ztmesh_node::node_dir::{BoundAddrs, NodeDir};
+use ztmesh_node::private_files;
 use ztmesh_node::tls::{CurrentCertificate, MeshTrust};
 use ztmesh_pki::keyfile::Protection;
 
@@ -66,8 +67,8 @@ impl Demo {
 
     /// Like [`Demo::spawn`], running the executable `exe`.
     fn spawn_exe(&mut self, exe: &Path, name: &str, args: &[&str], log: &Path) -> Result<()> {
-        let log_file =
-            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file = private_files::create_private_log(log)
+            .with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(exe)
             .args(args)
             .env("ZTMESH_PASSPHRASE", self.passphrase.as_str())
@@ -151,7 +152,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             if dir.exists() {
                 bail!("{} already exists; give a new directory", dir.display());
             }
-            std::fs::create_dir_all(dir)?;
+            private_files::create_private_dir(dir)?;
             (dir.clone(), None)
         }
         None => {
@@ -379,7 +380,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     for node in &nodes {
         std::fs::write(node.dir.0.join("manifest.cose"), manifest.as_bytes())?;
-        ca_service::write_private_file(
+        private_files::write_private_file(
             &node.dir.0.join("dev-tee.key"),
             hex::encode(*tee_seed).as_bytes(),
         )?;
@@ -1098,7 +1099,7 @@ async fn tiers_and_governance(
     // A TEE that starts failing: node-2's simulated TEE key is swapped.
     let failing = &nodes[1];
     let key_path = failing.dir.0.join("dev-tee.key");
-    ca_service::write_private_file(&key_path, hex::encode([0x42u8; 32]).as_bytes())?;
+    private_files::write_private_file(&key_path, hex::encode([0x42u8; 32]).as_bytes())?;
     demo.step(&format!(
         "{}'s TEE key is replaced: its evidence no longer verifies (re-attestation every second)",
         failing.name
@@ -1116,7 +1117,7 @@ async fn tiers_and_governance(
         "node-1 warned at 1 failure and demoted {} to TIER 2 at 3: {}",
         failing.name, demoted.tier_reason
     ));
-    ca_service::write_private_file(&key_path, hex::encode(tee_seed).as_bytes())?;
+    private_files::write_private_file(&key_path, hex::encode(tee_seed).as_bytes())?;
     wait_for("node-2 back at tier 1", Duration::from_secs(30), || async {
         (view_of(first, failing).await?.tier == "tier 1").then_some(())
     })

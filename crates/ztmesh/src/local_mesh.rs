@@ -310,8 +310,8 @@ pub fn is_connected_to(peers: &PeersResponse, node_id: &str) -> bool {
 
 fn spawn_child(name: &str, args: &[&str], passphrase: &str, log: PathBuf) -> Result<ChildProcess> {
     let exe = std::env::current_exe().context("locating the ztmesh binary")?;
-    let log_file =
-        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let log_file = ztmesh_node::private_files::create_private_log(&log)
+        .with_context(|| format!("creating {}", log.display()))?;
     let child = Command::new(exe)
         .args(args)
         .env("ZTMESH_PASSPHRASE", passphrase)

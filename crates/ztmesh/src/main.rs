@@ -520,7 +520,7 @@ async fn ca_serve(args: CaServeArgs) -> Result<()> {
     };
     let service = ca_service::CaService::bind(dir.clone(), ca, args.listen, options).await?;
     let addr = service.local_addr()?;
-    ca_service::write_private_file(&dir.addr_file(), addr.to_string().as_bytes())?;
+    ztmesh_node::private_files::write_private_file(&dir.addr_file(), addr.to_string().as_bytes())?;
     eprintln!("CA serving on https://{addr}");
     service.run(shutdown_signal()).await;
     Ok(())

@@ -125,7 +125,7 @@ async fn serve(args: WitnessServeArgs) -> Result<()> {
     )?;
     let service = WitnessService::bind(witness, args.listen.unwrap_or(config.listen)).await?;
     let addr = service.local_addr()?;
-    ztmesh_node::ca_service::write_private_file(&dir.addr_file(), addr.to_string().as_bytes())?;
+    ztmesh_node::private_files::write_private_file(&dir.addr_file(), addr.to_string().as_bytes())?;
     eprintln!(
         "witness {} serving on http://{addr}/add-checkpoint",
         config.name

@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 fn demo_runs_to_a_summary_with_three_nodes() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("demo");
-    let out = Command::new(common::bin())
+    // Under the common umask 022, so that the file modes below are the demo's own.
+    let out = Command::new("sh")
+        .args(["-c", "umask 022 && exec \"$0\" \"$@\"", common::bin()])
         .args(["demo", "--nodes", "3", "--dir", dir.to_str().unwrap()])
         .env_remove("ZTMESH_PASSPHRASE")
         .stdin(Stdio::null())
@@ -47,6 +49,34 @@ fn demo_runs_to_a_summary_with_three_nodes() {
     assert!(dir.join("ca/state.db").exists());
     assert!(dir.join("node-1/state.db").exists());
     assert!(dir.join("node-1/node.pem").exists());
+    demo_logs_and_data_directories_are_private(&dir);
+}
+
+/// Issue 12, "file modes": the demo's directories are 0700 and its process logs 0600.
+fn demo_logs_and_data_directories_are_private(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    for sub in ["", "ca", "node-1"] {
+        let path = dir.join(sub);
+        assert_eq!(
+            mode(&path),
+            0o700,
+            "{} is {:o}",
+            path.display(),
+            mode(&path)
+        );
+    }
+    for log in ["ca/serve.log", "node-1/run.log"] {
+        let path = dir.join(log);
+        assert_eq!(
+            mode(&path),
+            0o600,
+            "{} is {:o}",
+            path.display(),
+            mode(&path)
+        );
+    }
 }
 
 #[test]

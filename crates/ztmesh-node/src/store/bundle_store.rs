@@ -103,6 +103,7 @@ impl SqliteBundleStore {
     /// Opens (creating if needed) the bundle tables in the node's `state.db` at `path`, on a
     /// connection of its own.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        super::prepare_private_database(path).map_err(StoreError::Io)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         enable_wal(&conn)?;

@@ -21,6 +21,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior};
+
+pub(crate) use crate::private_files::prepare_private_database;
 use ztmesh_core::Timestamp;
 
 pub use bundle_store::SqliteBundleStore;
@@ -73,6 +75,9 @@ pub enum StoreError {
     /// A value given to the store does not fit in an SQLite INTEGER (63 bits).
     #[error("{0} is too large to store")]
     OutOfRange(&'static str),
+    /// The database file could not be created or made private (mode 0600).
+    #[error("database file: {0}")]
+    Io(#[source] std::io::Error),
 }
 
 /// The schema of one store: the `application_id` that marks its files and its migrations in
@@ -94,6 +99,7 @@ impl Schema {
 /// Opens (creating if needed) an SQLite file with the pragmas every store relies on, then
 /// brings its schema up to date.
 pub(crate) fn open_database(path: &Path, schema: &Schema) -> Result<Connection, StoreError> {
+    prepare_private_database(path).map_err(StoreError::Io)?;
     let mut conn = Connection::open(path)?;
     // Set first: switching to WAL and migrating may have to wait for another connection.
     conn.busy_timeout(BUSY_TIMEOUT)?;

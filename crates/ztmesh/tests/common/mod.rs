@@ -94,11 +94,11 @@ impl Proc {
 
     /// Starts `command args…` with logs to `log`.
     pub fn spawn_command(mut command: Command, name: &str, args: &[&str], log: PathBuf) -> Proc {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(&log).expect("log file");
         let child = command
             .args(args)
             .env("ZTMESH_PASSPHRASE", PASSPHRASE)
