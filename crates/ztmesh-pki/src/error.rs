@@ -49,6 +49,15 @@ pub enum PkiError {
     /// A key file that does not decrypt with this passphrase (or was tampered with).
     #[error("wrong passphrase, or the key file was modified")]
     WrongPassphrase,
+    /// A passphrase too short to seal a new key with (fewer than
+    /// [`crate::keyfile::MIN_PASSPHRASE_CHARS`] characters).
+    #[error("the key passphrase has {got} characters; at least {min} are required")]
+    ShortPassphrase {
+        /// Characters in the passphrase given.
+        got: usize,
+        /// The minimum.
+        min: usize,
+    },
     /// A key file that is not in a known format.
     #[error("malformed key file: {0}")]
     MalformedKeyFile(String),

@@ -37,6 +37,26 @@ impl KdfParams {
     pub const MAX_M_COST_KIB: u32 = 1024 * 1024;
 }
 
+/// Fewest characters a passphrase sealing a new key may have. Argon2id slows guessing down,
+/// but a stolen key file is attacked offline for as long as the attacker likes; 12 random
+/// lowercase letters are 56 bits, out of reach at Argon2id's cost per guess.
+pub const MIN_PASSPHRASE_CHARS: usize = 12;
+
+/// Refuses a passphrase that is too short to seal a new key with. Keys sealed before this
+/// rule still open with theirs: refusing to read them would lock an operator out without
+/// making them any safer.
+pub fn check_new_passphrase(passphrase: &[u8]) -> Result<(), PkiError> {
+    // Characters, not bytes: a passphrase in another script is not longer for it.
+    let got = String::from_utf8_lossy(passphrase).chars().count();
+    if got < MIN_PASSPHRASE_CHARS {
+        return Err(PkiError::ShortPassphrase {
+            got,
+            min: MIN_PASSPHRASE_CHARS,
+        });
+    }
+    Ok(())
+}
+
 /// How a key is protected on disk.
 pub enum Protection<'a> {
     /// Encrypted under this passphrase.
@@ -261,6 +281,20 @@ mod tests {
         t_cost: 1,
         p_cost: 1,
     };
+
+    #[test]
+    fn passphrases_shorter_than_twelve_characters_are_refused_for_new_keys() {
+        assert_eq!(
+            check_new_passphrase(b"hunter2hunt"),
+            Err(PkiError::ShortPassphrase { got: 11, min: 12 })
+        );
+        // Twelve characters pass, counted as characters: six two-byte ones are six.
+        assert!(check_new_passphrase(b"hunter2hunte").is_ok());
+        assert!(matches!(
+            check_new_passphrase("éééééé".as_bytes()),
+            Err(PkiError::ShortPassphrase { got: 6, .. })
+        ));
+    }
 
     fn sealed(secret: &[u8], passphrase: &[u8]) -> String {
         seal(

@@ -48,10 +48,39 @@ const WITNESSES: usize = 3;
 /// comes after the steps before it, short enough to watch it happen.
 const DEMO_CERT_LIFETIME: &str = "90s";
 
+/// One passphrase per key owner (the CA, each witness, each node), as in a real mesh where
+/// each machine's operator keeps its own: derived from a fresh random secret and the owner's
+/// name, so that the demo can print the one an owner needs and nothing else.
+#[derive(Clone)]
+struct DemoPassphrases {
+    secret: Zeroizing<[u8; 32]>,
+}
+
+impl DemoPassphrases {
+    fn generate() -> DemoPassphrases {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, secret.as_mut());
+        DemoPassphrases { secret }
+    }
+
+    /// The passphrase of `owner`'s keys: 32 hex digits.
+    fn of(&self, owner: &str) -> Zeroizing<String> {
+        let mut hash = sha2::Sha256::new();
+        hash.update(b"ztmesh demo passphrase\0");
+        hash.update(self.secret.as_ref());
+        hash.update(owner.as_bytes());
+        Zeroizing::new(hex::encode(&hash.finalize()[..16]))
+    }
+
+    fn bytes_of(&self, owner: &str) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.of(owner).as_bytes().to_vec())
+    }
+}
+
 struct Demo {
     started: Instant,
     root: PathBuf,
-    passphrase: Zeroizing<String>,
+    passphrases: DemoPassphrases,
     children: Vec<(String, Child)>,
 }
 
@@ -71,7 +100,7 @@ impl Demo {
             .with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(exe)
             .args(args)
-            .env("ZTMESH_PASSPHRASE", self.passphrase.as_str())
+            .env("ZTMESH_PASSPHRASE", self.passphrases.of(name).as_str())
             .env("ZTMESH_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -83,12 +112,12 @@ impl Demo {
         Ok(())
     }
 
-    /// Runs a `ztmesh` command to completion; fails with its stderr.
-    async fn run_to_end(&self, args: &[&str]) -> Result<()> {
+    /// Runs a `ztmesh` command for the keys of `owner` to completion; fails with its stderr.
+    async fn run_to_end(&self, owner: &str, args: &[&str]) -> Result<()> {
         let exe = std::env::current_exe().context("locating the ztmesh binary")?;
         let output = Command::new(exe)
             .args(args)
-            .env("ZTMESH_PASSPHRASE", self.passphrase.as_str())
+            .env("ZTMESH_PASSPHRASE", self.passphrases.of(owner).as_str())
             .stdin(Stdio::null())
             .output()
             .await?;
@@ -160,12 +189,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             (temp.path().to_owned(), Some(temp))
         }
     };
-    let mut secret = [0u8; 16];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
     let mut demo = Demo {
         started: Instant::now(),
         root: root.clone(),
-        passphrase: Zeroizing::new(hex::encode(secret)),
+        passphrases: DemoPassphrases::generate(),
         children: Vec::new(),
     };
     let n = args.nodes as usize;
@@ -176,11 +203,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     // 1. CA
     let ca_dir = CaDir(root.join("ca"));
-    let pass_bytes = demo.passphrase.as_bytes().to_vec();
+    let ca_pass = demo.passphrases.bytes_of("ca");
     let report = ca_service::init_ca(
         &ca_dir,
         "demo.ztmesh.test".parse().map_err(|e| anyhow!("{e}"))?,
-        &Protection::Passphrase(&pass_bytes),
+        &Protection::Passphrase(&ca_pass),
         Duration::from_secs(86_400),
     )?;
     demo.step(&format!(
@@ -196,16 +223,22 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         let dir = root.join(format!("witness-{i}"));
         let dir_text = dir.display().to_string();
         let name = format!("witness-{i}");
-        demo.run_to_end(&["witness", "init", "--data-dir", &dir_text, "--name", &name])
-            .await?;
-        demo.run_to_end(&[
-            "witness",
-            "add-log",
-            "--data-dir",
-            &dir_text,
-            "--vkey",
-            &log_vkey,
-        ])
+        demo.run_to_end(
+            &name,
+            &["witness", "init", "--data-dir", &dir_text, "--name", &name],
+        )
+        .await?;
+        demo.run_to_end(
+            &name,
+            &[
+                "witness",
+                "add-log",
+                "--data-dir",
+                &dir_text,
+                "--vkey",
+                &log_vkey,
+            ],
+        )
         .await?;
         demo.spawn(
             &name,
@@ -320,10 +353,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let admin_client = CaClient::new(&ca_url, &ca_der, None)?;
 
     // 2. Enrollment
+    let passphrases = demo.passphrases.clone();
     let enroll = |dir: NodeDir, token: String| {
         let ca_url = ca_url.clone();
         let fingerprint = report.fingerprint.clone();
-        let pass = pass_bytes.clone();
+        let owner = dir.0.file_name().unwrap_or_default().to_string_lossy();
+        let pass = passphrases.bytes_of(&owner);
         async move {
             ca_client::enroll(
                 &dir,
@@ -448,7 +483,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .await?;
         node.api = Some(NodeApiClient::from_dir(
             &node.dir,
-            &Protection::Passphrase(&pass_bytes),
+            &Protection::Passphrase(&demo.passphrases.bytes_of(&node.name)),
         )?);
         node.addrs = Some(addrs);
     }
@@ -550,7 +585,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let _ = checkpoint_text;
     // A witness refuses to cosign history rolled back to an earlier size, even signed by the
     // log key itself.
-    let keys = ca_service::load_ca_keys(&ca_dir, &Protection::Passphrase(&pass_bytes), false)?;
+    let keys = ca_service::load_ca_keys(&ca_dir, &Protection::Passphrase(&ca_pass), false)?;
     let old_size = size - 1;
     let rolled_back = ztmesh_tlog::Checkpoint::new(
         verified.checkpoint.origin(),
@@ -693,7 +728,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let returned = LocalApiClient::from_dir(&nodes[offline].dir)?;
     nodes[offline].api = Some(NodeApiClient::from_dir(
         &nodes[offline].dir,
-        &Protection::Passphrase(&pass_bytes),
+        &Protection::Passphrase(&demo.passphrases.bytes_of(&nodes[offline].name)),
     )?);
     demo.step(&format!("{} is back online", nodes[offline].name));
     wait_for(
@@ -790,7 +825,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     ));
     let refusal = handshake_as(
         &victim.dir,
-        &pass_bytes,
+        &demo.passphrases.bytes_of(&victim.name),
         survivors[0].addrs.as_ref().map(|a| a.mesh),
     )
     .await;
@@ -884,14 +919,18 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             None => (root.clone(), ()),
         };
         out!();
-        out!("The mesh keeps running (Ctrl-C stops it). Inspect it with:");
-        out!("  export ZTMESH_PASSPHRASE={}", demo.passphrase.as_str());
+        out!("The mesh keeps running (Ctrl-C stops it). Inspect it with the commands below.");
+        out!("Every key owner (the CA, each witness, each node) has its own passphrase, as each");
+        out!("machine's operator would in a real mesh; never share one between them.");
+        let node_1 = demo.passphrases.of("node-1");
         out!(
-            "  ztmesh status --data-dir {}",
+            "  ZTMESH_PASSPHRASE={} ztmesh status --data-dir {}",
+            node_1.as_str(),
             keep_root.join("node-1").display()
         );
         out!(
-            "  ztmesh peers  --data-dir {} --json",
+            "  ZTMESH_PASSPHRASE={} ztmesh peers  --data-dir {} --json",
+            node_1.as_str(),
             keep_root.join("node-1").display()
         );
         out!(
@@ -1163,5 +1202,26 @@ async fn handshake_as(
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("no answer".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_owner_of_the_demo_has_its_own_passphrase() {
+        let passphrases = DemoPassphrases::generate();
+        let owners = ["ca", "witness-1", "witness-2", "node-1", "node-2"];
+        let all: std::collections::BTreeSet<String> = owners
+            .iter()
+            .map(|owner| passphrases.of(owner).to_string())
+            .collect();
+        assert_eq!(all.len(), owners.len());
+        // Stable for one owner (the demo asks again when it restarts a node) and long enough
+        // for the rule every key passphrase follows.
+        assert_eq!(*passphrases.of("node-1"), *passphrases.of("node-1"));
+        assert!(ztmesh_pki::keyfile::check_new_passphrase(passphrases.of("ca").as_bytes()).is_ok());
+        assert_ne!(*DemoPassphrases::generate().of("ca"), *passphrases.of("ca"));
     }
 }

@@ -130,9 +130,13 @@ struct PassphraseArgs {
     /// File holding the key passphrase (first line). Otherwise ZTMESH_PASSPHRASE is used.
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
-    /// Store/read keys unencrypted. Only for throwaway test setups.
+    /// Store/read keys unencrypted. Only for throwaway test setups; refused for the CA.
     #[arg(long)]
     insecure_plaintext_key: bool,
+    /// Seal new keys under a passphrase shorter than 12 characters. Only for throwaway test
+    /// setups: a stolen key file is guessed offline.
+    #[arg(long)]
+    insecure_short_passphrase: bool,
 }
 
 #[derive(Args, Debug)]
@@ -373,6 +377,18 @@ fn passphrase(args: &PassphraseArgs) -> Result<Option<Zeroizing<Vec<u8>>>> {
     Ok(Some(Zeroizing::new(text.as_bytes().to_vec())))
 }
 
+/// Like [`passphrase`], for a command that seals a new key: the passphrase must have at
+/// least 12 characters unless `--insecure-short-passphrase` is given.
+fn new_key_passphrase(args: &PassphraseArgs) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    let secret = passphrase(args)?;
+    if let (Some(text), false) = (&secret, args.insecure_short_passphrase) {
+        ztmesh_pki::keyfile::check_new_passphrase(text).map_err(|e| {
+            anyhow!("{e} to seal a new key; choose a longer one (--insecure-short-passphrase allows it for throwaway test setups)")
+        })?;
+    }
+    Ok(secret)
+}
+
 fn protection(secret: &Option<Zeroizing<Vec<u8>>>) -> Protection<'_> {
     match secret {
         Some(p) => Protection::Passphrase(p),
@@ -474,7 +490,12 @@ fn ca_init(args: CaInitArgs) -> Result<()> {
         .trust_domain
         .parse()
         .map_err(|e| anyhow!("--trust-domain: {e}"))?;
-    let secret = passphrase(&args.passphrase)?;
+    if args.passphrase.insecure_plaintext_key {
+        // The CA root key signs every certificate and CRL of the mesh; a copy of an
+        // unencrypted file is the whole mesh.
+        bail!("--insecure-plaintext-key is refused for the CA root key: give a passphrase with --passphrase-file or ZTMESH_PASSPHRASE");
+    }
+    let secret = new_key_passphrase(&args.passphrase)?;
     let report = ca_service::init_ca(
         &CaDir(args.data_dir.clone()),
         trust_domain,
@@ -627,7 +648,7 @@ async fn revoke(args: RevokeArgs) -> Result<()> {
 }
 
 async fn enroll(args: EnrollArgs) -> Result<()> {
-    let secret = passphrase(&args.passphrase)?;
+    let secret = new_key_passphrase(&args.passphrase)?;
     let attestation = enroll_attestation(&args)?;
     let outcome = ca_client::enroll_attested(
         &NodeDir(args.data_dir.clone()),

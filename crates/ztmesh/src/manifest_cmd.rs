@@ -113,7 +113,7 @@ pub async fn run(command: ManifestCommand) -> Result<()> {
 }
 
 fn keygen(args: KeygenArgs) -> Result<()> {
-    let secret = crate::passphrase(&args.passphrase)?;
+    let secret = crate::new_key_passphrase(&args.passphrase)?;
     let signing = SigningKey::generate(&mut rand::rngs::OsRng);
     let der = signing
         .to_pkcs8_der()

@@ -75,7 +75,7 @@ pub async fn run(command: WitnessCommand) -> Result<()> {
 }
 
 fn init(args: WitnessInitArgs) -> Result<()> {
-    let secret = crate::passphrase(&args.passphrase)?;
+    let secret = crate::new_key_passphrase(&args.passphrase)?;
     let report = witness_service::init_witness(
         &WitnessDir(args.data_dir.clone()),
         &args.name,

@@ -289,3 +289,67 @@ fn attest_verify_reports_verdicts_and_refusals_on_published_samples() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown evidence type"));
 }
+
+/// Issue 12, "passphrases": a new key is never sealed under fewer than 12 characters unless
+/// the operator says `--insecure-short-passphrase`, and the CA root key is never written in
+/// plaintext. Each refusal says why and writes nothing.
+#[test]
+fn short_passphrases_and_a_plaintext_ca_root_key_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let with_passphrase = |pass: &str, args: &[&str]| {
+        std::process::Command::new(bin())
+            .args(args)
+            .env("ZTMESH_PASSPHRASE", pass)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ca = root.path().join("ca");
+    let ca_init = ["ca", "init", "--trust-domain", "ok.test", "--data-dir"];
+    let witness = root.path().join("witness");
+    let witness_init = ["witness", "init", "--name", "w.example/1", "--data-dir"];
+    let key = root.path().join("release.key");
+    let keygen = ["manifest", "keygen", "--out"];
+    for (command, target) in [
+        (&ca_init[..], &ca),
+        (&witness_init, &witness),
+        (&keygen, &key),
+    ] {
+        let mut args = command.to_vec();
+        args.push(path_str(target));
+        let out = with_passphrase("hunter2hunt", &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted 11 characters");
+        assert!(
+            stderr.contains("11 characters; at least 12"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let written = if target.is_dir() {
+            std::fs::read_dir(target).unwrap().count()
+        } else {
+            usize::from(target.exists())
+        };
+        assert_eq!(written, 0, "{args:?} wrote something");
+    }
+    // The danger flag allows it, for throwaway setups.
+    let mut args = witness_init.to_vec();
+    args.extend([path_str(&witness), "--insecure-short-passphrase"]);
+    assert!(with_passphrase("short", &args).status.success());
+
+    // The CA root key in plaintext: refused with or without a passphrase at hand.
+    let mut args = ca_init.to_vec();
+    args.extend([path_str(&ca), "--insecure-plaintext-key"]);
+    let out = with_passphrase(PASSPHRASE, &args);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused for the CA root key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!ca.join("ca.key").exists());
+    // Twelve characters are enough.
+    let mut args = ca_init.to_vec();
+    args.push(path_str(&ca));
+    assert!(with_passphrase("hunter2hunte", &args).status.success());
+}
