@@ -336,9 +336,11 @@ fn own_token(node: &Node) -> Vec<u8> {
 pub(crate) async fn post_proposal(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    ApiJson(request): ApiJson<ProposeRequest>,
+    body: Result<ApiJson<ProposeRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<GovernancePublished>), ApiError> {
+    // The credential before the body (401 before 400).
     local_app(&node, &headers)?;
+    let ApiJson(request) = body?;
     let param = param_named(&request.param).ok_or_else(|| {
         let names: Vec<&str> = Param::ALL.iter().map(|p| p.as_str()).collect();
         ApiError::bad_request(
@@ -383,9 +385,11 @@ pub(crate) async fn post_proposal(
 pub(crate) async fn post_vote(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    ApiJson(request): ApiJson<VoteRequest>,
+    body: Result<ApiJson<VoteRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<GovernancePublished>), ApiError> {
+    // The credential before the body (401 before 400).
     local_app(&node, &headers)?;
+    let ApiJson(request) = body?;
     let proposal_id = hex::decode(request.proposal_id.trim())
         .ok()
         .filter(|b| b.len() == 32)

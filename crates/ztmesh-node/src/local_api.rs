@@ -190,9 +190,11 @@ pub struct PublishAnomalyRequest {
 pub(crate) async fn post_anomaly(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    ApiJson(request): ApiJson<PublishAnomalyRequest>,
+    body: Result<ApiJson<PublishAnomalyRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
+    // The credential first: a caller without it learns nothing about the body's schema.
     local_app(&node, &headers)?;
+    let ApiJson(request) = body?;
     let hash = hex::decode(&request.event_sha256)
         .ok()
         .and_then(|b| <[u8; 32]>::try_from(b).ok())

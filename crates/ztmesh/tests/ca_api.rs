@@ -2652,3 +2652,61 @@ fn log_events_record_reports_once_and_answer_garbage_with_json_errors() {
     );
     assert!(!out.status.success());
 }
+
+/// Issue 12, "route order": every authenticated route checks the credential before it parses
+/// the body, so a caller without one gets 401 (and learns nothing of the schema), never 400.
+#[test]
+fn authenticated_routes_answer_401_before_parsing_a_garbage_body() {
+    let root = tempdir();
+    let ca = start_ca(root.path());
+    let mut node = ca.enroll(root.path(), "node");
+    node.start();
+    let ca_http = Http::ca(&ca);
+    let node_http = Http::node(&ca, &node, None);
+    let garbage: [(Option<&str>, &[u8]); 3] = [
+        (Some("application/json"), b"{\"not json"),
+        (Some("application/json"), b"{\"unknown_field\": 1}"),
+        (Some("text/plain"), b"\x00\xff garbage"),
+    ];
+    let routes = [
+        (&ca_http, "/v1/revoke", "admin_credential_required"),
+        (&ca_http, "/v1/tokens", "admin_credential_required"),
+        (&ca_http, "/v1/rotate", "client_certificate_required"),
+        (&ca_http, "/v1/announce", "client_certificate_required"),
+        (&ca_http, "/v1/attest", "client_certificate_required"),
+        (&ca_http, "/v1/log/events", "client_certificate_required"),
+        (&node_http, "/v1/anomalies", "api_token_required"),
+        (&node_http, "/v1/governance/proposals", "api_token_required"),
+        (&node_http, "/v1/governance/votes", "api_token_required"),
+        (
+            &node_http,
+            "/v1/log/alarm/acknowledge",
+            "api_token_required",
+        ),
+        (&node_http, "/v1/bundles", "api_token_required"),
+        (&node_http, "/v1/mesh/gossip", "client_certificate_required"),
+    ];
+    for (http, path, code) in routes {
+        for (content_type, body) in garbage {
+            let reply = http.post_raw(path, content_type, body.to_vec());
+            assert_eq!(
+                reply.status,
+                401,
+                "{path} with {content_type:?} {:?}: {}",
+                String::from_utf8_lossy(body),
+                String::from_utf8_lossy(&reply.body)
+            );
+            reply.assert_error(401, code);
+        }
+    }
+    // A wrong token on a node route is still refused before the body is looked at.
+    let reply = node_http.send(
+        node_http
+            .client
+            .post(node_http.url("/v1/anomalies"))
+            .bearer_auth("ztl1_wrong")
+            .header("content-type", "application/json")
+            .body("{\"not json"),
+    );
+    reply.assert_error(401, "invalid_api_token");
+}
