@@ -59,6 +59,22 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }
 
+    /// 429 for an address that presented too many wrong credentials; `wait` until it may try
+    /// again.
+    pub fn too_many_failed_credentials(
+        client: std::net::IpAddr,
+        wait: std::time::Duration,
+    ) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failed_credentials",
+            format!(
+                "too many wrong credentials from {client}; retry in {}s",
+                wait.as_secs().max(1)
+            ),
+        )
+    }
+
     /// 500, for local faults; the message is logged, the client gets a generic text.
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "internal error while serving a request");

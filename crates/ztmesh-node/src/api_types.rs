@@ -346,6 +346,9 @@ pub struct StatusResponse {
     pub denied: crate::deny_list::DenyListResponse,
     /// Links up.
     pub peers_connected: usize,
+    /// Wrong `api.token`s presented to this node since start (each logged with its address).
+    #[serde(default)]
+    pub failed_api_tokens: u64,
     /// Peers known.
     pub peers_known: usize,
     /// Gossip counters since start.

@@ -57,7 +57,7 @@ use crate::membership_log::{
     MembershipLog, ProofResponse, DEFAULT_ENTRIES_PER_REQUEST,
 };
 use crate::private_files::{create_private_dir, write_private_file};
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{FailedCredentials, RateLimiter};
 use crate::store::{
     CaStore, IssueKind, IssuedRecord, RedeemError, RevokeError, RevokeTarget, RotateError,
 };
@@ -659,6 +659,8 @@ struct CaState {
     expired_rotations: Mutex<RateLimiter<NodeId>>,
     /// The same for attempts whose identity proof failed (see [`expired_rotation_budget`]).
     expired_rotation_failures: Mutex<RateLimiter<NodeId>>,
+    /// Wrong admin credentials: counted, and limited per address (guessing is refused).
+    failed_admin: Mutex<FailedCredentials>,
     options: CaServeOptions,
     public_url: String,
     admin_hash: String,
@@ -809,6 +811,7 @@ impl CaService {
                     EXPIRED_ROTATIONS_PER_MINUTE,
                     EXPIRED_ROTATIONS_BURST,
                 )),
+                failed_admin: Mutex::default(),
                 options,
                 public_url,
                 admin_hash,
@@ -1868,7 +1871,33 @@ async fn get_crl(
     Ok(response)
 }
 
-fn require_admin(state: &CaState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the admin credential. An address that presented too many wrong ones is refused
+/// (429) before its credential is even compared; each wrong one is counted and logged.
+fn require_admin(
+    state: &CaState,
+    headers: &HeaderMap,
+    client: Option<Extension<ClientAddr>>,
+) -> Result<(), ApiError> {
+    let client = client.map(|Extension(ClientAddr(addr))| addr.ip());
+    let mut failed = state.failed_admin.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(ip) = client {
+        failed.admit(ip, now()).map_err(|wait| {
+            tracing::warn!(client = %ip, "admin request refused: too many wrong admin credentials from this address");
+            ApiError::too_many_failed_credentials(ip, wait)
+        })?;
+    }
+    let verdict = check_admin_credential(state, headers);
+    // A missing credential guesses nothing; only wrong ones are counted against the address.
+    if let (Err(error), Some(ip)) = (&verdict, client) {
+        if error.code() == "bad_admin_credential" {
+            let total = failed.record_failure(ip, now());
+            tracing::warn!(client = %ip, failed_admin_credentials = total, "wrong admin credential refused");
+        }
+    }
+    verdict
+}
+
+fn check_admin_credential(state: &CaState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
             "admin_credential_required",
@@ -1897,9 +1926,10 @@ fn require_admin(state: &CaState, headers: &HeaderMap) -> Result<(), ApiError> {
 async fn create_token(
     State(state): State<Arc<CaState>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     body: Result<ApiJson<TokenRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
-    require_admin(&state, &headers)?;
+    require_admin(&state, &headers, client)?;
     let ApiJson(request) = body?;
     let ttl = Duration::from_secs(request.ttl_sec.unwrap_or(3600));
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
@@ -1933,9 +1963,10 @@ async fn create_token(
 async fn revoke(
     State(state): State<Arc<CaState>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     body: Result<ApiJson<RevokeRequest>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(&state, &headers)?;
+    require_admin(&state, &headers, client)?;
     let ApiJson(request) = body?;
     let serial = request
         .serial

@@ -179,6 +179,8 @@ pub(crate) struct Node {
     pub(crate) witness: Option<crate::node_witness::NodeWitness>,
     /// SHA-256 of `api.token`, the bearer credential of local applications.
     pub(crate) api_token_hash: [u8; 32],
+    /// Wrong `api.token`s presented: counted (status) and limited per address.
+    pub(crate) failed_api_tokens: Mutex<crate::rate_limit::FailedCredentials>,
     passphrase: Option<Zeroizing<Vec<u8>>>,
     links: Mutex<HashMap<NodeId, LinkHandle>>,
     pub table: Mutex<PeerTable>,
@@ -962,6 +964,7 @@ pub async fn run(
         log_watch,
         witness,
         api_token_hash,
+        failed_api_tokens: Mutex::default(),
         node_id: config.node_id,
         link_slots: Arc::new(Semaphore::new(config.max_peers)),
         config,

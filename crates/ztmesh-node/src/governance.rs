@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use ztmesh_core::{NodeId, Timestamp};
 use ztmesh_gossip::kinds::{GovernanceProposal, GovernanceVote};
@@ -24,6 +24,7 @@ use ztmesh_trust::{Action, GovernanceEvent, Param, Parameters, ProposalId};
 
 use crate::api_error::{ApiError, ApiJson};
 use crate::daemon::Node;
+use crate::https::ClientAddr;
 use crate::local_api::{gossip_error, local_app};
 use crate::timefmt::now;
 
@@ -336,10 +337,11 @@ fn own_token(node: &Node) -> Vec<u8> {
 pub(crate) async fn post_proposal(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     body: Result<ApiJson<ProposeRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<GovernancePublished>), ApiError> {
     // The credential before the body (401 before 400).
-    local_app(&node, &headers)?;
+    local_app(&node, &headers, client)?;
     let ApiJson(request) = body?;
     let param = param_named(&request.param).ok_or_else(|| {
         let names: Vec<&str> = Param::ALL.iter().map(|p| p.as_str()).collect();
@@ -385,10 +387,11 @@ pub(crate) async fn post_proposal(
 pub(crate) async fn post_vote(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     body: Result<ApiJson<VoteRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<GovernancePublished>), ApiError> {
     // The credential before the body (401 before 400).
-    local_app(&node, &headers)?;
+    local_app(&node, &headers, client)?;
     let ApiJson(request) = body?;
     let proposal_id = hex::decode(request.proposal_id.trim())
         .ok()
@@ -418,8 +421,9 @@ pub(crate) async fn post_vote(
 pub(crate) async fn list_proposals(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
 ) -> Result<Json<ProposalsResponse>, ApiError> {
-    local_app(&node, &headers)?;
+    local_app(&node, &headers, client)?;
     let t = now();
     let proposals = {
         let governance = node.governance();

@@ -29,6 +29,7 @@ use ztmesh_gossip::{GossipError, MessageKind};
 use crate::api_error::{ApiError, ApiJson};
 use crate::daemon::Node;
 use crate::events::{AnomalyEvent, NodeEvent};
+use crate::https::ClientAddr;
 use crate::timefmt::rfc3339;
 use crate::tls::PresentedCertificate;
 
@@ -41,8 +42,37 @@ const DEFAULT_ANOMALY_TTL: Duration = Duration::from_secs(3600);
 /// Longest lifetime an application may ask for.
 const MAX_ANOMALY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Checks the local application credential (`Authorization: Bearer <api.token>`).
-pub(crate) fn local_app(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the local application credential (`Authorization: Bearer <api.token>`). An address
+/// that presented too many wrong tokens is refused (429) before its token is compared; each
+/// wrong token is counted (`failed_api_tokens` in status) and logged.
+pub(crate) fn local_app(
+    node: &Node,
+    headers: &HeaderMap,
+    client: Option<Extension<ClientAddr>>,
+) -> Result<(), ApiError> {
+    let client = client.map(|Extension(ClientAddr(addr))| addr.ip());
+    let mut failed = node
+        .failed_api_tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(ip) = client {
+        failed.admit(ip, crate::timefmt::now()).map_err(|wait| {
+            tracing::warn!(client = %ip, "local API request refused: too many wrong API tokens from this address");
+            ApiError::too_many_failed_credentials(ip, wait)
+        })?;
+    }
+    let verdict = check_api_token(node, headers);
+    // A missing token guesses nothing; only wrong ones are counted against the address.
+    if let (Err(error), Some(ip)) = (&verdict, client) {
+        if error.code() == "invalid_api_token" {
+            let total = failed.record_failure(ip, crate::timefmt::now());
+            tracing::warn!(client = %ip, failed_api_tokens = total, "wrong API token refused");
+        }
+    }
+    verdict
+}
+
+fn check_api_token(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
             "api_token_required",
@@ -190,10 +220,11 @@ pub struct PublishAnomalyRequest {
 pub(crate) async fn post_anomaly(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     body: Result<ApiJson<PublishAnomalyRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
     // The credential first: a caller without it learns nothing about the body's schema.
-    local_app(&node, &headers)?;
+    local_app(&node, &headers, client)?;
     let ApiJson(request) = body?;
     let hash = hex::decode(&request.event_sha256)
         .ok()
@@ -252,9 +283,10 @@ pub struct AnomaliesResponse {
 pub(crate) async fn list_anomalies(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AnomaliesResponse>, ApiError> {
-    local_app(&node, &headers)?;
+    local_app(&node, &headers, client)?;
     let Query(query) =
         query.map_err(|e| ApiError::bad_request("malformed_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
@@ -267,8 +299,9 @@ pub(crate) async fn list_anomalies(
 pub(crate) async fn events(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    local_app(&node, &headers)?;
+    local_app(&node, &headers, client)?;
     let subscription = node.events.subscribe();
     let hello = NodeEvent::Ready {
         node_id: node.node_id.to_string(),
@@ -417,9 +450,10 @@ fn parse_bundle_id(text: &str) -> Result<ztmesh_dtn::BundleId, ApiError> {
 pub(crate) async fn post_bundle(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     body: Result<ApiJson<SendBundleRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<SendBundleResponse>), ApiError> {
-    local_app(&node, &headers)?;
+    local_app(&node, &headers, client)?;
     let ApiJson(request) = body?;
     let destination: ztmesh_dtn::Eid = if request.destination.starts_with("dtn:") {
         if request.service.is_some() {
@@ -476,9 +510,10 @@ pub(crate) async fn post_bundle(
 pub(crate) async fn list_bundles(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     query: Result<Query<BundleListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<BundleListResponse>, ApiError> {
-    local_app(&node, &headers)?;
+    local_app(&node, &headers, client)?;
     let Query(query) =
         query.map_err(|e| ApiError::bad_request("malformed_query", e.body_text()))?;
     let delivered = node
@@ -517,9 +552,10 @@ pub(crate) async fn list_bundles(
 pub(crate) async fn get_bundle(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<BundleContent>, ApiError> {
-    local_app(&node, &headers)?;
+    local_app(&node, &headers, client)?;
     let id = parse_bundle_id(&id)?;
     let found = node
         .dtn
@@ -546,9 +582,10 @@ pub(crate) async fn get_bundle(
 pub(crate) async fn delete_bundle(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    local_app(&node, &headers)?;
+    local_app(&node, &headers, client)?;
     let id = parse_bundle_id(&id)?;
     let deleted = node
         .dtn

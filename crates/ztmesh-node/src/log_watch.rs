@@ -1494,12 +1494,13 @@ impl LogWatch {
 pub(crate) async fn post_acknowledge(
     axum::extract::State(node): axum::extract::State<Arc<crate::daemon::Node>>,
     headers: axum::http::HeaderMap,
+    client: Option<axum::Extension<crate::https::ClientAddr>>,
     body: Result<crate::api_error::ApiJson<AcknowledgeAlarmRequest>, crate::api_error::ApiError>,
 ) -> Result<axum::Json<AcknowledgeAlarmResponse>, crate::api_error::ApiError> {
     use crate::api_error::ApiError;
     use axum::http::StatusCode;
     // The credential before the body (401 before 400).
-    crate::local_api::local_app(&node, &headers)?;
+    crate::local_api::local_app(&node, &headers, client)?;
     let crate::api_error::ApiJson(request) = body?;
     let kind = request.alarm;
     let name = match kind {

@@ -203,6 +203,11 @@ async fn status(
         self_revoked: node.self_revoked.load(std::sync::atomic::Ordering::SeqCst),
         denied: node.trust.denied().to_response(),
         peers_connected: links.len(),
+        failed_api_tokens: node
+            .failed_api_tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .total(),
         peers_known: known,
         gossip: {
             let stats = node.gossip.stats();

@@ -869,6 +869,12 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
         status.renew_at
     );
     out!("rotations     {}", status.rotations);
+    if status.failed_api_tokens > 0 {
+        out!(
+            "api.token     {} wrong tokens refused (see the log for their addresses)",
+            status.failed_api_tokens
+        );
+    }
     out!(
         "CRL           number {} ({} revoked)",
         status

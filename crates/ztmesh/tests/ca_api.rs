@@ -2710,3 +2710,73 @@ fn authenticated_routes_answer_401_before_parsing_a_garbage_body() {
     );
     reply.assert_error(401, "invalid_api_token");
 }
+
+/// Issue 12, "failed credentials": wrong admin credentials and wrong `api.token`s are counted,
+/// logged with the address, and an address that presented 10 is refused with 429 (a JSON
+/// body), right credential or not, while an honest client on another address goes on.
+#[test]
+fn failed_credentials_are_counted_logged_and_limited_per_address() {
+    let root = tempdir();
+    let ca = start_ca(root.path());
+    let mut node = ca.enroll(root.path(), "node");
+    node.start();
+    let admin = ca.admin_token();
+    let from = |ip: [u8; 4], base: &str, config: rustls::ClientConfig| {
+        let local = std::net::IpAddr::from(ip);
+        Http::with_builder(base, config, TIMEOUT, move |b| {
+            b.pool_max_idle_per_host(0).local_address(local)
+        })
+    };
+    let ca_config = || ztmesh_node::tls::ca_client_config(&ca.ca_der(), None).unwrap();
+    let attacker = from([127, 0, 0, 1], &ca.url, ca_config());
+    let honest = from([127, 0, 0, 2], &ca.url, ca_config());
+    let mint = |http: &Http, credential: &str| {
+        http.post_admin("/v1/tokens", credential, &json!({"ttl_sec": 60}))
+    };
+    for _ in 0..10 {
+        mint(&attacker, "ztadm_guess").assert_error(403, "bad_admin_credential");
+    }
+    mint(&attacker, "ztadm_guess").assert_error(429, "too_many_failed_credentials");
+    // Locked out: even the right credential is not compared from that address.
+    mint(&attacker, &admin).assert_error(429, "too_many_failed_credentials");
+    mint(&honest, &admin).assert_status(201);
+    let ca_log = strip_ansi(&ca.proc.as_ref().unwrap().log_text());
+    assert!(
+        ca_log.contains("failed_admin_credentials=10") && ca_log.contains("127.0.0.1"),
+        "{ca_log}"
+    );
+
+    let node_config = || {
+        let trust = Arc::new(MeshTrust::new(ca.ca_der(), trust_domain()));
+        ztmesh_node::tls::node_api_client_config(trust, None).unwrap()
+    };
+    let node_url = format!("https://{}", node.api_addr());
+    let attacker = from([127, 0, 0, 1], &node_url, node_config());
+    let honest = from([127, 0, 0, 2], &node_url, node_config());
+    let token = std::fs::read_to_string(node.dir.join("api.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let list = |http: &Http, token: &str| {
+        http.send(
+            http.client
+                .get(http.url("/v1/anomalies"))
+                .bearer_auth(token),
+        )
+    };
+    for _ in 0..10 {
+        list(&attacker, "ztl1_guess").assert_error(401, "invalid_api_token");
+    }
+    list(&attacker, "ztl1_guess").assert_error(429, "too_many_failed_credentials");
+    list(&attacker, &token).assert_error(429, "too_many_failed_credentials");
+    list(&honest, &token).assert_status(200);
+    // Missing tokens guess nothing and are not counted.
+    list_without_token(&honest).assert_error(401, "api_token_required");
+    assert_eq!(node.status()["status"]["failed_api_tokens"], 10);
+    let node_log = strip_ansi(&node.proc.as_ref().unwrap().log_text());
+    assert!(node_log.contains("failed_api_tokens=10"), "{node_log}");
+
+    fn list_without_token(http: &Http) -> Reply {
+        http.send(http.client.get(http.url("/v1/anomalies")))
+    }
+}

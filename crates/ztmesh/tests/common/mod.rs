@@ -605,3 +605,24 @@ pub fn tier_of(observer: &TestNode, peer: &TestNode) -> String {
         .and_then(|p| p["tier"].as_str().map(str::to_owned))
         .unwrap_or_default()
 }
+
+/// A process log without the ANSI colour sequences tracing may write.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte (0x40..=0x7e)
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('\u{40}'..='\u{7e}').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
