@@ -29,6 +29,7 @@ use crate::ca_client::{CaClient, ClientError};
 use crate::dtn_driver::{Command as DtnCommand, DtnHandle};
 use crate::events::{EventHub, NodeEvent};
 use crate::gossip_driver::{consequence, gossip_config, Consequence, Drained, GossipDriver};
+use crate::link_budget::{LinkBudget, LinkRequest};
 use crate::log_watch::{LogWatch, LogWatchTask};
 use crate::node_dir::{BoundAddrs, NodeConfig, NodeDir, NodeDirError};
 use crate::peer_table::{preferred_link, DialTarget, Direction, PeerTable};
@@ -1384,6 +1385,14 @@ async fn write_message<W: AsyncWrite + Unpin>(
     writer.flush().await.map_err(|_| "write failed")
 }
 
+/// Logs requests dropped over a link's budget: the first, then every hundredth, so that a
+/// flood does not become a flood of log lines.
+fn log_over_budget(peer: &NodeId, what: &str, refused: u64) {
+    if refused == 1 || refused % 100 == 0 {
+        tracing::warn!(%peer, refused, "{what} over the link's budget dropped");
+    }
+}
+
 async fn drive_link<S>(
     node: &Arc<Node>,
     stream: S,
@@ -1422,6 +1431,9 @@ where
     let mut challenge: Option<(Vec<u8>, Timestamp)> = None;
     // The peer's TLS keys on this link: the handshake certificate's, then the latest rotated one.
     let mut peer_spkis: Vec<Vec<u8>> = vec![peer.tls_public_key_spki_der.clone()];
+    // Challenges and peer-list requests are answered within a budget: answers cost more
+    // than the asking.
+    let mut budget = LinkBudget::new(now());
     loop {
         tokio::select! {
             _ = stopped(&mut stop) => return "shutting down",
@@ -1464,6 +1476,10 @@ where
                         }
                         LinkMessage::PeerListRequest => {
                             if !node.gate(&peer_id, ztmesh_trust::Action::PeerExchange) {
+                                continue;
+                            }
+                            if !budget.admit(LinkRequest::PeerList, now()) {
+                                log_over_budget(&peer_id, "peer-list request", budget.refused());
                                 continue;
                             }
                             let peers: Vec<PeerAdvert> = node.table().connected_adverts().into_iter().filter(|p| p.node_id != peer_id).collect();
@@ -1509,6 +1525,10 @@ where
                             }
                         }
                         LinkMessage::TeeChallenge { nonce } => {
+                            if !budget.admit(LinkRequest::TeeChallenge, now()) {
+                                log_over_budget(&peer_id, "TEE challenge", budget.refused());
+                                continue;
+                            }
                             let response = match node.own_tls_spki() {
                                 Some(spki) => node.attestor.respond(&nonce, &spki, now().as_unix_secs()).await,
                                 None => continue,

@@ -33,6 +33,7 @@ pub mod events;
 pub mod gossip_driver;
 pub mod governance;
 pub mod https;
+pub mod link_budget;
 pub mod local_api;
 mod log_audit;
 mod log_report;
