@@ -6,6 +6,12 @@
 //!
 //! A plaintext PKCS#8 file (`PRIVATE KEY`) is only written or read when the caller passes
 //! [`Protection::InsecurePlaintext`], which the CLI maps to `--insecure-plaintext-key`.
+//!
+//! Ed25519 keys are written as PKCS#8 v1 (RFC 5208: no embedded public key), whatever form
+//! they are handed in: OpenSSL 3.0 and Python `cryptography` refuse the v2 form
+//! (`OneAsymmetricKey` with its `[1]` public key) that ed25519-dalek and ring produce.
+//! [`export_pkcs8_v1_pem`] turns any key file, encrypted or not, into the PEM those tools read
+//! (`ztmesh key export`). Both forms are read back.
 
 use argon2::Argon2;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -72,6 +78,8 @@ pub fn seal(
     params: KdfParams,
     rng: &mut impl rand_core::CryptoRngCore,
 ) -> Result<String, PkiError> {
+    let pkcs8_der = to_pkcs8_v1(pkcs8_der)?;
+    let pkcs8_der = pkcs8_der.as_slice();
     let passphrase = match protection {
         Protection::InsecurePlaintext => {
             return Ok(encode_pem(PLAINTEXT_LABEL, pkcs8_der));
@@ -109,6 +117,46 @@ pub fn seal(
         .map_err(|_| PkiError::Internal("key file encryption failed".into()))?;
     body.extend_from_slice(&ciphertext);
     Ok(encode_pem(ENCRYPTED_LABEL, &body))
+}
+
+/// PKCS#8 v1 of an Ed25519 key given as v1 or v2; a v2 whose public key does not match its
+/// secret is refused. Keys of other algorithms (an ECDSA TLS key) are returned unchanged.
+pub fn to_pkcs8_v1(pkcs8_der: &[u8]) -> Result<Zeroizing<Vec<u8>>, PkiError> {
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes};
+    let keypair = match KeypairBytes::from_pkcs8_der(pkcs8_der) {
+        Ok(keypair) => keypair,
+        // Not Ed25519 (or not PKCS#8 at all): nothing to convert; readers judge the rest.
+        Err(_) => return Ok(Zeroizing::new(pkcs8_der.to_vec())),
+    };
+    if let Some(public) = &keypair.public_key {
+        let derived = ed25519_dalek::SigningKey::from_bytes(&keypair.secret_key).verifying_key();
+        if derived.as_bytes() != &public.0 {
+            return Err(PkiError::MalformedKeyFile(
+                "Ed25519 PKCS#8: the public key does not match the secret key".into(),
+            ));
+        }
+    }
+    let v1 = KeypairBytes {
+        secret_key: keypair.secret_key,
+        public_key: None,
+    };
+    let document = v1
+        .to_pkcs8_der()
+        .map_err(|e| PkiError::Internal(format!("Ed25519 PKCS#8 v1 encoding: {e}")))?;
+    Ok(Zeroizing::new(document.as_bytes().to_vec()))
+}
+
+/// Opens a key file (encrypted with `protection`, or plaintext when `allow_plaintext`) and
+/// answers it as an unencrypted PKCS#8 v1 `PRIVATE KEY` PEM that OpenSSL 3.0 and Python
+/// `cryptography` read. The caller writes it where only its owner can read it.
+pub fn export_pkcs8_v1_pem(
+    text: &str,
+    protection: &Protection<'_>,
+    allow_plaintext: bool,
+) -> Result<Zeroizing<String>, PkiError> {
+    let der = open(text, protection, allow_plaintext)?;
+    let v1 = to_pkcs8_v1(&der)?;
+    Ok(Zeroizing::new(encode_pem(PLAINTEXT_LABEL, &v1)))
 }
 
 /// Reads key-file text back into PKCS#8 DER. An encrypted file with

@@ -655,3 +655,103 @@ fn csrs_made_by_openssl_are_accepted_and_certified() {
         assert_eq!(from_cert, spki, "{name}");
     }
 }
+
+/// Issue 12, "OpenSSL 3.0 keys": Ed25519 key files are PKCS#8 v1, which OpenSSL 3.0 and Python
+/// `cryptography` read (both refuse the v2 form ed25519-dalek and ring produce), and an
+/// encrypted key file exports to the same. The keys read back unchanged.
+#[test]
+fn ed25519_key_files_are_pkcs8_v1_that_openssl_3_and_python_cryptography_read() {
+    if !have_openssl() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fast = KdfParams {
+        m_cost_kib: 1024,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    let identity = IdentityKey::generate(&mut OsRng);
+    let tls = TlsKeyPair::generate().unwrap();
+    let passphrase = Protection::Passphrase(b"correct horse battery staple");
+    let mut files = Vec::new();
+    for (name, der) in [
+        ("identity", identity.to_pkcs8_der()),
+        ("tls", tls.to_pkcs8_der()),
+    ] {
+        // Plaintext key files are read as they are.
+        let plain = keyfile::seal(&der, &Protection::InsecurePlaintext, fast, &mut OsRng).unwrap();
+        let plain_path = dir.path().join(format!("{name}.plain.pem"));
+        std::fs::write(&plain_path, &plain).unwrap();
+        // Encrypted ones are exported (what `ztmesh key export` writes).
+        let sealed = keyfile::seal(&der, &passphrase, fast, &mut OsRng).unwrap();
+        let exported = keyfile::export_pkcs8_v1_pem(&sealed, &passphrase, false).unwrap();
+        let exported_path = dir.path().join(format!("{name}.exported.pem"));
+        std::fs::write(&exported_path, exported.as_bytes()).unwrap();
+        for path in [&plain_path, &exported_path] {
+            let text = expect_ok(
+                dir.path(),
+                &["pkey", "-in", path.to_str().unwrap(), "-noout", "-text"],
+            );
+            assert!(text.contains("ED25519 Private-Key"), "{text}");
+            files.push(path.clone());
+        }
+        // And they read back here.
+        let back = keyfile::open(&sealed, &passphrase, false).unwrap();
+        assert_eq!(
+            back.len(),
+            48,
+            "PKCS#8 v1 Ed25519 is 48 bytes: {}",
+            back.len()
+        );
+        let back_plain = keyfile::open(&plain, &Protection::InsecurePlaintext, false).unwrap();
+        assert_eq!(*back, *back_plain);
+    }
+    let back = IdentityKey::from_pkcs8_der(
+        &keyfile::open(
+            &keyfile::seal(&identity.to_pkcs8_der(), &passphrase, fast, &mut OsRng).unwrap(),
+            &passphrase,
+            false,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(back.public(), identity.public());
+    let tls_back = TlsKeyPair::from_pkcs8_der(
+        &keyfile::open(
+            &keyfile::seal(&tls.to_pkcs8_der(), &passphrase, fast, &mut OsRng).unwrap(),
+            &passphrase,
+            false,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(tls_back.public_key_spki_der(), tls.public_key_spki_der());
+
+    // Python `cryptography`, when installed.
+    let script = "import sys\nfrom cryptography.hazmat.primitives.serialization import load_pem_private_key\nfor p in sys.argv[1:]:\n    load_pem_private_key(open(p, 'rb').read(), None)\nprint('ok')";
+    let probe = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .output();
+    match probe {
+        Ok(output) if output.status.success() => {
+            let output = Command::new("python3")
+                .arg("-c")
+                .arg(script)
+                .args(&files)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "python cryptography refused a key file: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        _ => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: python3 with `cryptography` is not installed"
+            );
+        }
+    }
+}

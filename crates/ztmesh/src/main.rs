@@ -18,6 +18,7 @@ mod bench_mesh;
 mod bench_tlog;
 mod demo;
 mod deny_cmd;
+mod key_cmd;
 mod local_mesh;
 mod log_cmd;
 mod manifest_cmd;
@@ -102,6 +103,9 @@ enum Command {
     /// A node's TPM: its endorsement key for the CA's allow-list, its PCRs for the manifest.
     #[command(subcommand)]
     Tpm(tpm_cmd::TpmCommand),
+    /// Key files: export one as an unencrypted PKCS#8 v1 PEM for OpenSSL.
+    #[command(subcommand)]
+    Key(key_cmd::KeyCommand),
     /// Start a CA and a few nodes on loopback and show enrollment, rotation and revocation.
     Demo(demo::DemoArgs),
     /// Benchmarks that print ratios against a baseline measured in the same run.
@@ -480,6 +484,7 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Log(command) => log_cmd::run(command).await,
         Command::Manifest(command) => manifest_cmd::run(command).await,
         Command::Tpm(command) => tpm_cmd::run(command).await,
+        Command::Key(command) => key_cmd::run(command),
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(command) => bench::run(command).await,
     }

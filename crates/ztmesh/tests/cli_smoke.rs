@@ -353,3 +353,75 @@ fn short_passphrases_and_a_plaintext_ca_root_key_are_refused() {
     args.push(path_str(&ca));
     assert!(with_passphrase("hunter2hunte", &args).status.success());
 }
+
+/// Issue 12, "OpenSSL 3.0 keys": `ztmesh key export` turns a node's encrypted TLS key into a
+/// PEM that `openssl s_client` uses to call the node's mTLS-only `GET /v1/status`.
+#[test]
+fn openssl_s_client_calls_a_node_with_its_key_from_key_export() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("SKIPPED: needs the `openssl` binary on PATH");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let ca = TestCa::start(root.path(), &[]);
+    let mut node = ca.enroll(root.path(), "node");
+    node.start();
+    let exported = root.path().join("node-key.pem");
+    ztmesh_ok(&[
+        "key",
+        "export",
+        "--in",
+        path_str(&node.dir.join("node.key")),
+        "--out",
+        path_str(&exported),
+    ]);
+    // Never over an existing file.
+    let again = ztmesh(&[
+        "key",
+        "export",
+        "--in",
+        path_str(&node.dir.join("node.key")),
+        "--out",
+        path_str(&exported),
+    ]);
+    assert!(!again.status.success());
+    use std::io::Write;
+    let mut s_client = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &node.api_addr(),
+            "-cert",
+            path_str(&node.dir.join("node.pem")),
+            "-key",
+            path_str(&exported),
+            "-CAfile",
+            path_str(&node.dir.join("ca.pem")),
+            "-verify_return_error",
+            "-quiet",
+            "-ign_eof",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    s_client
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /v1/status HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = s_client.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("HTTP/1.1 200") && stdout.contains(&node.node_id),
+        "s_client: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
