@@ -71,6 +71,29 @@ pub fn generate(
     ]))
 }
 
+/// Like [`verify`] against a set of dev TEE keys (one per simulated device, as each hardware
+/// TEE has its own key): the evidence must be signed by one of them.
+pub fn verify_any(
+    evidence: &[u8],
+    dev_keys: &[VerifyingKey],
+    expectations: &Expectations,
+    now_unix_secs: u64,
+) -> Result<Verdict, AttestError> {
+    if !expectations.allow_dev {
+        return Err(AttestError::DevNotAllowed);
+    }
+    check_len("dev evidence", evidence, MAX_DEV_EVIDENCE_LEN)?;
+    let (payload, signature) = split_envelope(evidence)?;
+    let message = signed_message(&payload);
+    let key = dev_keys
+        .iter()
+        .find(|key| key.verify_strict(&message, &signature).is_ok())
+        .ok_or_else(|| {
+            AttestError::BadSignature("dev evidence: not signed by a trusted dev key".into())
+        })?;
+    verify(evidence, key, expectations, now_unix_secs)
+}
+
 /// Verifies `dev` evidence signed by `dev_key` (the trusted dev TEE public key) at `now_unix_secs`.
 ///
 /// Order: policy (`allow_dev`), size, signature (strict Ed25519), payload structure, report
@@ -223,6 +246,24 @@ mod tests {
 
     fn check(evidence: &[u8]) -> Result<Verdict, AttestError> {
         verify(evidence, &dev_key().verifying_key(), &expectations(), NOW)
+    }
+
+    #[test]
+    fn each_device_key_verifies_its_own_evidence_and_no_untrusted_one() {
+        let others: Vec<VerifyingKey> = (1u8..=3)
+            .map(|i| SigningKey::from_bytes(&[i; 32]).verifying_key())
+            .collect();
+        let mut trusted = others.clone();
+        trusted.push(dev_key().verifying_key());
+        assert!(verify_any(&good_evidence(), &trusted, &expectations(), NOW).is_ok());
+        assert!(matches!(
+            verify_any(&good_evidence(), &others, &expectations(), NOW),
+            Err(AttestError::BadSignature(_))
+        ));
+        assert_eq!(
+            verify_any(&good_evidence(), &[], &expectations(), NOW).unwrap_err(),
+            AttestError::BadSignature("dev evidence: not signed by a trusted dev key".into())
+        );
     }
 
     #[test]

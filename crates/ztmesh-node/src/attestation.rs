@@ -82,9 +82,14 @@ pub struct AttestationConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev_tee_key_file: Option<PathBuf>,
     /// Danger, demos only: accept peers' `dev` evidence signed by this dev TEE public key (64
-    /// hex characters), and count it toward Tier 1. Absent: `dev` evidence is refused.
+    /// hex characters), and count it toward Tier 1. Absent (and `dev_tee_public_keys` empty):
+    /// `dev` evidence is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev_tee_public_key: Option<String>,
+    /// Danger, demos only: more dev TEE public keys accepted like `dev_tee_public_key`, one per
+    /// simulated device (each node of the demo has its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dev_tee_public_keys: Vec<String>,
     /// `tpm2` attester: the tpm2-tools TCTI of the TPM, e.g. `device:/dev/tpmrm0` (written by
     /// `ztmesh enroll --tpm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +119,7 @@ impl Default for AttestationConfig {
             attester: Attester::None,
             dev_tee_key_file: None,
             dev_tee_public_key: None,
+            dev_tee_public_keys: Vec::new(),
             tpm_tcti: None,
             tpm2_attestation_keys: Vec::new(),
             release_key: None,
@@ -259,15 +265,21 @@ impl Attestor {
         now_secs: u64,
     ) -> Result<Self, String> {
         config.validate()?;
-        let dev_tee_key = config
+        let dev_tee_keys = config
             .dev_tee_public_key
-            .as_deref()
-            .map(|text| {
-                let bytes = hex32(text, "attestation.dev_tee_public_key")?;
-                VerifyingKey::from_bytes(&bytes)
-                    .map_err(|e| format!("attestation.dev_tee_public_key: {e}"))
+            .iter()
+            .map(|text| (text, "attestation.dev_tee_public_key"))
+            .chain(
+                config
+                    .dev_tee_public_keys
+                    .iter()
+                    .map(|text| (text, "attestation.dev_tee_public_keys")),
+            )
+            .map(|(text, field)| {
+                let bytes = hex32(text, field)?;
+                VerifyingKey::from_bytes(&bytes).map_err(|e| format!("{field}: {e}"))
             })
-            .transpose()?;
+            .collect::<Result<Vec<_>, String>>()?;
         let mut tpm2_attestation_keys = Vec::new();
         for path in &config.tpm2_attestation_keys {
             let path = in_dir(dir, path);
@@ -321,7 +333,7 @@ impl Attestor {
             tpm,
             policy: EnrollAttestationPolicy {
                 required: false,
-                dev_tee_key,
+                dev_tee_keys,
                 tpm2_attestation_keys,
             },
             manifest,
@@ -337,7 +349,7 @@ impl Attestor {
 
     /// Whether `dev` evidence is accepted (and so counts toward Tier 1).
     pub fn dev_allowed(&self) -> bool {
-        self.policy.dev_tee_key.is_some()
+        !self.policy.dev_tee_keys.is_empty()
     }
 
     /// The attester this node answers with.

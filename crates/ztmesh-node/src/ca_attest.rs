@@ -259,7 +259,7 @@ impl TokenDesk {
             ),
             reference,
             max_age: Some(EVIDENCE_MAX_AGE),
-            allow_dev: policy.dev_tee_key.is_some(),
+            allow_dev: !policy.dev_tee_keys.is_empty(),
         };
         verify_evidence(policy, evidence_type, payload, expectations, now)
             .map_err(|error| crate::ca_service::attestation_refused(evidence_type, &error))?;
@@ -366,7 +366,7 @@ mod tests {
         let tee = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
         let policy = EnrollAttestationPolicy {
             required: false,
-            dev_tee_key: Some(tee.verifying_key()),
+            dev_tee_keys: vec![tee.verifying_key()],
             tpm2_attestation_keys: Vec::new(),
         };
         Fixture {

@@ -420,10 +420,10 @@ impl Default for CaServeOptions {
 pub struct EnrollAttestationPolicy {
     /// Refuse enrollment without evidence (403 `attestation_required`).
     pub required: bool,
-    /// The dev TEE public key whose simulated evidence is accepted. `None` refuses every `dev`
-    /// evidence (`dev_not_allowed`): a simulated TEE proves nothing about hardware, so
-    /// accepting it is an explicit, logged choice for demos.
-    pub dev_tee_key: Option<ed25519_dalek::VerifyingKey>,
+    /// The dev TEE public keys whose simulated evidence is accepted, one per simulated device.
+    /// Empty refuses every `dev` evidence (`dev_not_allowed`): a simulated TEE proves nothing
+    /// about hardware, so accepting it is an explicit, logged choice for demos.
+    pub dev_tee_keys: Vec<ed25519_dalek::VerifyingKey>,
     /// TPM attestation keys this CA trusts. A TPM quote is only as good as the key that signs
     /// it, and a key the node merely names could be any software key, so a quote by a key not
     /// listed here is refused (`bad_chain`).
@@ -540,16 +540,21 @@ pub fn verify_evidence(
     let collateral = payload.collateral.as_deref();
     match evidence_type {
         EvidenceType::Dev => {
-            let Some(key) = &policy.dev_tee_key else {
+            if policy.dev_tee_keys.is_empty() {
                 return Err(AttestError::DevNotAllowed);
-            };
+            }
             if collateral.is_some() {
                 return Err(AttestError::Malformed(
                     "dev evidence takes no collateral".into(),
                 ));
             }
             expectations.allow_dev = true;
-            ztmesh_attest::dev::verify(evidence, key, &expectations, now_unix_secs)
+            ztmesh_attest::dev::verify_any(
+                evidence,
+                &policy.dev_tee_keys,
+                &expectations,
+                now_unix_secs,
+            )
         }
         EvidenceType::Tpm2 => {
             let pem = collateral.ok_or(AttestError::MissingCollateral)?;
@@ -2427,7 +2432,7 @@ mod tests {
             Err(AttestError::DevNotAllowed)
         );
         let allowed = EnrollAttestationPolicy {
-            dev_tee_key: Some(tee.verifying_key()),
+            dev_tee_keys: vec![tee.verifying_key()],
             ..EnrollAttestationPolicy::default()
         };
         assert!(

@@ -302,44 +302,57 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .collect(),
     )?
     .sign(&release_key)?;
-    let mut tee_seed = Zeroizing::new([0u8; 32]);
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut tee_seed[..]);
-    let tee_public = ed25519_dalek::SigningKey::from_bytes(&tee_seed).verifying_key();
+    // Each node's simulated TEE has a key of its own, as each hardware TEE does: a node that
+    // reads another's key file cannot answer in its name, and one key's leak is one node's.
+    let tee_seeds: Vec<Zeroizing<[u8; 32]>> = (0..args.nodes)
+        .map(|_| {
+            let mut seed = Zeroizing::new([0u8; 32]);
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed[..]);
+            seed
+        })
+        .collect();
+    let tee_publics: Vec<String> = tee_seeds
+        .iter()
+        .map(|seed| {
+            hex::encode(
+                ed25519_dalek::SigningKey::from_bytes(seed)
+                    .verifying_key()
+                    .as_bytes(),
+            )
+        })
+        .collect();
     // The CA checks the same evidence before it issues attestation tokens.
     let manifest_path = root.join("manifest.cose");
     std::fs::write(&manifest_path, manifest.as_bytes())?;
     let manifest_arg = manifest_path.display().to_string();
-    let tee_public_hex = hex::encode(tee_public.as_bytes());
     let release_public_hex = hex::encode(release_key.verifying_key().as_bytes());
     let ca_dir_text = ca_dir.0.display().to_string();
     let policy_text_arg = policy_path.display().to_string();
-    demo.spawn(
+    let mut ca_args = vec![
         "ca",
-        &[
-            "ca",
-            "serve",
-            "--data-dir",
-            &ca_dir_text,
-            "--listen",
-            "127.0.0.1:0",
-            "--cert-lifetime",
-            DEMO_CERT_LIFETIME,
-            // One node hears of a revocation from the CA; gossip tells the others.
-            "--revocation-push",
-            "1",
-            "--log-policy",
-            &policy_text_arg,
-            // Attestation tokens: dev evidence (demo only) checked against the manifest.
-            "--allow-dev-attestation",
-            "--dev-tee-key",
-            &tee_public_hex,
-            "--release-key",
-            &release_public_hex,
-            "--manifest",
-            &manifest_arg,
-        ],
-        &ca_dir.0.join("serve.log"),
-    )?;
+        "serve",
+        "--data-dir",
+        &ca_dir_text,
+        "--listen",
+        "127.0.0.1:0",
+        "--cert-lifetime",
+        DEMO_CERT_LIFETIME,
+        // One node hears of a revocation from the CA; gossip tells the others.
+        "--revocation-push",
+        "1",
+        "--log-policy",
+        &policy_text_arg,
+        // Attestation tokens: dev evidence (demo only) checked against the manifest.
+        "--allow-dev-attestation",
+        "--release-key",
+        &release_public_hex,
+        "--manifest",
+        &manifest_arg,
+    ];
+    for public in &tee_publics {
+        ca_args.extend(["--dev-tee-key", public.as_str()]);
+    }
+    demo.spawn("ca", &ca_args, &ca_dir.0.join("serve.log"))?;
     let ca_addr = wait_for("the CA to listen", Duration::from_secs(30), || async {
         std::fs::read_to_string(ca_dir.addr_file()).ok()
     })
@@ -413,18 +426,18 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         ),
     }
 
-    for node in &nodes {
+    for (node, tee_seed) in nodes.iter().zip(&tee_seeds) {
         std::fs::write(node.dir.0.join("manifest.cose"), manifest.as_bytes())?;
         private_files::write_private_file(
             &node.dir.0.join("dev-tee.key"),
-            hex::encode(*tee_seed).as_bytes(),
+            hex::encode(**tee_seed).as_bytes(),
         )?;
         let mut config = node.dir.read_config()?;
         config.health_interval_ms = 100;
         config.attestation = ztmesh_node::attestation::AttestationConfig {
             attester: ztmesh_node::attestation::Attester::Dev,
             dev_tee_key_file: Some("dev-tee.key".into()),
-            dev_tee_public_key: Some(hex::encode(tee_public.as_bytes())),
+            dev_tee_public_keys: tee_publics.clone(),
             release_key: Some(hex::encode(release_key.verifying_key().as_bytes())),
             manifest: Some("manifest.cose".into()),
             reattest_secs: 1,
@@ -436,7 +449,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         "release manifest demo-1 signed by a release key pinned in every node.toml: allows binary sha256 {}…",
         &hex::encode(own_hash)[..16]
     ));
-    demo.step("attestation: every node answers link challenges with a DEV (SIMULATED) TEE and accepts it toward tier 1 — demo only, not hardware");
+    demo.step("attestation: every node answers link challenges with a DEV (SIMULATED) TEE of its own key and accepts the others' toward tier 1 — demo only, not hardware");
     // The last node runs the same program with one byte appended: it behaves the same, but its
     // hash (and the measurement its TEE reports) is not in the manifest.
     let foreign = root.join("ztmesh-unlisted");
@@ -671,7 +684,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     ));
 
     // Trust tiers, earned on the live links.
-    tiers_and_governance(&demo, &nodes, &apps, &tee_seed, (&ca_https, &ca_url)).await?;
+    tiers_and_governance(&demo, &nodes, &apps, &tee_seeds, (&ca_https, &ca_url)).await?;
 
     // 6. Delay-tolerant bundle to a node that is offline.
     let offline = 1;
@@ -971,7 +984,7 @@ async fn tiers_and_governance(
     demo: &Demo,
     nodes: &[DemoNode],
     apps: &[LocalApiClient],
-    tee_seed: &[u8; 32],
+    tee_seeds: &[Zeroizing<[u8; 32]>],
     (ca_https, ca_url): (&reqwest::Client, &str),
 ) -> Result<()> {
     let n = nodes.len();
@@ -1156,7 +1169,7 @@ async fn tiers_and_governance(
         "node-1 warned at 1 failure and demoted {} to TIER 2 at 3: {}",
         failing.name, demoted.tier_reason
     ));
-    private_files::write_private_file(&key_path, hex::encode(tee_seed).as_bytes())?;
+    private_files::write_private_file(&key_path, hex::encode(*tee_seeds[1]).as_bytes())?;
     wait_for("node-2 back at tier 1", Duration::from_secs(30), || async {
         (view_of(first, failing).await?.tier == "tier 1").then_some(())
     })

@@ -202,9 +202,10 @@ struct CaServeArgs {
     /// nothing about hardware, and every dev enrollment is logged as a warning.
     #[arg(long, requires = "dev_tee_key")]
     allow_dev_attestation: bool,
-    /// The dev TEE public key (Ed25519, 32 bytes hex) trusted with --allow-dev-attestation.
+    /// A dev TEE public key (Ed25519, 32 bytes hex) trusted with --allow-dev-attestation
+    /// (repeatable: one per simulated device).
     #[arg(long, value_name = "HEX", requires = "allow_dev_attestation")]
-    dev_tee_key: Option<String>,
+    dev_tee_key: Vec<String>,
     /// A TPM attestation key (PEM public key) whose quotes this CA accepts (repeatable);
     /// tpm2 evidence signed by any other key is refused.
     #[arg(long = "tpm2-attestation-key", value_name = "FILE")]
@@ -538,7 +539,7 @@ async fn ca_serve(args: CaServeArgs) -> Result<()> {
         log_policy: args.log_policy,
         attestation: attestation_policy(
             args.require_attestation,
-            args.dev_tee_key.as_deref(),
+            &args.dev_tee_key,
             &args.tpm2_attestation_keys,
         )?,
         manifest: release_manifest(args.release_key.as_deref(), args.manifest.as_deref())?,
@@ -733,10 +734,11 @@ fn release_manifest(
 
 fn attestation_policy(
     required: bool,
-    dev_tee_key: Option<&str>,
+    dev_tee_keys: &[String],
     tpm2_keys: &[PathBuf],
 ) -> Result<ca_service::EnrollAttestationPolicy> {
-    let dev_tee_key = dev_tee_key
+    let dev_tee_keys = dev_tee_keys
+        .iter()
         .map(|text| -> Result<ed25519_dalek::VerifyingKey> {
             let bytes: [u8; 32] = hex::decode(text.trim())
                 .ok()
@@ -745,7 +747,7 @@ fn attestation_policy(
             ed25519_dalek::VerifyingKey::from_bytes(&bytes)
                 .map_err(|e| anyhow!("--dev-tee-key: {e}"))
         })
-        .transpose()?;
+        .collect::<Result<Vec<_>>>()?;
     let tpm2_attestation_keys = tpm2_keys
         .iter()
         .map(|path| {
@@ -756,14 +758,14 @@ fn attestation_policy(
                 .map_err(|e| anyhow!("--tpm2-attestation-key {}: {e}", path.display()))
         })
         .collect::<Result<Vec<_>>>()?;
-    if dev_tee_key.is_some() {
+    if !dev_tee_keys.is_empty() {
         eprintln!(
             "warning: dev (simulated TEE) attestation is accepted; it proves nothing about hardware"
         );
     }
     Ok(ca_service::EnrollAttestationPolicy {
         required,
-        dev_tee_key,
+        dev_tee_keys,
         tpm2_attestation_keys,
     })
 }

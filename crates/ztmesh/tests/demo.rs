@@ -50,6 +50,16 @@ fn demo_runs_to_a_summary_with_three_nodes() {
     assert!(dir.join("node-1/state.db").exists());
     assert!(dir.join("node-1/node.pem").exists());
     demo_logs_and_data_directories_are_private(&dir);
+    demo_nodes_have_their_own_dev_tee_keys(&dir);
+}
+
+/// Issue 12, "demo TEE keys": each node's simulated TEE has its own key, not one shared seed.
+fn demo_nodes_have_their_own_dev_tee_keys(dir: &std::path::Path) {
+    let keys: std::collections::BTreeSet<String> = (1..=3)
+        .map(|i| std::fs::read_to_string(dir.join(format!("node-{i}/dev-tee.key"))).unwrap())
+        .map(|text| text.trim().to_owned())
+        .collect();
+    assert_eq!(keys.len(), 3, "nodes share a dev TEE key");
 }
 
 /// Issue 12, "file modes": the demo's directories are 0700 and its process logs 0600.
