@@ -1388,7 +1388,7 @@ async fn write_message<W: AsyncWrite + Unpin>(
 /// Logs requests dropped over a link's budget: the first, then every hundredth, so that a
 /// flood does not become a flood of log lines.
 fn log_over_budget(peer: &NodeId, what: &str, refused: u64) {
-    if refused == 1 || refused % 100 == 0 {
+    if refused == 1 || refused.is_multiple_of(100) {
         tracing::warn!(%peer, refused, "{what} over the link's budget dropped");
     }
 }
