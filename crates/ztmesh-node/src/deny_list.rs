@@ -19,13 +19,14 @@ use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use ztmesh_core::NodeId;
 use ztmesh_pki::Serial;
 
 use crate::api_error::{ApiError, ApiJson};
 use crate::daemon::Node;
+use crate::https::ClientAddr;
 
 /// The file in the node's data directory.
 pub const DENY_FILE: &str = "deny-list.json";
@@ -239,8 +240,9 @@ fn deny_error(error: DenyError) -> ApiError {
 pub(crate) async fn get_deny(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
 ) -> Result<Json<DenyListResponse>, ApiError> {
-    crate::local_api::local_app(&node, &headers)?;
+    crate::local_api::local_app(&node, &headers, client)?;
     Ok(Json(node.trust.denied().to_response()))
 }
 
@@ -248,9 +250,12 @@ pub(crate) async fn get_deny(
 pub(crate) async fn post_deny(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
-    ApiJson(request): ApiJson<DenyRequest>,
+    client: Option<Extension<ClientAddr>>,
+    body: Result<ApiJson<DenyRequest>, ApiError>,
 ) -> Result<Json<DenyListResponse>, ApiError> {
-    crate::local_api::local_app(&node, &headers)?;
+    // The credential before the body (401 before 400).
+    crate::local_api::local_app(&node, &headers, client)?;
+    let ApiJson(request) = body?;
     let entry: DenyEntry = request.entry.parse().map_err(deny_error)?;
     let list = node.update_deny(|set| set.insert(entry).map(drop)).await;
     Ok(Json(list.map_err(deny_error)?))
@@ -260,9 +265,10 @@ pub(crate) async fn post_deny(
 pub(crate) async fn delete_deny(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
+    client: Option<Extension<ClientAddr>>,
     UrlPath(entry): UrlPath<String>,
 ) -> Result<Json<DenyListResponse>, ApiError> {
-    crate::local_api::local_app(&node, &headers)?;
+    crate::local_api::local_app(&node, &headers, client)?;
     let entry: DenyEntry = entry.parse().map_err(deny_error)?;
     if !node.trust.denied().contains(&entry) {
         return Err(ApiError::new(

@@ -2684,6 +2684,7 @@ fn authenticated_routes_answer_401_before_parsing_a_garbage_body() {
             "api_token_required",
         ),
         (&node_http, "/v1/bundles", "api_token_required"),
+        (&node_http, "/v1/deny", "api_token_required"),
         (&node_http, "/v1/mesh/gossip", "client_certificate_required"),
     ];
     for (http, path, code) in routes {
