@@ -190,7 +190,7 @@ pub(crate) fn revocation_kind_only(cose: &[u8]) -> Result<(), ApiError> {
             "this route accepts CA-signed revocation records only",
         )),
         None => Err(ApiError::bad_request(
-            "malformed_message",
+            "invalid_message",
             "not a signed gossip message of a known kind",
         )),
     }
@@ -693,7 +693,7 @@ mod tests {
         }
         assert_eq!(
             revocation_kind_only(b"garbage").unwrap_err().code(),
-            "malformed_message"
+            "invalid_message"
         );
     }
 }

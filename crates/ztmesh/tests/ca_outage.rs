@@ -74,6 +74,12 @@ fn log_of(path: &Path) -> String {
 
 /// The certificate a node's `ztmesh status --json` reports: serial and notAfter. Panics (with
 /// the CLI's output) when `ztmesh status` does not exit 0.
+/// Whether `not_after` is past by more than the second the verifiers round validity to: a
+/// certificate is still valid during the second of its `notAfter`.
+fn past(not_after: Timestamp) -> bool {
+    not_after.saturating_add(Duration::from_secs(2)) < now()
+}
+
 fn status_cert(node: &TestNode) -> (String, Timestamp) {
     let status = node.status();
     let serial = status["status"]["certificate_serial"]
@@ -216,7 +222,7 @@ fn the_mesh_heals_by_itself_after_a_ca_outage_longer_than_a_certificate_lifetime
     wait_until("every node's certificate to expire", TIMEOUT, || {
         for (node, slot) in nodes.iter().zip(expired.iter_mut()) {
             let (serial, not_after) = status_cert(node);
-            if not_after < now() {
+            if past(not_after) {
                 *slot = Some(serial);
             }
         }
@@ -225,7 +231,7 @@ fn the_mesh_heals_by_itself_after_a_ca_outage_longer_than_a_certificate_lifetime
     let expired: Vec<String> = expired.into_iter().map(Option::unwrap).collect();
     for node in &nodes {
         let (serial, not_after) = status_cert(node);
-        assert!(not_after < now(), "{} holds a valid certificate", node.name);
+        assert!(past(not_after), "{} holds a valid certificate", node.name);
         assert!(expired.contains(&serial));
         node.cli_ok(&["peers", "--json"]);
     }
@@ -311,7 +317,7 @@ fn status_works_with_an_expired_certificate() {
     wait_full_mesh(&[&a, &b], TIMEOUT);
     ca.proc.take().expect("the CA runs").kill9();
     wait_until("both certificates to expire", TIMEOUT, || {
-        status_cert(&a).1 < now() && status_cert(&b).1 < now()
+        past(status_cert(&a).1) && past(status_cert(&b).1)
     });
 
     // The node's own CLI: status (text and JSON), peers, and a local-application command
@@ -325,7 +331,7 @@ fn status_works_with_an_expired_certificate() {
     // Another node's expired certificate stays refused on the node's API, on the views and
     // on the mesh routes alike.
     let b_creds = Creds::read(&b);
-    assert!(b_creds.cert().not_after < now());
+    assert!(past(b_creds.cert().not_after));
     let trust = Arc::new(MeshTrust::new(ca.ca_der(), trust_domain()));
     let a_id: NodeId = a.node_id.parse().unwrap();
     let as_b = || {
@@ -439,7 +445,7 @@ fn rotation_after_expiry_is_refused_when_revoked_unproven_unlogged_past_the_grac
         creds
             .iter()
             .chain([&forged, &copied_serial])
-            .all(|c| c.cert().not_after < now())
+            .all(|c| past(c.cert().not_after))
     });
 
     // A revoked node: refused, grace or not.
