@@ -846,7 +846,15 @@ impl CaService {
                 None
             }
         };
-        crate::https::serve(self.listener, self.tls, router(self.state), shutdown).await;
+        let members = Arc::new(crate::https::MeshMembers::new(self.state.trust.clone()));
+        crate::https::serve(
+            self.listener,
+            self.tls,
+            members,
+            router(self.state),
+            shutdown,
+        )
+        .await;
         refresher.abort();
         if let Some(publisher) = publisher {
             publisher.abort();

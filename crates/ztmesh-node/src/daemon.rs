@@ -1031,7 +1031,8 @@ pub async fn run(
         let mut stop = node.shutdown.clone();
         tasks.spawn(async move {
             let router = crate::node_api::router(node.clone());
-            crate::https::serve(api_listener, api_tls, router, async move {
+            let members = Arc::new(crate::https::MeshMembers::new(node.trust.clone()));
+            crate::https::serve(api_listener, api_tls, members, router, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;

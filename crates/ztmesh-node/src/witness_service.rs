@@ -33,8 +33,11 @@
 //! The server speaks plain HTTP over TCP. That is deliberate: the request is authenticated by
 //! the log's signature on the checkpoint and the answer by the witness's own cosignature, so
 //! TLS would add no protection the protocol relies on (the spec authenticates no client
-//! either). It binds to loopback unless the operator chooses another address. Connections,
-//! in-flight requests, header and body read times and body sizes are all bounded.
+//! either). It binds to loopback unless the operator chooses another address. In-flight
+//! requests and body sizes are bounded here; connections, handshake, header, body and idle
+//! times by the shared accept loop ([`crate::https::serve_plain`]). With no TLS there is no
+//! client certificate, so the loop's authenticated reserve goes to [`LogSubmitters`]: the
+//! addresses that recently brought a checkpoint moving a followed log's head forward.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,13 +56,9 @@ use axum::{Extension, Router};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::ServiceExt;
 use ztmesh_pki::keyfile::{self, KdfParams, Protection};
 use ztmesh_tlog::witness::{MAX_REQUEST_LEN, TLOG_SIZE_CONTENT_TYPE};
 use ztmesh_tlog::{
@@ -67,7 +66,7 @@ use ztmesh_tlog::{
     CosignatureVerifier, KeyError, SignError, StoredCheckpoint, Verifier, WitnessError,
 };
 
-use crate::https::{ClientAddr, MAX_CONNECTIONS};
+use crate::https::{ClientAddr, ClientClass, ClientClassifier};
 use crate::private_files::{create_private_dir, write_private_file};
 use crate::store::{StoreError, WitnessStore};
 use crate::timefmt::now;
@@ -77,8 +76,12 @@ use crate::timefmt::now;
 /// wait for a slot.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 
-/// Longest a client may take to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an address that brought this witness a new head of a followed log keeps its
+/// place in the reserve ([`LogSubmitters`]). Logs publish only when they grow, so this is long.
+pub const LOG_SUBMITTER_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Addresses remembered as log submitters at once; the oldest is forgotten first.
+pub const MAX_LOG_SUBMITTERS: usize = 64;
 
 /// Longest a client may take to send a request body once its headers are in.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -657,6 +660,8 @@ pub struct Witness {
     before_swap: Option<BeforeSwapHook>,
     /// Cosignatures given since this value was made (for status pages).
     cosigned: AtomicU64,
+    /// Who gets the server's authenticated reserve (see [`LogSubmitters`]).
+    submitters: Arc<LogSubmitters>,
 }
 
 impl std::fmt::Debug for Witness {
@@ -677,7 +682,14 @@ impl Witness {
             signer,
             before_swap: None,
             cosigned: AtomicU64::new(0),
+            submitters: Arc::new(LogSubmitters::default()),
         }
+    }
+
+    /// The addresses that recently moved a followed log's head here: the clients this
+    /// witness's server recognises.
+    pub fn submitters(&self) -> &Arc<LogSubmitters> {
+        &self.submitters
     }
 
     /// The same witness cosigning only for `logs`, whatever else its configuration trusts: a
@@ -744,6 +756,18 @@ impl Witness {
     /// Decides on one `add-checkpoint` body at `now_secs` (POSIX seconds, the cosignature
     /// timestamp) and returns the 200 body: the cosignature line. Blocks on the database.
     pub fn add_checkpoint(&self, body: &[u8], now_secs: u64) -> Result<String, AddCheckpointError> {
+        self.add_checkpoint_and_grow(body, now_secs)
+            .map(|(cosignature, _)| cosignature)
+    }
+
+    /// [`Self::add_checkpoint`], also saying whether this request moved the witnessed head of
+    /// its log forward: only the log's key can make that happen, since an old checkpoint
+    /// replayed by anyone leaves the head where it is.
+    pub fn add_checkpoint_and_grow(
+        &self,
+        body: &[u8],
+        now_secs: u64,
+    ) -> Result<(String, bool), AddCheckpointError> {
         let request = match AddCheckpointRequest::parse(body) {
             Ok(request) => request,
             Err(error) => {
@@ -765,7 +789,7 @@ impl Witness {
         &self,
         request: &AddCheckpointRequest,
         now_secs: u64,
-    ) -> Result<String, AddCheckpointError> {
+    ) -> Result<(String, bool), AddCheckpointError> {
         let verifiers = self.logs.verifiers(request.origin());
         // An unknown log has no state worth a database read; the decision answers 404.
         let known = if verifiers.is_empty() {
@@ -785,7 +809,8 @@ impl Witness {
         // moved it since, this request was checked against stale state and must lose.
         let outcome = self.store.compare_and_swap(accepted.origin(), known, new)?;
         let stored: StoredCheckpoint = accepted.after_swap(outcome)?;
-        Ok(stored.cosign(&[&self.signer], now_secs)?)
+        let grew = new.size > known.map_or(0, |head| head.size);
+        Ok((stored.cosign(&[&self.signer], now_secs)?, grew))
     }
 
     /// Installs the hook run between a request's checks and its compare-and-swap.
@@ -797,7 +822,10 @@ impl Witness {
 
 /// One log line per decision: cosignatures and ordinary refusals at info, possible log
 /// misbehaviour at warn (with the signed note, which is evidence), local faults at error.
-fn log_decision(request: &AddCheckpointRequest, result: &Result<String, AddCheckpointError>) {
+fn log_decision(
+    request: &AddCheckpointRequest,
+    result: &Result<(String, bool), AddCheckpointError>,
+) {
     let origin = request.origin();
     let old_size = request.old_size();
     let size = Checkpoint::parse(request.note().text())
@@ -897,12 +925,19 @@ async fn add_checkpoint(
         tracing::info!(?client, %reason, "add-checkpoint refused: not cosigning now");
         return AddCheckpointError::Unavailable(reason).into_response();
     }
-    let decided =
-        tokio::task::spawn_blocking(move || witness.add_checkpoint(&body, now().as_unix_secs()))
-            .await
-            .unwrap_or_else(|e| Err(AddCheckpointError::Internal(e.to_string())));
+    let submitters = witness.submitters().clone();
+    let decided = tokio::task::spawn_blocking(move || {
+        witness.add_checkpoint_and_grow(&body, now().as_unix_secs())
+    })
+    .await
+    .unwrap_or_else(|e| Err(AddCheckpointError::Internal(e.to_string())));
     match decided {
-        Ok(cosignature) => text_response(StatusCode::OK, TEXT_PLAIN, cosignature),
+        Ok((cosignature, grew)) => {
+            if let (true, Some(client)) = (grew, client) {
+                submitters.record(client.ip(), std::time::Instant::now());
+            }
+            text_response(StatusCode::OK, TEXT_PLAIN, cosignature)
+        }
         Err(error) => error.into_response(),
     }
 }
@@ -981,53 +1016,62 @@ impl WitnessService {
             logs = self.witness.logs().len(),
             "witness serving"
         );
-        serve_http(self.listener, router(self.witness, gate), shutdown).await;
+        let submitters = self.witness.submitters().clone();
+        crate::https::serve_plain(
+            self.listener,
+            submitters,
+            router(self.witness, gate),
+            shutdown,
+        )
+        .await;
     }
 }
 
-/// Accepts plain-HTTP connections on `listener` until `shutdown` completes, serving `router` on
-/// each: the TCP twin of [`crate::https::serve`], with the same connection bound.
-async fn serve_http(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()>) {
-    // One permit per live connection: the bound on sockets and hyper tasks.
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => return,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let (tcp, addr) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Typically out of file descriptors: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let router = router.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service =
-                router.map_request(move |mut request: http::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ClientAddr(addr));
-                    request
-                });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
-                .await;
-            if let Err(error) = served {
-                tracing::debug!(%addr, %error, "HTTP connection ended with an error");
-            }
-        });
+/// The plain-HTTP witness's answer to "who is authenticated": an address that recently brought
+/// this witness a checkpoint that moved a followed log's head forward. Only the holder of the
+/// log's key can sign such a checkpoint (a replayed old one moves nothing), so in practice these
+/// are the addresses of the logs this witness serves, and their connections get the reserve that
+/// anonymous clients cannot take.
+///
+/// Limits, said plainly: the recognition is by IP address, so a client sharing a log's address
+/// (behind the same NAT) shares its reserve, within the per-client cap; and a log that has never
+/// submitted here, or not for [`LOG_SUBMITTER_MEMORY`], starts in the unauthenticated pool.
+/// At most [`MAX_LOG_SUBMITTERS`] addresses are remembered.
+#[derive(Debug, Default)]
+pub struct LogSubmitters {
+    seen: std::sync::Mutex<HashMap<std::net::IpAddr, std::time::Instant>>,
+}
+
+impl LogSubmitters {
+    /// `address` moved a log's head forward at `now`.
+    pub fn record(&self, address: std::net::IpAddr, now: std::time::Instant) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(address.to_canonical(), now);
+        seen.retain(|_, at| now.saturating_duration_since(*at) < LOG_SUBMITTER_MEMORY);
+        while seen.len() > MAX_LOG_SUBMITTERS {
+            let Some(oldest) = seen.iter().min_by_key(|(_, at)| **at).map(|(a, _)| *a) else {
+                break;
+            };
+            seen.remove(&oldest);
+        }
+    }
+
+    /// Whether `address` moved a log's head forward within [`LOG_SUBMITTER_MEMORY`] of `now`.
+    pub fn recognises(&self, address: std::net::IpAddr, now: std::time::Instant) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&address.to_canonical())
+            .is_some_and(|at| now.saturating_duration_since(*at) < LOG_SUBMITTER_MEMORY)
+    }
+}
+
+impl ClientClassifier for LogSubmitters {
+    fn classify(&self, address: SocketAddr, _certificate: Option<&[u8]>) -> ClientClass {
+        let ip = address.ip().to_canonical();
+        if self.recognises(ip, std::time::Instant::now()) {
+            ClientClass::Authenticated(format!("log submitter at {ip}"))
+        } else {
+            ClientClass::Unauthenticated
+        }
     }
 }
 
@@ -1036,6 +1080,7 @@ mod tests {
     use std::sync::Barrier;
 
     use super::*;
+    use tower::ServiceExt;
     use ztmesh_tlog::witness::parse_cosignature_response;
     use ztmesh_tlog::{MerkleTree, Note, Signer, TreeHead};
 
@@ -1125,6 +1170,59 @@ mod tests {
             refused(witness.add_checkpoint(&log.body(5, 12), NOW)),
             WitnessError::ConflictKnownSize(12)
         );
+    }
+
+    #[test]
+    fn only_a_checkpoint_that_moves_the_head_names_its_sender_a_log_submitter() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut log = Log::new(ORIGIN, 1);
+        log.grow(12, "e");
+        let witness = witness(&dir, &log);
+        assert!(
+            witness
+                .add_checkpoint_and_grow(&log.body(0, 5), NOW)
+                .unwrap()
+                .1
+        );
+        // The same checkpoint again, as anyone who read it could replay it: cosigned (the
+        // spec's idempotent answer) but it moves nothing, so it earns nothing.
+        assert!(
+            !witness
+                .add_checkpoint_and_grow(&log.body(5, 5), NOW)
+                .unwrap()
+                .1
+        );
+        assert!(
+            witness
+                .add_checkpoint_and_grow(&log.body(5, 12), NOW)
+                .unwrap()
+                .1
+        );
+    }
+
+    #[test]
+    fn log_submitters_are_remembered_for_a_while_and_bounded() {
+        let submitters = LogSubmitters::default();
+        let start = std::time::Instant::now();
+        let log_address = std::net::IpAddr::from([127, 0, 0, 1]);
+        let stranger = std::net::SocketAddr::from(([127, 0, 0, 9], 4000));
+        submitters.record(log_address, start);
+        assert!(submitters.recognises(log_address, start));
+        assert_eq!(
+            submitters.classify(stranger, None),
+            ClientClass::Unauthenticated
+        );
+        assert!(!submitters.recognises(log_address, start + LOG_SUBMITTER_MEMORY));
+        // An IPv4 log reached over an IPv6 socket is the same address.
+        let mapped = "::ffff:127.0.0.1".parse::<std::net::IpAddr>().unwrap();
+        assert!(submitters.recognises(mapped, start));
+        // The oldest addresses make room for new ones; the map never grows past its cap.
+        for n in 0..(MAX_LOG_SUBMITTERS as u32 + 10) {
+            let address = std::net::IpAddr::from((0x0a00_0000u32 + n).to_be_bytes());
+            submitters.record(address, start + Duration::from_secs(u64::from(n) + 1));
+        }
+        assert_eq!(submitters.seen.lock().unwrap().len(), MAX_LOG_SUBMITTERS);
+        assert!(!submitters.recognises(log_address, start + Duration::from_secs(100)));
     }
 
     /// The spec's race: A (5 → 10) and B (5 → 20) are both checked against size 5; B commits
