@@ -83,7 +83,24 @@ pub const BODY_READ_DEADLINE: Duration = Duration::from_secs(30);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How often a connection's deadlines are looked at; they fire at most this late.
-const WATCH_TICK: Duration = Duration::from_millis(500);
+const WATCH_TICK: Duration = Duration::from_millis(250);
+
+/// The time limits of one server; every server runs with [`TIMEOUTS`], tests with shorter ones.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    handshake: Duration,
+    header: Duration,
+    body: Duration,
+    idle: Duration,
+}
+
+/// The time limits every server runs with.
+const TIMEOUTS: Timeouts = Timeouts {
+    handshake: HANDSHAKE_TIMEOUT,
+    header: HEADER_READ_TIMEOUT,
+    body: BODY_READ_DEADLINE,
+    idle: IDLE_TIMEOUT,
+};
 
 /// The client's address, as seen by the server.
 #[derive(Debug, Clone, Copy)]
@@ -156,6 +173,7 @@ pub async fn serve(
         Some(TlsAcceptor::from(tls)),
         classifier,
         router,
+        TIMEOUTS,
         shutdown,
     )
     .await;
@@ -169,7 +187,7 @@ pub async fn serve_plain(
     router: Router,
     shutdown: impl Future<Output = ()>,
 ) {
-    accept_loop(listener, None, classifier, router, shutdown).await;
+    accept_loop(listener, None, classifier, router, TIMEOUTS, shutdown).await;
 }
 
 /// The address a cap is keyed by: an IPv4 client reached over an IPv6 socket counts as itself.
@@ -182,6 +200,7 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
     classifier: Arc<dyn ClientClassifier>,
     router: Router,
+    timeouts: Timeouts,
     shutdown: impl Future<Output = ()>,
 ) {
     // Shared with every connection task, which gives its slot back when it ends.
@@ -228,7 +247,7 @@ async fn accept_loop(
                 // Held while spawning, so the task cannot take itself out before it is in.
                 let mut tasks = lock(&handshakes);
                 let task = tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    let handshake = tokio::time::timeout(timeouts.handshake, acceptor.accept(tcp));
                     let handshake = handshake.await;
                     lock(&registry).remove(&id);
                     let tls = match handshake {
@@ -259,6 +278,7 @@ async fn accept_loop(
                         Some(PresentedCertificate(presented)),
                         router,
                         slot,
+                        timeouts,
                     )
                     .await;
                 });
@@ -271,7 +291,7 @@ async fn accept_loop(
                     continue;
                 };
                 let slot = HeldSlot::new(admission.clone(), slot);
-                tokio::spawn(serve_connection(tcp, address, None, router, slot));
+                tokio::spawn(serve_connection(tcp, address, None, router, slot, timeouts));
             }
         }
     }
@@ -351,7 +371,7 @@ impl ConnectionWatch {
     }
 
     /// Completes when the connection must be closed, with the reason.
-    async fn expired(&self) -> &'static str {
+    async fn expired(&self, idle: Duration) -> &'static str {
         let mut last_moved = self.moved.load(Ordering::Relaxed);
         let mut quiet_since = Instant::now();
         loop {
@@ -364,7 +384,7 @@ impl ConnectionWatch {
             if moved != last_moved {
                 last_moved = moved;
                 quiet_since = now;
-            } else if now.duration_since(quiet_since) >= IDLE_TIMEOUT {
+            } else if now.duration_since(quiet_since) >= idle {
                 return "idle";
             }
         }
@@ -378,6 +398,7 @@ async fn serve_connection<I>(
     presented: Option<PresentedCertificate>,
     router: Router,
     slot: HeldSlot,
+    timeouts: Timeouts,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -395,13 +416,13 @@ async fn serve_connection<I>(
                 parts.extensions.insert(presented.clone());
             }
             parts.extensions.insert(ClientAddr(address));
-            let body = DeadlineBody::start(body, watch.clone());
+            let body = DeadlineBody::start(body, watch.clone(), timeouts.body);
             http::Request::from_parts(parts, axum::body::Body::new(body))
         }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(timeouts.header)
         .serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::select! {
         served = connection => {
@@ -409,7 +430,7 @@ async fn serve_connection<I>(
                 tracing::debug!(%address, %error, "HTTP connection ended with an error");
             }
         }
-        reason = watch.expired() => {
+        reason = watch.expired(timeouts.idle) => {
             // Dropping the connection closes the socket; the handler waiting on the body sees
             // it end with an error.
             tracing::debug!(%address, reason, "HTTP connection closed");
@@ -492,8 +513,8 @@ struct DeadlineBody {
 }
 
 impl DeadlineBody {
-    fn start(inner: Incoming, watch: Arc<ConnectionWatch>) -> Self {
-        let deadline = (!inner.is_end_stream()).then(|| Instant::now() + BODY_READ_DEADLINE);
+    fn start(inner: Incoming, watch: Arc<ConnectionWatch>, limit: Duration) -> Self {
+        let deadline = (!inner.is_end_stream()).then(|| Instant::now() + limit);
         watch.set_body_deadline(deadline);
         DeadlineBody { inner, watch }
     }
@@ -525,5 +546,227 @@ impl HttpBody for DeadlineBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use axum::body::Body;
+    use axum::routing::{get, post};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// Short limits, so the tests run in seconds of real time.
+    const TEST_TIMEOUTS: Timeouts = Timeouts {
+        handshake: Duration::from_secs(2),
+        header: Duration::from_secs(2),
+        body: Duration::from_secs(2),
+        idle: Duration::from_secs(3),
+    };
+    /// The event stream's keep-alive, scaled like the limits.
+    const STREAM_TICK: Duration = Duration::from_millis(1000);
+
+    /// Recognises one address, as the witness recognises a log's.
+    struct TrustedAddress(IpAddr);
+
+    impl ClientClassifier for TrustedAddress {
+        fn classify(&self, address: SocketAddr, _certificate: Option<&[u8]>) -> ClientClass {
+            if address.ip() == self.0 {
+                ClientClass::Authenticated("trusted".into())
+            } else {
+                ClientClass::Unauthenticated
+            }
+        }
+    }
+
+    /// A plain-HTTP server on loopback: `POST /echo` reads its whole body, `GET /wedge` never
+    /// answers, `GET /stream` sends a chunk every [`STREAM_TICK`] like the node's event stream.
+    async fn server(trusted: IpAddr) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new()
+            .route(
+                "/echo",
+                post(|body: axum::body::Bytes| async move { format!("{}", body.len()) }),
+            )
+            .route("/wedge", get(|| std::future::pending::<String>()))
+            .route(
+                "/stream",
+                get(|| async {
+                    let ticks = futures::stream::unfold((), |()| async {
+                        tokio::time::sleep(STREAM_TICK).await;
+                        Some((
+                            Ok::<_, Infallible>(Bytes::from_static(b": keep-alive\n\n")),
+                            (),
+                        ))
+                    });
+                    Body::from_stream(ticks)
+                }),
+            );
+        tokio::spawn(accept_loop(
+            listener,
+            None,
+            Arc::new(TrustedAddress(trusted)),
+            router,
+            TEST_TIMEOUTS,
+            std::future::pending(),
+        ));
+        addr
+    }
+
+    async fn connect_from(source: [u8; 4], server: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((source, 0))).unwrap();
+        socket.connect(server).await.unwrap()
+    }
+
+    /// Reads until the server closes the connection; what it sent.
+    async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        answer
+    }
+
+    /// Whether the server closed the connection without a word within `wait`.
+    async fn closed_at_once(stream: &mut TcpStream, wait: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(wait, stream.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn a_body_trickled_one_byte_at_a_time_is_cut_at_the_deadline() {
+        let server = server(IpAddr::from([127, 0, 0, 9])).await;
+        let mut stream = connect_from([127, 0, 0, 1], server).await;
+        stream
+            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        // Each byte comes well within any per-read timeout; only a total deadline stops this.
+        let trickle = async {
+            loop {
+                if stream.write_all(b"x").await.is_err() {
+                    break;
+                }
+                let mut byte = [0u8; 1];
+                match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut byte)).await
+                {
+                    Err(_) => continue,
+                    Ok(_) => break,
+                }
+            }
+        };
+        tokio::time::timeout(TEST_TIMEOUTS.body * 3, trickle)
+            .await
+            .expect("the slow body was never cut");
+        let lasted = started.elapsed();
+        assert!(
+            lasted >= TEST_TIMEOUTS.body && lasted <= TEST_TIMEOUTS.body + Duration::from_secs(2),
+            "cut after {lasted:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_sent_in_time_is_served_and_the_connection_kept() {
+        let server = server(IpAddr::from([127, 0, 0, 9])).await;
+        let mut stream = connect_from([127, 0, 0, 1], server).await;
+        for _ in 0..2 {
+            stream
+                .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+                .await
+                .unwrap();
+            let mut answer = vec![0u8; 4096];
+            let n = stream.read(&mut answer).await.unwrap();
+            let text = String::from_utf8_lossy(&answer[..n]);
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            assert!(text.ends_with("\r\n\r\n5"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_and_a_streaming_one_is_not() {
+        let server = server(IpAddr::from([127, 0, 0, 9])).await;
+        let mut wedged = connect_from([127, 0, 0, 1], server).await;
+        wedged
+            .write_all(b"GET /wedge HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut stream = connect_from([127, 0, 0, 1], server).await;
+        stream
+            .write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        assert!(read_until_closed(&mut wedged).await.is_empty());
+        let lasted = started.elapsed();
+        assert!(
+            lasted >= TEST_TIMEOUTS.idle && lasted <= TEST_TIMEOUTS.idle + Duration::from_secs(2),
+            "closed after {lasted:?}"
+        );
+        // The stream, quiet for 15 s at a time, lives on well past the idle timeout.
+        let mut received = 0;
+        let mut buffer = [0u8; 4096];
+        while started.elapsed() < TEST_TIMEOUTS.idle * 3 {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the stream was closed after {:?}", started.elapsed());
+            received += n;
+        }
+        assert!(received > 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_closes_newcomers_at_once_but_not_the_recognised_client() {
+        let trusted = IpAddr::from([127, 0, 0, 9]);
+        let server = server(trusted).await;
+        // The per-address cap, then the pool, from as many addresses as it takes.
+        let mut held = Vec::new();
+        let per_address = LIMITS.unauthenticated_per_address;
+        for n in 0..LIMITS.unauthenticated / per_address {
+            for _ in 0..per_address {
+                let mut stream = connect_from([127, 0, 1, n as u8], server).await;
+                stream
+                    .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\n")
+                    .await
+                    .unwrap();
+                held.push(stream);
+            }
+            let mut over = connect_from([127, 0, 1, n as u8], server).await;
+            assert!(
+                closed_at_once(&mut over, Duration::from_secs(1)).await,
+                "an address got more than its share"
+            );
+        }
+        let mut stranger = connect_from([127, 0, 2, 1], server).await;
+        assert!(
+            closed_at_once(&mut stranger, Duration::from_secs(1)).await,
+            "the pool took more than its size"
+        );
+        // The recognised client is served from its reserve.
+        let mut known = connect_from([127, 0, 0, 9], server).await;
+        known
+            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = known.read(&mut answer).await.unwrap();
+        assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+        // A held connection that ends gives its slot back.
+        drop(held.pop());
+        let mut next = None;
+        for _ in 0..50 {
+            let mut stream = connect_from([127, 0, 2, 1], server).await;
+            if !closed_at_once(&mut stream, Duration::from_millis(200)).await {
+                next = Some(stream);
+                break;
+            }
+        }
+        assert!(next.is_some(), "the freed slot was never given back");
     }
 }

@@ -33,8 +33,8 @@
 //! The server speaks plain HTTP over TCP. That is deliberate: the request is authenticated by
 //! the log's signature on the checkpoint and the answer by the witness's own cosignature, so
 //! TLS would add no protection the protocol relies on (the spec authenticates no client
-//! either). It binds to loopback unless the operator chooses another address. In-flight
-//! requests and body sizes are bounded here; connections, handshake, header, body and idle
+//! either). It binds to loopback unless the operator chooses another address. Decisions made at once
+//! and body sizes are bounded here; connections, handshake, header, body and idle
 //! times by the shared accept loop ([`crate::https::serve_plain`]). With no TLS there is no
 //! client certificate, so the loop's authenticated reserve goes to [`LogSubmitters`]: the
 //! addresses that recently brought a checkpoint moving a followed log's head forward.
@@ -58,7 +58,6 @@ use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use ztmesh_pki::keyfile::{self, KdfParams, Protection};
 use ztmesh_tlog::witness::{MAX_REQUEST_LEN, TLOG_SIZE_CONTENT_TYPE};
 use ztmesh_tlog::{
@@ -71,9 +70,11 @@ use crate::private_files::{create_private_dir, write_private_file};
 use crate::store::{StoreError, WitnessStore};
 use crate::timefmt::now;
 
-/// Requests decided at the same time. Each may hold a body of up to [`MAX_REQUEST_LEN`] bytes
-/// and a blocking thread, so this bounds the witness's memory and thread use; further requests
-/// wait for a slot.
+/// Requests decided at the same time. Each decision holds a blocking thread, so this bounds
+/// the witness's thread use; further requests wait for a slot. A request takes its slot only
+/// once its body is in: bodies being read are bounded by the accept loop instead (connections
+/// per pool, [`MAX_REQUEST_LEN`] bytes each, [`crate::https::BODY_READ_DEADLINE`]), so slow
+/// clients cannot hold the slots the log's own checkpoints need.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 
 /// How long an address that brought this witness a new head of a followed log keeps its
@@ -904,10 +905,17 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, AddCheckp
 struct RouterState {
     witness: Arc<Witness>,
     gate: CosignGate,
+    /// [`MAX_CONCURRENT_REQUESTS`] permits, taken once a body is in: a slow client reading
+    /// out its body holds none, so it cannot keep the log's own requests waiting.
+    deciding: Arc<tokio::sync::Semaphore>,
 }
 
 async fn add_checkpoint(
-    State(RouterState { witness, gate }): State<RouterState>,
+    State(RouterState {
+        witness,
+        gate,
+        deciding,
+    }): State<RouterState>,
     client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
@@ -926,6 +934,10 @@ async fn add_checkpoint(
         return AddCheckpointError::Unavailable(reason).into_response();
     }
     let submitters = witness.submitters().clone();
+    // Never closed, so acquiring only waits.
+    let Ok(_permit) = deciding.acquire_owned().await else {
+        return AddCheckpointError::Internal("decision slots closed".into()).into_response();
+    };
     let decided = tokio::task::spawn_blocking(move || {
         witness.add_checkpoint_and_grow(&body, now().as_unix_secs())
     })
@@ -968,9 +980,11 @@ pub fn router(witness: Arc<Witness>, gate: CosignGate) -> Router {
         .route("/add-checkpoint", post(add_checkpoint))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        // One semaphore shared by every route: the bound is on the whole witness.
-        .layer(GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS))
-        .with_state(RouterState { witness, gate })
+        .with_state(RouterState {
+            witness,
+            gate,
+            deciding: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS)),
+        })
 }
 
 /// A running witness: bind with [`WitnessService::bind`], then [`WitnessService::run`].
