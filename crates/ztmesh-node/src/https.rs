@@ -593,7 +593,7 @@ mod tests {
                 "/echo",
                 post(|body: axum::body::Bytes| async move { format!("{}", body.len()) }),
             )
-            .route("/wedge", get(|| std::future::pending::<String>()))
+            .route("/wedge", get(std::future::pending::<String>))
             .route(
                 "/stream",
                 get(|| async {
