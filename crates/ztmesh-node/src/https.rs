@@ -11,8 +11,9 @@
 //!   the client) or in the unauthenticated pool. Caps per address, per recognised client and
 //!   per pool are [`LIMITS`]; a connection that finds no room is closed at once, nothing queues;
 //! - a handshake must end within [`HANDSHAKE_TIMEOUT`], request headers within
-//!   [`HEADER_READ_TIMEOUT`], and a request body within [`BODY_READ_DEADLINE`] of its headers,
-//!   in total (a client sending one byte every few seconds does not keep a body alive);
+//!   [`HEADER_READ_TIMEOUT`], and a request body within [`BODY_READ_DEADLINE`] of its headers
+//!   (plus its announced length at [`BODY_BYTES_PER_SECOND`]), in total: a client sending one
+//!   byte every few seconds does not keep a body alive;
 //! - a connection on which no byte moved either way for [`IDLE_TIMEOUT`] is closed (the node's
 //!   event stream sends a keep-alive every 15 s, so it lives on).
 //!
@@ -74,9 +75,19 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a client may take to send a request's headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Longest a request body may take to arrive, counted from its headers and for the whole body:
-/// the largest body any route takes arrives in well under a second on any working link.
+/// Longest a request body may take to arrive, counted from its headers and for the whole body,
+/// plus [`BODY_BYTES_PER_SECOND`] of the length the headers announce: the bodies of the CA and
+/// the witness (at most 64 KiB) get about 31 s, a 16 MiB bundle about 5 minutes.
 pub const BODY_READ_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The slowest transfer rate a large body is allowed (64 KiB/s): it extends the body deadline by
+/// the announced length at this rate. A client that announces a large body and trickles it holds
+/// its slot longer, but only a slot of its own pool, within its per-address cap.
+pub const BODY_BYTES_PER_SECOND: u64 = 64 * 1024;
+
+/// The most the announced length may add to [`BODY_READ_DEADLINE`] (a length no route accepts
+/// buys no more time).
+const MAX_BODY_ALLOWANCE: Duration = Duration::from_secs(10 * 60);
 
 /// A connection on which no byte moved either way for this long is closed. Longer than the
 /// 15 s keep-alive of the node's event stream.
@@ -514,7 +525,11 @@ struct DeadlineBody {
 
 impl DeadlineBody {
     fn start(inner: Incoming, watch: Arc<ConnectionWatch>, limit: Duration) -> Self {
-        let deadline = (!inner.is_end_stream()).then(|| Instant::now() + limit);
+        let announced = inner.size_hint().exact().unwrap_or(0);
+        let allowance =
+            Duration::from_millis(announced.saturating_mul(1000) / BODY_BYTES_PER_SECOND)
+                .min(MAX_BODY_ALLOWANCE);
+        let deadline = (!inner.is_end_stream()).then(|| Instant::now() + limit + allowance);
         watch.set_body_deadline(deadline);
         DeadlineBody { inner, watch }
     }
@@ -640,16 +655,11 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn a_body_trickled_one_byte_at_a_time_is_cut_at_the_deadline() {
-        let server = server(IpAddr::from([127, 0, 0, 9])).await;
-        let mut stream = connect_from([127, 0, 0, 1], server).await;
-        stream
-            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
-            .await
-            .unwrap();
+    /// Sends one byte every half second until the server closes the connection; how long that
+    /// took. Each byte comes well within any per-read or idle timeout: only a total deadline
+    /// stops this.
+    async fn trickle_until_cut(stream: &mut TcpStream) -> Duration {
         let started = Instant::now();
-        // Each byte comes well within any per-read timeout; only a total deadline stops this.
         let trickle = async {
             loop {
                 if stream.write_all(b"x").await.is_err() {
@@ -663,13 +673,45 @@ mod tests {
                 }
             }
         };
-        tokio::time::timeout(TEST_TIMEOUTS.body * 3, trickle)
+        tokio::time::timeout(Duration::from_secs(30), trickle)
             .await
             .expect("the slow body was never cut");
-        let lasted = started.elapsed();
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn a_body_trickled_one_byte_at_a_time_is_cut_at_the_deadline() {
+        let server = server(IpAddr::from([127, 0, 0, 9])).await;
+        let mut stream = connect_from([127, 0, 0, 1], server).await;
+        stream
+            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+            .await
+            .unwrap();
+        let lasted = trickle_until_cut(&mut stream).await;
         assert!(
             lasted >= TEST_TIMEOUTS.body && lasted <= TEST_TIMEOUTS.body + Duration::from_secs(2),
             "cut after {lasted:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_announced_body_gets_time_for_its_length_and_no_more() {
+        let server = server(IpAddr::from([127, 0, 0, 9])).await;
+        let mut stream = connect_from([127, 0, 0, 1], server).await;
+        // 128 KiB at the minimum rate: two seconds on top of the test's base deadline.
+        let length = 2 * BODY_BYTES_PER_SECOND;
+        stream
+            .write_all(
+                format!("POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let lasted = trickle_until_cut(&mut stream).await;
+        let deadline = TEST_TIMEOUTS.body + Duration::from_secs(2);
+        assert!(
+            lasted >= deadline && lasted <= deadline + Duration::from_secs(2),
+            "cut after {lasted:?}, deadline {deadline:?}"
         );
     }
 
