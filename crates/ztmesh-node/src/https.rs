@@ -55,8 +55,9 @@ use crate::tls::{MeshTrust, PresentedCertificate};
 ///   slow handshakes hold a slot for at most that long while others are waiting; pinning the
 ///   stage takes a flood of some 256 new connections per second from at least four addresses,
 ///   not a slow trickle;
-/// - 128 unauthenticated connections, 8 per address: enrolment, `GET /v1/ca`, local
-///   applications with an API token, the witness's first contact with a log;
+/// - 128 unauthenticated connections, 32 per address: enrolment, `GET /v1/ca`, local
+///   applications with an API token (all from one loopback address, several requests at once),
+///   the witness's first contact with a log; one address takes at most a quarter of the pool;
 /// - 256 authenticated connections, 16 per recognised client: room for every member of a mesh
 ///   to rotate, report and fetch at once, which no anonymous client can take.
 pub const LIMITS: AdmissionLimits = AdmissionLimits {
@@ -64,7 +65,7 @@ pub const LIMITS: AdmissionLimits = AdmissionLimits {
     handshakes_per_address: 32,
     handshake_evictable_after: Duration::from_millis(500),
     unauthenticated: 128,
-    unauthenticated_per_address: 8,
+    unauthenticated_per_address: 32,
     authenticated: 256,
     authenticated_per_client: 16,
 };
