@@ -9,7 +9,8 @@
 //! - every connection takes a slot of the sans-IO [`Admission`] core: a handshake slot during
 //!   the TLS handshake, then one in the authenticated pool (the [`ClientClassifier`] recognised
 //!   the client) or in the unauthenticated pool. Caps per address, per recognised client and
-//!   per pool are [`LIMITS`]; a connection that finds no room is closed at once, nothing queues;
+//!   per pool are [`LIMITS`]; a connection that finds no room is closed at once, nothing queues,
+//!   and the server warns (at most once a minute, with a count) that it is refusing connections;
 //! - a handshake must end within [`HANDSHAKE_TIMEOUT`], request headers within
 //!   [`HEADER_READ_TIMEOUT`], and a request body within [`BODY_READ_DEADLINE`] of its headers
 //!   (plus its announced length at [`BODY_BYTES_PER_SECOND`]), in total: a client sending one
@@ -220,6 +221,7 @@ async fn accept_loop(
     // The handshake tasks, so an evicted handshake can be stopped; each task takes itself out
     // when its handshake ends, so this holds at most `LIMITS.handshakes` entries.
     let handshakes: Arc<Mutex<HashMap<SlotId, AbortHandle>>> = Arc::default();
+    let refusals = Arc::new(Refusals::default());
     let started = Instant::now();
     tokio::pin!(shutdown);
     loop {
@@ -242,7 +244,7 @@ async fn accept_loop(
             Some(acceptor) => {
                 let admitted =
                     lock(&admission).handle_accept(client_ip(address), started.elapsed());
-                let Some(Accepted { slot, evicted }) = refused_or(admitted, address) else {
+                let Some(Accepted { slot, evicted }) = refusals.or_record(admitted, address) else {
                     continue;
                 };
                 if let Some(evicted) = evicted {
@@ -252,7 +254,7 @@ async fn accept_loop(
                     tracing::debug!(%address, "evicted the oldest TLS handshake to make room");
                 }
                 let id = slot.id();
-                let slot = HeldSlot::new(admission.clone(), slot);
+                let slot = HeldSlot::new(admission.clone(), refusals.clone(), slot);
                 let acceptor = acceptor.clone();
                 let classifier = classifier.clone();
                 let registry = handshakes.clone();
@@ -299,10 +301,10 @@ async fn accept_loop(
             None => {
                 let class = classifier.classify(address, None);
                 let admitted = lock(&admission).handle_plain_accept(client_ip(address), class);
-                let Some(slot) = refused_or(admitted, address) else {
+                let Some(slot) = refusals.or_record(admitted, address) else {
                     continue;
                 };
-                let slot = HeldSlot::new(admission.clone(), slot);
+                let slot = HeldSlot::new(admission.clone(), refusals.clone(), slot);
                 tokio::spawn(serve_connection(tcp, address, None, router, slot, timeouts));
             }
         }
@@ -317,13 +319,44 @@ fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The slot, or `None` after logging why the connection (dropped by the caller) was refused.
-fn refused_or<T>(admitted: Result<T, Refusal>, address: SocketAddr) -> Option<T> {
-    match admitted {
-        Ok(slot) => Some(slot),
-        Err(refusal) => {
-            tracing::debug!(%address, %refusal, "connection refused");
-            None
+/// Least time between two warnings about refused connections: under attack every connection
+/// may be refused, and the log must not become the next thing the attacker fills.
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Refused connections of one server, for the operator: each at debug level, and a count at
+/// most once per [`REFUSAL_WARNING_INTERVAL`] at warn level.
+#[derive(Debug, Default)]
+struct Refusals {
+    since_warning: AtomicU64,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl Refusals {
+    fn record(&self, address: SocketAddr, refusal: Refusal) {
+        tracing::debug!(%address, %refusal, "connection refused");
+        self.since_warning.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut last = lock(&self.last_warning);
+        if last.is_none_or(|at| now.duration_since(at) >= REFUSAL_WARNING_INTERVAL) {
+            *last = Some(now);
+            let refused = self.since_warning.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                refused,
+                latest = %refusal,
+                "connections refused because a pool is full: slow or greedy clients hold it"
+            );
+        }
+    }
+
+    /// The slot, or `None` after recording why the connection (dropped by the caller) was
+    /// refused.
+    fn or_record<T>(&self, admitted: Result<T, Refusal>, address: SocketAddr) -> Option<T> {
+        match admitted {
+            Ok(slot) => Some(slot),
+            Err(refusal) => {
+                self.record(address, refusal);
+                None
+            }
         }
     }
 }
@@ -332,13 +365,16 @@ fn refused_or<T>(admitted: Result<T, Refusal>, address: SocketAddr) -> Option<T>
 /// (closed, timed out, refused later, or its task cancelled).
 struct HeldSlot {
     admission: Arc<Mutex<Admission>>,
+    /// Where a refusal when moving to a pool is recorded.
+    refusals: Arc<Refusals>,
     slot: Option<Slot>,
 }
 
 impl HeldSlot {
-    fn new(admission: Arc<Mutex<Admission>>, slot: Slot) -> Self {
+    fn new(admission: Arc<Mutex<Admission>>, refusals: Arc<Refusals>, slot: Slot) -> Self {
         HeldSlot {
             admission,
+            refusals,
             slot: Some(slot),
         }
     }
@@ -347,7 +383,9 @@ impl HeldSlot {
     fn finish_handshake(mut self, class: ClientClass, address: SocketAddr) -> Option<HeldSlot> {
         let slot = self.slot.take()?;
         let pooled = lock(&self.admission).handle_handshake_done(slot, class);
-        refused_or(pooled, address).map(|slot| HeldSlot::new(self.admission.clone(), slot))
+        self.refusals
+            .or_record(pooled, address)
+            .map(|slot| HeldSlot::new(self.admission.clone(), self.refusals.clone(), slot))
     }
 }
 
