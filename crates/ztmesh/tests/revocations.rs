@@ -33,45 +33,6 @@ fn protection() -> Protection<'static> {
     Protection::Passphrase(PASSPHRASE.as_bytes())
 }
 
-fn start_witness(root: &Path, log_vkey: &str) -> (Proc, String, String) {
-    let dir = root.join("witness");
-    let data_dir = dir.to_str().unwrap();
-    ztmesh_ok(&[
-        "witness",
-        "init",
-        "--data-dir",
-        data_dir,
-        "--name",
-        "witness.test/w1",
-    ]);
-    ztmesh_ok(&[
-        "witness",
-        "add-log",
-        "--data-dir",
-        data_dir,
-        "--vkey",
-        log_vkey,
-    ]);
-    let vkey = ztmesh_ok(&["witness", "key", "--data-dir", data_dir])
-        .trim()
-        .to_owned();
-    let addr_file = dir.join("witness.addr");
-    let mut proc = Proc::spawn(
-        "witness",
-        &["witness", "serve", "--data-dir", data_dir],
-        dir.join("serve.log"),
-    );
-    wait_until("the witness to listen", WAIT, || {
-        proc.assert_running();
-        addr_file.exists()
-    });
-    let addr = std::fs::read_to_string(&addr_file)
-        .unwrap()
-        .trim()
-        .to_owned();
-    (proc, vkey, addr)
-}
-
 /// A CA serving its membership log with a policy of one real witness, which nodes pin at
 /// enrollment. The witness process lives as long as this value.
 struct WitnessedCa {

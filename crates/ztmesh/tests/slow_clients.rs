@@ -13,7 +13,6 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -459,60 +458,13 @@ fn checkpoint(ca: &TestCa) -> Option<(u64, usize)> {
     Some((size, cosignatures(&text)))
 }
 
-/// Starts `ztmesh witness serve` following `log_vkey`; returns the process and its address.
-fn start_witness(root: &Path, log_vkey: &str) -> (Proc, String, String) {
-    let dir = root.join("witness");
-    let data_dir = dir.to_str().unwrap();
-    ztmesh_ok(&[
-        "witness",
-        "init",
-        "--data-dir",
-        data_dir,
-        "--name",
-        "witness.test/w1",
-    ]);
-    ztmesh_ok(&[
-        "witness",
-        "add-log",
-        "--data-dir",
-        data_dir,
-        "--vkey",
-        log_vkey,
-    ]);
-    let vkey = ztmesh_ok(&["witness", "key", "--data-dir", data_dir])
-        .trim()
-        .to_owned();
-    let mut proc = Proc::spawn(
-        "witness",
-        &[
-            "witness",
-            "serve",
-            "--data-dir",
-            data_dir,
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        dir.join("serve.log"),
-    );
-    let addr_file = dir.join("witness.addr");
-    wait_until("the witness to listen", TIMEOUT, || {
-        proc.assert_running();
-        addr_file.exists()
-    });
-    let addr = std::fs::read_to_string(&addr_file)
-        .unwrap()
-        .trim()
-        .to_owned();
-    (proc, addr, vkey)
-}
-
 #[test]
 fn slow_bodies_holding_every_unauthenticated_witness_slot_do_not_stop_cosigning() {
     let temp = tempfile::tempdir().unwrap();
     let root = temp.path();
     let mut ca = TestCa::init(root);
     let log_vkey = ca.log_vkey();
-    let (_witness, witness_addr, witness_vkey) = start_witness(root, &log_vkey);
+    let (_witness, witness_vkey, witness_addr) = start_witness(root, &log_vkey);
     let policy = root.join("policy.txt");
     std::fs::write(
         &policy,
