@@ -15,6 +15,7 @@ pub mod dcap;
 pub mod dev;
 mod evidence;
 pub mod manifest;
+pub mod policy;
 pub mod sev;
 pub mod token;
 pub mod tpm2;

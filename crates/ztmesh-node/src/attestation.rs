@@ -37,8 +37,8 @@ use ztmesh_attest::{AttestError, EvidenceType, Expectations, ReferenceValues, Ve
 use ztmesh_core::link::LinkMessage;
 use ztmesh_trust::{BinaryHash, Platform};
 
-use crate::ca_service::{verify_evidence, AttestationPayload, EnrollAttestationPolicy};
 use crate::tpm_device::TpmDevice;
+use ztmesh_attest::policy::{verify_evidence, AttestationPayload, EnrollAttestationPolicy};
 
 /// How old link evidence may be by its own timestamp (where it carries one).
 pub const LINK_EVIDENCE_MAX_AGE: Duration = Duration::from_secs(300);

@@ -17,10 +17,10 @@ use ztmesh_pki::keyfile::Protection;
 use ztmesh_pki::{IdentityKey, IdentityProofDomain, TlsKeyPair};
 
 use crate::api_types::*;
-use crate::ca_service::{enrollment_report_data, AttestationPayload};
 use crate::node_dir::{NodeConfig, NodeDir, NodeDirError};
 use crate::tls::CurrentCertificate;
 use crate::tpm_device::{run_blocking, TpmDevice, TpmError};
+use ztmesh_attest::policy::{enrollment_report_data, AttestationPayload};
 
 /// Timeout of one CA request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -419,7 +419,8 @@ async fn enroll_into(
         Some(attestation) => {
             let token = ztmesh_pki::EnrollmentToken::parse(options.token)
                 .map_err(|e| ClientError::Protocol(format!("token: {e}")))?;
-            let report_data = enrollment_report_data(&token, &tls_key.public_key_spki_der());
+            let report_data =
+                enrollment_report_data(&token.hash().0, &tls_key.public_key_spki_der());
             let (request, secret) = attestation
                 .to_request(&client, base, options.token, &report_data)
                 .await?;

@@ -1,29 +1,30 @@
-//! The ztmesh runtime: everything that touches sockets, files, clocks and threads.
+//! The ztmesh node daemon (`ztmesh run`): everything a member of the mesh runs.
 //!
-//! - [`tls`]: rustls configurations and the mesh peer verifier;
-//! - [`https`]: axum over TLS 1.3;
-//! - [`ca_service`] / [`ca_client`]: the CA's HTTPS API and its clients;
-//! - [`membership_log`]: the CA's transparency log of membership events and its witnesses;
-//! - [`daemon`]: the node (`ztmesh run`), with [`peer_table`] as its sans-IO dialing core;
-//! - [`store`]: SQLite state of the CA and of nodes;
-//! - [`witness_service`]: the tlog witness, which [`node_witness`] runs inside a Tier 1 node;
-//! - [`private_files`]: data directories, databases and logs only their owner may read;
-//! - [`tpm_device`]: the node's TPM 2.0 through tpm2-tools (EK, AK, credential activation, quotes).
+//! - [`daemon`]: node state, accept/dial loops and per-link tasks, with [`peer_table`] as its
+//!   sans-IO dialing core;
+//! - gossip and bundle drivers over the sans-IO cores (`ztmesh-gossip`, `ztmesh-dtn`);
+//! - [`governance`], [`node_token`], [`attestation`] and [`tpm_device`]: tiers, votes and the
+//!   node's evidence;
+//! - the membership-log monitor (`log_watch`, `log_audit`, `log_stall`, `log_report`);
+//! - [`node_witness`]: the tlog witness (`ztmesh-witness`) inside a Tier 1 node;
+//! - [`node_api`] / [`local_api`] / [`deny_list`]: the node's HTTPS API;
+//! - [`ca_client`] / [`node_client`]: clients of the CA and of a node's API;
+//! - [`store`]: the node's `state.db` and bundle store; [`node_dir`]: its data directory.
 //!
-//! Protocol decisions live in the sans-IO crates (`ztmesh-core`, `ztmesh-pki`) and in
-//! [`peer_table`] / [`rate_limit`]; this crate only moves bytes between them and the world.
+//! Protocol decisions live in the sans-IO crates; the plumbing it shares with the CA and the
+//! witness (TLS, the accept loop, API errors, SQLite) lives in `ztmesh-runtime`. It must never
+//! depend on the CA crate: it reaches the CA over HTTPS only.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod admission;
-pub mod api_error;
-pub mod api_types;
+// The runtime's modules and the membership formats, named here as this crate's files name them
+// (`crate::tls`, `crate::membership_log`, ...).
+use ztmesh_membership as membership_log;
+use ztmesh_runtime::{api_error, api_types, https, private_files, rate_limit, timefmt, tls};
+use ztmesh_witness::witness_service;
+
 pub mod attestation;
-pub mod ca_attest;
 pub mod ca_client;
-pub mod ca_governance;
-pub mod ca_service;
-pub mod ca_tpm2;
 pub mod daemon;
 pub mod deny_list;
 mod dtn_driver;
@@ -33,24 +34,17 @@ pub mod events;
 #[doc(hidden)]
 pub mod gossip_driver;
 pub mod governance;
-pub mod https;
 pub mod link_budget;
 pub mod local_api;
 mod log_audit;
 mod log_report;
 mod log_stall;
 mod log_watch;
-pub mod membership_log;
 mod node_api;
 pub mod node_client;
 pub mod node_dir;
 mod node_token;
 pub mod node_witness;
 pub mod peer_table;
-pub mod private_files;
-pub mod rate_limit;
 pub mod store;
-pub mod timefmt;
-pub mod tls;
 pub mod tpm_device;
-pub mod witness_service;

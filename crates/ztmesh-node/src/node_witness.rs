@@ -330,7 +330,7 @@ mod tests {
     use ztmesh_trust::{BinaryHash, Platform, Tier, TrustPolicy};
 
     use super::*;
-    use crate::store::WitnessStore;
+    use ztmesh_witness::store::WitnessStore;
 
     const ORIGIN: &str = "test.ztmesh/membership";
     const NODE_TOML: &str = "node_id = \"xj4bnp4pahh6uqkbidpf3lrceoyagynd\"\ntrust_domain = \"test.ztmesh\"\nca_url = \"https://127.0.0.1:1\"\ncrl_url = \"https://127.0.0.1:1/v1/crl\"\ninsecure_plaintext_key = true\n";

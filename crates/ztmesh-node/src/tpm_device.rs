@@ -40,7 +40,7 @@ use ztmesh_attest::tpm2_credential::{
     AttestationKeyPublic, Credential, EndorsementKey, MAX_CREDENTIAL_FILE_LEN, MAX_PUBLIC_AREA_LEN,
 };
 
-use crate::ca_service::AttestationPayload;
+use ztmesh_attest::policy::AttestationPayload;
 
 /// The environment variable through which tpm2-tools find the TPM.
 pub const TCTI_ENV: &str = "TPM2TOOLS_TCTI";

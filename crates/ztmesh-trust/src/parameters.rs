@@ -36,6 +36,11 @@ impl Param {
         Param::HealthCheckIntervalSecs,
     ];
 
+    /// The parameter whose wire and log name is `name`.
+    pub fn named(name: &str) -> Option<Param> {
+        Param::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
     /// Lowest and highest allowed values, inclusive.
     pub const fn bounds(self) -> (u64, u64) {
         match self {

@@ -12,7 +12,7 @@ use ztmesh_node::events::NodeEvent;
 use ztmesh_node::local_api::{PublishAnomalyRequest, SendBundleRequest};
 use ztmesh_node::node_client::LocalApiClient;
 use ztmesh_node::node_dir::NodeDir;
-use ztmesh_node::timefmt::parse_duration;
+use ztmesh_runtime::timefmt::parse_duration;
 
 /// Largest file `bundle send` reads (the node enforces its own limit too).
 const MAX_BUNDLE_FILE: u64 = 16 * 1024 * 1024;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use ztmesh_attest::{AttestError, EvidenceType, Expectations, ReferenceValues, Verdict};
-use ztmesh_node::timefmt::{now, parse_rfc3339};
+use ztmesh_runtime::timefmt::{now, parse_rfc3339};
 
 /// Largest file read for evidence or collateral (the verifiers have tighter limits of their own).
 const MAX_FILE: u64 = 4 * 1024 * 1024;

@@ -8,11 +8,11 @@ use clap::{Args, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use ztmesh_core::{Timestamp, TrustDomain};
-use ztmesh_node::tls::{CurrentCertificate, MeshTrust};
 use ztmesh_pki::{
     CertificateAuthority, IdentityKey, NodeCertificateRequest, RevocationReason, RevokedEntry,
     Serial, TlsKeyPair,
 };
+use ztmesh_runtime::tls::{CurrentCertificate, MeshTrust};
 
 /// Benchmarks.
 #[derive(Subcommand, Debug)]
@@ -70,7 +70,7 @@ struct Material {
 }
 
 fn now() -> Timestamp {
-    ztmesh_node::timefmt::now()
+    ztmesh_runtime::timefmt::now()
 }
 
 fn material(revoked: u32) -> Result<Material> {
@@ -118,14 +118,14 @@ fn baseline_server_config(m: &Material) -> Result<Arc<rustls::ServerConfig>> {
     roots.add(rustls_pki_types::CertificateDer::from(m.ca_der.clone()))?;
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
-        ztmesh_node::tls::provider(),
+        ztmesh_runtime::tls::provider(),
     )
     .build()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(ztmesh_node::tls::provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(ztmesh_runtime::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(m.server.clone());
-    config.alpn_protocols = vec![ztmesh_node::tls::ALPN_MESH.to_vec()];
+    config.alpn_protocols = vec![ztmesh_runtime::tls::ALPN_MESH.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -166,9 +166,9 @@ async fn measure(
 
 async fn handshake(args: HandshakeArgs) -> Result<()> {
     let m = material(args.revoked)?;
-    let ztmesh_server = ztmesh_node::tls::mesh_server_config(m.trust.clone(), m.server.clone())?;
+    let ztmesh_server = ztmesh_runtime::tls::mesh_server_config(m.trust.clone(), m.server.clone())?;
     let baseline_server = baseline_server_config(&m)?;
-    let client = ztmesh_node::tls::mesh_client_config(m.trust.clone(), m.client.clone())?;
+    let client = ztmesh_runtime::tls::mesh_client_config(m.trust.clone(), m.client.clone())?;
     // Warm-up, then interleaved rounds so drift on a shared machine hits both sides alike.
     measure(ztmesh_server.clone(), client.clone(), 20).await?;
     measure(baseline_server.clone(), client.clone(), 20).await?;

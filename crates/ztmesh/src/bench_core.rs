@@ -25,11 +25,11 @@ use ztmesh_gossip::kinds::AnomalySignature;
 use ztmesh_gossip::{Gossip, GossipConfig, GossipEvent, GossipFrame, MessageKind, UnsignedMessage};
 use ztmesh_node::gossip_driver::NodeMembership;
 use ztmesh_node::store::SqliteBundleStore;
-use ztmesh_node::tls::MeshTrust;
 use ztmesh_pki::{
     CertificateAuthority, IdentityKey, NodeCertificateRequest, RevocationReason, RevokedEntry,
     Serial, TlsKeyPair,
 };
+use ztmesh_runtime::tls::MeshTrust;
 
 /// Options of `ztmesh bench gossip`.
 #[derive(Args, Debug)]
@@ -96,7 +96,7 @@ struct SignedMessages {
 
 fn signed_messages(count: u32) -> Result<SignedMessages> {
     let domain: TrustDomain = "bench.ztmesh.test".parse().map_err(|e| anyhow!("{e}"))?;
-    let t = ztmesh_node::timefmt::now();
+    let t = ztmesh_runtime::timefmt::now();
     let hour = Duration::from_secs(3600);
     let ca = CertificateAuthority::generate(domain.clone(), t, hour)?;
     let identity = IdentityKey::generate(&mut rand::rngs::OsRng);
@@ -328,7 +328,7 @@ impl BundleRouter {
                 "bench",
                 payload.to_vec(),
                 Duration::from_secs(3600),
-                ztmesh_node::timefmt::now(),
+                ztmesh_runtime::timefmt::now(),
             )?;
             while self.router.poll_event().is_some() {}
         }

@@ -31,12 +31,11 @@ use clap::Args;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use ztmesh_core::{NodeId, Timestamp, TrustDomain};
-use ztmesh_node::membership_log::{
+use ztmesh_ca::membership_log::{
     log_origin, submit_checkpoint, HttpWitnessTransport, LogPolicy, MembershipLog, PUBLISH_INTERVAL,
 };
-use ztmesh_node::store::{CaStore, IssueKind, IssuedRecord};
-use ztmesh_node::witness_service::{self, Witness, WitnessDir, WitnessService};
+use ztmesh_ca::store::{CaStore, IssueKind, IssuedRecord};
+use ztmesh_core::{NodeId, Timestamp, TrustDomain};
 use ztmesh_pki::keyfile::Protection;
 use ztmesh_pki::{
     CertificateAuthority, IdentityKey, NodeCertificateRequest, Serial, TlsKeyPair, TokenHash,
@@ -46,6 +45,7 @@ use ztmesh_tlog::witness::check_add_checkpoint;
 use ztmesh_tlog::{
     Checkpoint, CosignatureSigner, Hash, MerkleTree, Note, Signer, SwapOutcome, TreeHead, Verifier,
 };
+use ztmesh_witness::witness_service::{self, Witness, WitnessDir, WitnessService};
 
 /// Options of `ztmesh bench tlog`.
 #[derive(Args, Debug)]
@@ -82,7 +82,7 @@ pub async fn run(args: TlogArgs) -> Result<()> {
 }
 
 fn now() -> Timestamp {
-    ztmesh_node::timefmt::now()
+    ztmesh_runtime::timefmt::now()
 }
 
 // ----- appends with checkpoints -----
@@ -387,7 +387,7 @@ async fn appends(args: &TlogArgs, dir: &Path) -> Result<()> {
     let mut checkpointed = Rotations::open(&dir.join("ca.db"), node_id, cert_der.clone())?;
     let mut baseline = Rotations::open(&dir.join("baseline.db"), node_id, cert_der)?;
     // The witnesses speak plain http://, which leaves these TLS settings unused.
-    let tls = rustls::ClientConfig::builder_with_provider(ztmesh_node::tls::provider())
+    let tls = rustls::ClientConfig::builder_with_provider(ztmesh_runtime::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();

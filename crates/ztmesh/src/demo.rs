@@ -16,15 +16,15 @@ use sha2::Digest;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use zeroize::Zeroizing;
-use ztmesh_node::api_types::{PeersResponse, RevokeRequest, StatusResponse, TokenRequest};
+use ztmesh_ca::ca_service::{self, CaDir};
 use ztmesh_node::ca_client::{self, CaClient, EnrollOptions};
-use ztmesh_node::ca_service::{self, CaDir};
 use ztmesh_node::local_api::{PublishAnomalyRequest, SendBundleRequest};
 use ztmesh_node::node_client::{LocalApiClient, NodeApiClient};
 use ztmesh_node::node_dir::{BoundAddrs, NodeDir};
-use ztmesh_node::private_files;
-use ztmesh_node::tls::{CurrentCertificate, MeshTrust};
 use ztmesh_pki::keyfile::Protection;
+use ztmesh_runtime::api_types::{PeersResponse, RevokeRequest, StatusResponse, TokenRequest};
+use ztmesh_runtime::private_files;
+use ztmesh_runtime::tls::{CurrentCertificate, MeshTrust};
 
 /// Options of `ztmesh demo`.
 #[derive(Args, Debug)]
@@ -281,7 +281,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the ztmesh binary")?;
     let own_hash: [u8; 32] = sha2::Sha256::digest(std::fs::read(&exe)?).into();
     let release_key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-    let now_secs = ztmesh_node::timefmt::now().as_unix_secs();
+    let now_secs = ztmesh_runtime::timefmt::now().as_unix_secs();
     let manifest = ztmesh_attest::manifest::Manifest::new(
         "demo-1",
         now_secs,
@@ -535,7 +535,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
     // The membership log: every enrollment is an entry; witnesses cosign its checkpoints.
     let ca_https =
-        ztmesh_node::ca_client::http_client(ztmesh_node::tls::ca_client_config(&ca_der, None)?)?;
+        ztmesh_node::ca_client::http_client(ztmesh_runtime::tls::ca_client_config(&ca_der, None)?)?;
     let enrolled = n as u64;
     let verified = wait_for(
         "a checkpoint of the membership log cosigned by 2 of 3 witnesses",
@@ -968,7 +968,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 }
 
 /// `peer` as `observer` lists it.
-async fn view_of(observer: &DemoNode, peer: &DemoNode) -> Option<ztmesh_node::api_types::PeerInfo> {
+async fn view_of(
+    observer: &DemoNode,
+    peer: &DemoNode,
+) -> Option<ztmesh_runtime::api_types::PeerInfo> {
     observer
         .peers()
         .await?
@@ -1117,7 +1120,7 @@ async fn tiers_and_governance(
         "the decision in the membership log",
         Duration::from_secs(30),
         || async {
-            let answer: ztmesh_node::membership_log::LogEntriesResponse = ca_https
+            let answer: ztmesh_ca::membership_log::LogEntriesResponse = ca_https
                 .get(format!("{ca_url}/v1/log/entries?start=0&count=1000"))
                 .send()
                 .await
@@ -1125,16 +1128,16 @@ async fn tiers_and_governance(
                 .json()
                 .await
                 .ok()?;
-            let events: Vec<ztmesh_node::membership_log::EventEntry> = answer
+            let events: Vec<ztmesh_ca::membership_log::EventEntry> = answer
                 .entries
                 .iter()
-                .filter_map(|e| ztmesh_node::membership_log::decode_leaf(&e.leaf))
-                .filter_map(|leaf| ztmesh_node::membership_log::EventEntry::from_leaf(&leaf).ok())
+                .filter_map(|e| ztmesh_ca::membership_log::decode_leaf(&e.leaf))
+                .filter_map(|leaf| ztmesh_ca::membership_log::EventEntry::from_leaf(&leaf).ok())
                 .collect();
             events
                 .iter()
                 .any(|e| {
-                    matches!(e, ztmesh_node::membership_log::EventEntry::GovernanceDecision { param, value: 2, .. } if param == "gossip_fanout")
+                    matches!(e, ztmesh_ca::membership_log::EventEntry::GovernanceDecision { param, value: 2, .. } if param == "gossip_fanout")
                 })
                 .then_some(events)
         },
@@ -1197,7 +1200,8 @@ async fn handshake_as(
     let current = Arc::new(
         CurrentCertificate::new(vec![cert], &key.to_pkcs8_der()).map_err(|e| e.to_string())?,
     );
-    let client = ztmesh_node::tls::mesh_client_config(trust, current).map_err(|e| e.to_string())?;
+    let client =
+        ztmesh_runtime::tls::mesh_client_config(trust, current).map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect(target)
         .await
         .map_err(|e| e.to_string())?;

@@ -48,7 +48,7 @@ fn export(args: ExportArgs) -> Result<()> {
         args.passphrase.insecure_plaintext_key,
     )
     .with_context(|| format!("opening {}", args.input.display()))?;
-    ztmesh_node::private_files::write_private_file(&args.out, pem.as_bytes())
+    ztmesh_runtime::private_files::write_private_file(&args.out, pem.as_bytes())
         .with_context(|| format!("writing {}", args.out.display()))?;
     out!(
         "{} written (unencrypted PKCS#8; keep it private, delete it after use)",

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::process::{Child, Command};
 use zeroize::Zeroizing;
-use ztmesh_node::api_types::{PeersResponse, RevokeRequest, TokenRequest};
+use ztmesh_ca::ca_service::{self, CaDir};
 use ztmesh_node::ca_client::{self, CaClient, EnrollOptions};
-use ztmesh_node::ca_service::{self, CaDir};
 use ztmesh_node::node_client::{LocalApiClient, NodeApiClient};
 use ztmesh_node::node_dir::{BoundAddrs, NodeDir};
 use ztmesh_pki::keyfile::Protection;
+use ztmesh_runtime::api_types::{PeersResponse, RevokeRequest, TokenRequest};
 
 /// How long a child may take to bind its listeners (key files are decrypted with argon2 first,
 /// and many children may be doing so at once on a small machine).
@@ -310,7 +310,7 @@ pub fn is_connected_to(peers: &PeersResponse, node_id: &str) -> bool {
 
 fn spawn_child(name: &str, args: &[&str], passphrase: &str, log: PathBuf) -> Result<ChildProcess> {
     let exe = std::env::current_exe().context("locating the ztmesh binary")?;
-    let log_file = ztmesh_node::private_files::create_private_log(&log)
+    let log_file = ztmesh_runtime::private_files::create_private_log(&log)
         .with_context(|| format!("creating {}", log.display()))?;
     let child = Command::new(exe)
         .args(args)

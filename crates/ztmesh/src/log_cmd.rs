@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
-use ztmesh_core::Timestamp;
-use ztmesh_node::ca_client;
-use ztmesh_node::ca_service::{self, CaDir};
-use ztmesh_node::membership_log::{
+use ztmesh_ca::ca_service::{self, CaDir};
+use ztmesh_ca::membership_log::{
     decode_leaf, EventEntry, LogEntriesResponse, LogEntry, MAX_ENTRIES_PER_REQUEST,
 };
+use ztmesh_core::Timestamp;
+use ztmesh_node::ca_client;
 use ztmesh_node::node_dir::NodeDir;
-use ztmesh_node::timefmt::rfc3339;
+use ztmesh_runtime::timefmt::rfc3339;
 use ztmesh_tlog::note::MAX_NOTE_LEN;
 use ztmesh_tlog::policy::MAX_POLICY_LEN;
 use ztmesh_tlog::{Checkpoint, MerkleTree, Note, Policy, PolicyError, Verifier};
@@ -127,7 +127,7 @@ pub async fn run(command: LogCommand) -> Result<()> {
 /// `ztmesh log ack`: clears the split-view (or log_stalled) alarm number `--alarms` on a
 /// running node.
 async fn ack(args: LogAckArgs) -> Result<()> {
-    use ztmesh_node::api_types::LogAlarmKind;
+    use ztmesh_runtime::api_types::LogAlarmKind;
     let kind = match args.alarm {
         AlarmArg::SplitView => LogAlarmKind::SplitView,
         AlarmArg::LogStalled => LogAlarmKind::LogStalled,
@@ -176,7 +176,7 @@ impl LogClient {
             (None, None) => bail!("give --ca-cert (the CA certificate) with --ca-url"),
         };
         let cert = NodeDir::read_cert(&cert_path)?;
-        let client = ca_client::http_client(ztmesh_node::tls::ca_client_config(&cert, None)?)?;
+        let client = ca_client::http_client(ztmesh_runtime::tls::ca_client_config(&cert, None)?)?;
         Ok(LogClient { base, client })
     }
 

@@ -33,15 +33,15 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
-use ztmesh_node::api_types::{RevokeRequest, TokenRequest};
+use ztmesh_ca::ca_service::{self, CaDir, CaServeOptions};
 use ztmesh_node::ca_client::{self, CaClient, EnrollOptions};
-use ztmesh_node::ca_service::{self, CaDir, CaServeOptions};
 use ztmesh_node::daemon::{self, RunOptions};
 use ztmesh_node::node_client::NodeApiClient;
 use ztmesh_node::node_dir::NodeDir;
-use ztmesh_node::timefmt::parse_duration;
 use ztmesh_pki::keyfile::Protection;
 use ztmesh_pki::RevocationReason;
+use ztmesh_runtime::api_types::{RevokeRequest, TokenRequest};
+use ztmesh_runtime::timefmt::parse_duration;
 
 /// ztmesh: a zero-trust overlay mesh.
 #[derive(Parser, Debug)]
@@ -547,7 +547,10 @@ async fn ca_serve(args: CaServeArgs) -> Result<()> {
     };
     let service = ca_service::CaService::bind(dir.clone(), ca, args.listen, options).await?;
     let addr = service.local_addr()?;
-    ztmesh_node::private_files::write_private_file(&dir.addr_file(), addr.to_string().as_bytes())?;
+    ztmesh_runtime::private_files::write_private_file(
+        &dir.addr_file(),
+        addr.to_string().as_bytes(),
+    )?;
     eprintln!("CA serving on https://{addr}");
     service.run(shutdown_signal()).await;
     Ok(())
@@ -709,7 +712,7 @@ fn read_attestation_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> 
 fn release_manifest(
     key: Option<&str>,
     path: Option<&std::path::Path>,
-) -> Result<Option<ztmesh_node::ca_attest::ReleaseManifest>> {
+) -> Result<Option<ztmesh_ca::ca_attest::ReleaseManifest>> {
     let (Some(key), Some(path)) = (key, path) else {
         return Ok(None);
     };
@@ -719,14 +722,14 @@ fn release_manifest(
     let manifest = ztmesh_attest::manifest::SignedManifest::open(
         &bytes,
         &key,
-        ztmesh_node::timefmt::now().as_unix_secs(),
+        ztmesh_runtime::timefmt::now().as_unix_secs(),
     )
     .map_err(|e| anyhow!("--manifest {}: {e}", path.display()))?;
     eprintln!(
         "attestation tokens vouch against release manifest {}",
         manifest.version()
     );
-    Ok(Some(ztmesh_node::ca_attest::ReleaseManifest {
+    Ok(Some(ztmesh_ca::ca_attest::ReleaseManifest {
         manifest,
         sha256: <sha2::Sha256 as sha2::Digest>::digest(&bytes).into(),
     }))
@@ -736,7 +739,7 @@ fn attestation_policy(
     required: bool,
     dev_tee_keys: &[String],
     tpm2_keys: &[PathBuf],
-) -> Result<ca_service::EnrollAttestationPolicy> {
+) -> Result<ztmesh_attest::policy::EnrollAttestationPolicy> {
     let dev_tee_keys = dev_tee_keys
         .iter()
         .map(|text| -> Result<ed25519_dalek::VerifyingKey> {
@@ -763,7 +766,7 @@ fn attestation_policy(
             "warning: dev (simulated TEE) attestation is accepted; it proves nothing about hardware"
         );
     }
-    Ok(ca_service::EnrollAttestationPolicy {
+    Ok(ztmesh_attest::policy::EnrollAttestationPolicy {
         required,
         dev_tee_keys,
         tpm2_attestation_keys,
@@ -822,7 +825,7 @@ fn enroll_attestation(args: &EnrollArgs) -> Result<Option<ca_client::EnrollAttes
         .transpose()?;
     Ok(Some(ca_client::EnrollAttestation::Prepared {
         evidence_type,
-        payload: ca_service::AttestationPayload {
+        payload: ztmesh_attest::policy::AttestationPayload {
             evidence,
             collateral,
         },
@@ -893,8 +896,8 @@ async fn status(args: NodeQueryArgs) -> Result<()> {
     if status.self_revoked {
         out!("REVOKED       this node's certificate is revoked");
     }
-    let expired = ztmesh_node::timefmt::parse_rfc3339(&status.certificate_not_after)
-        .is_some_and(|not_after| not_after < ztmesh_node::timefmt::now());
+    let expired = ztmesh_runtime::timefmt::parse_rfc3339(&status.certificate_not_after)
+        .is_some_and(|not_after| not_after < ztmesh_runtime::timefmt::now());
     if expired && !status.self_revoked {
         out!("EXPIRED       this node's certificate has expired: peers refuse its links until it rotates (it keeps asking the CA, which allows it within its --rotation-grace)");
     }
@@ -1075,7 +1078,7 @@ async fn peers(args: NodeQueryArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_peers(peers: &[ztmesh_node::api_types::PeerInfo]) {
+fn print_peers(peers: &[ztmesh_runtime::api_types::PeerInfo]) {
     out!(
         "{:<34} {:<10} {:<22} {:<21} {:<9} {:<9} {:<34} WHY",
         "NODE",

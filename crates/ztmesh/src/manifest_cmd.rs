@@ -19,8 +19,8 @@ use ztmesh_attest::manifest::{
     parse_release_key, release_key_id, Manifest, ManifestError, SignedManifest, MAX_MANIFEST_LEN,
 };
 use ztmesh_attest::{EvidenceType, ReferenceValues};
-use ztmesh_node::timefmt::{now, parse_duration, parse_rfc3339, rfc3339};
 use ztmesh_pki::keyfile::{self, KdfParams};
+use ztmesh_runtime::timefmt::{now, parse_duration, parse_rfc3339, rfc3339};
 
 use crate::PassphraseArgs;
 

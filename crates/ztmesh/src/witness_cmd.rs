@@ -1,5 +1,5 @@
 //! `ztmesh witness`: run a C2SP tlog-witness that cosigns the membership log's checkpoints
-//! (`init`, `key`, `add-log`, `serve`). The logic lives in `ztmesh_node::witness_service`;
+//! (`init`, `key`, `add-log`, `serve`). The logic lives in `ztmesh_witness::witness_service`;
 //! this module only parses arguments, reads the passphrase and prints.
 
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use ztmesh_node::witness_service::{self, Witness, WitnessDir, WitnessService};
+use ztmesh_witness::witness_service::{self, Witness, WitnessDir, WitnessService};
 
 #[derive(Subcommand, Debug)]
 pub enum WitnessCommand {
@@ -125,7 +125,10 @@ async fn serve(args: WitnessServeArgs) -> Result<()> {
     )?;
     let service = WitnessService::bind(witness, args.listen.unwrap_or(config.listen)).await?;
     let addr = service.local_addr()?;
-    ztmesh_node::private_files::write_private_file(&dir.addr_file(), addr.to_string().as_bytes())?;
+    ztmesh_runtime::private_files::write_private_file(
+        &dir.addr_file(),
+        addr.to_string().as_bytes(),
+    )?;
     eprintln!(
         "witness {} serving on http://{addr}/add-checkpoint",
         config.name

@@ -17,19 +17,19 @@ use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use serde_json::{json, Value};
+use ztmesh_ca::ca_service::{self, CaDir, MAX_BODY_BYTES};
 use ztmesh_core::{NodeId, TrustDomain};
-use ztmesh_node::api_types::{
-    AnnounceRequest, EnrollRequest, RevokeRequest, RotateRequest, TokenRequest,
-};
-use ztmesh_node::ca_service::{self, CaDir, MAX_BODY_BYTES};
 use ztmesh_node::node_dir::NodeDir;
-use ztmesh_node::timefmt::{now, parse_rfc3339};
-use ztmesh_node::tls::{CurrentCertificate, MeshTrust};
 use ztmesh_pki::keyfile::Protection;
 use ztmesh_pki::{
     Crl, EnrollmentToken, IdentityKey, IdentityProofDomain, NodeCertificateRequest, RevocationSet,
     Serial, TlsKeyPair,
 };
+use ztmesh_runtime::api_types::{
+    AnnounceRequest, EnrollRequest, RevokeRequest, RotateRequest, TokenRequest,
+};
+use ztmesh_runtime::timefmt::{now, parse_rfc3339};
+use ztmesh_runtime::tls::{CurrentCertificate, MeshTrust};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -196,14 +196,14 @@ impl Http {
 
     /// Client of a CA's API trusting only its ca.pem, presenting no certificate.
     fn ca(ca: &TestCa) -> Http {
-        let config = ztmesh_node::tls::ca_client_config(&ca.ca_der(), None).unwrap();
+        let config = ztmesh_runtime::tls::ca_client_config(&ca.ca_der(), None).unwrap();
         Http::new(&ca.url, config, TIMEOUT)
     }
 
     /// Client of a CA's API presenting `cert` (mutual TLS).
     fn ca_with_cert(ca: &TestCa, cert_der: &[u8], key: &TlsKeyPair) -> Http {
         let config =
-            ztmesh_node::tls::ca_client_config(&ca.ca_der(), Some(current_cert(cert_der, key)))
+            ztmesh_runtime::tls::ca_client_config(&ca.ca_der(), Some(current_cert(cert_der, key)))
                 .unwrap();
         Http::new(&ca.url, config, TIMEOUT)
     }
@@ -211,7 +211,7 @@ impl Http {
     /// Client of a running node's API (whose server certificate is a mesh certificate).
     fn node(ca: &TestCa, node: &TestNode, cert: Option<&NodeCreds>) -> Http {
         let trust = Arc::new(MeshTrust::new(ca.ca_der(), trust_domain()));
-        let config = ztmesh_node::tls::node_api_client_config(
+        let config = ztmesh_runtime::tls::node_api_client_config(
             trust,
             cert.map(|c| current_cert(&c.cert_der, &c.tls_key)),
         )
@@ -949,7 +949,7 @@ fn concurrent_enrollments_with_one_token_issue_exactly_one_certificate() {
     // Pooled, so the connections opened below are reused by the racing requests.
     let http = Http::pooled(
         &ca.url,
-        ztmesh_node::tls::ca_client_config(&ca.ca_der(), None).unwrap(),
+        ztmesh_runtime::tls::ca_client_config(&ca.ca_der(), None).unwrap(),
         TIMEOUT,
     );
     let token = mint(&http, &ca, json!({}));
@@ -1336,7 +1336,7 @@ fn a_rogue_certificate_unknown_to_the_ca_database_is_revoked_by_serial_and_by_no
     assert!(fetch_crl(&http, &ca).0.number > crl.number);
     let entries = http.get("/v1/log/entries?start=0&count=1000");
     entries.assert_status(200);
-    let logged: Vec<ztmesh_node::membership_log::LogEntry> = entries.json()["entries"]
+    let logged: Vec<ztmesh_ca::membership_log::LogEntry> = entries.json()["entries"]
         .as_array()
         .unwrap()
         .iter()
@@ -1344,7 +1344,7 @@ fn a_rogue_certificate_unknown_to_the_ca_database_is_revoked_by_serial_and_by_no
             let leaf = base64::engine::general_purpose::STANDARD
                 .decode(item["leaf"].as_str().unwrap())
                 .unwrap();
-            ztmesh_node::membership_log::LogEntry::from_leaf(&leaf).ok()
+            ztmesh_ca::membership_log::LogEntry::from_leaf(&leaf).ok()
         })
         .collect();
     assert!(
@@ -2053,7 +2053,7 @@ fn garbage_to_every_ca_route_gets_a_json_4xx_and_the_ca_survives() {
     let mut ca = start_ca(root.path());
     let anonymous = Http::new(
         &ca.url,
-        ztmesh_node::tls::ca_client_config(&ca.ca_der(), None).unwrap(),
+        ztmesh_runtime::tls::ca_client_config(&ca.ca_der(), None).unwrap(),
         Duration::from_secs(10),
     );
     // The mTLS routes are fuzzed with a real node certificate, so bodies get parsed.
@@ -2061,7 +2061,7 @@ fn garbage_to_every_ca_route_gets_a_json_4xx_and_the_ca_survives() {
     let creds = NodeCreds::read(&member);
     let authenticated = Http::new(
         &ca.url,
-        ztmesh_node::tls::ca_client_config(
+        ztmesh_runtime::tls::ca_client_config(
             &ca.ca_der(),
             Some(current_cert(&creds.cert_der, &creds.tls_key)),
         )
@@ -2397,7 +2397,7 @@ fn attest_issues_a_token_only_for_bound_fresh_evidence_and_answers_garbage_with_
         let report_data = ztmesh_attest::report_data_binding(nonce, spki);
         let evidence =
             ztmesh_attest::dev::generate(&tee, &measured, &report_data, now().as_unix_secs());
-        b64(&ca_service::AttestationPayload {
+        b64(&ztmesh_attest::policy::AttestationPayload {
             evidence,
             collateral: None,
         }
@@ -2728,7 +2728,7 @@ fn failed_credentials_are_counted_logged_and_limited_per_address() {
             b.pool_max_idle_per_host(0).local_address(local)
         })
     };
-    let ca_config = || ztmesh_node::tls::ca_client_config(&ca.ca_der(), None).unwrap();
+    let ca_config = || ztmesh_runtime::tls::ca_client_config(&ca.ca_der(), None).unwrap();
     let attacker = from([127, 0, 0, 1], &ca.url, ca_config());
     let honest = from([127, 0, 0, 2], &ca.url, ca_config());
     let mint = |http: &Http, credential: &str| {
@@ -2749,7 +2749,7 @@ fn failed_credentials_are_counted_logged_and_limited_per_address() {
 
     let node_config = || {
         let trust = Arc::new(MeshTrust::new(ca.ca_der(), trust_domain()));
-        ztmesh_node::tls::node_api_client_config(trust, None).unwrap()
+        ztmesh_runtime::tls::node_api_client_config(trust, None).unwrap()
     };
     let node_url = format!("https://{}", node.api_addr());
     let attacker = from([127, 0, 0, 1], &node_url, node_config());

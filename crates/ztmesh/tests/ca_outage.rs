@@ -22,16 +22,16 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::*;
 use serde_json::{json, Value};
+use ztmesh_ca::ca_service::{self, CaDir, EXPIRED_ROTATIONS_BURST};
+use ztmesh_ca::store::{CaStore, IssueKind};
 use ztmesh_core::{NodeId, Timestamp, TrustDomain};
-use ztmesh_node::ca_service::{self, CaDir, EXPIRED_ROTATIONS_BURST};
 use ztmesh_node::node_dir::NodeDir;
-use ztmesh_node::store::{CaStore, IssueKind};
-use ztmesh_node::timefmt::{now, parse_rfc3339};
-use ztmesh_node::tls::{CurrentCertificate, MeshTrust};
 use ztmesh_pki::keyfile::Protection;
 use ztmesh_pki::{
     IdentityKey, IdentityProofDomain, NodeCertificate, NodeCertificateRequest, Serial, TlsKeyPair,
 };
+use ztmesh_runtime::timefmt::{now, parse_rfc3339};
+use ztmesh_runtime::tls::{CurrentCertificate, MeshTrust};
 
 /// Generous deadline for anything on a shared 2-core machine.
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -186,7 +186,7 @@ fn request(
 
 /// Client of the CA presenting `creds`' certificate (mutual TLS).
 fn ca_client(ca: &TestCa, cert: Arc<CurrentCertificate>) -> rustls::ClientConfig {
-    ztmesh_node::tls::ca_client_config(&ca.ca_der(), Some(cert)).unwrap()
+    ztmesh_runtime::tls::ca_client_config(&ca.ca_der(), Some(cert)).unwrap()
 }
 
 /// `POST /v1/rotate` on `ca` presenting `creds`, the CSR proven by `prover`.
@@ -335,8 +335,12 @@ fn status_works_with_an_expired_certificate() {
     let trust = Arc::new(MeshTrust::new(ca.ca_der(), trust_domain()));
     let a_id: NodeId = a.node_id.parse().unwrap();
     let as_b = || {
-        ztmesh_node::tls::own_node_api_client_config(trust.clone(), a_id, Some(b_creds.current()))
-            .unwrap()
+        ztmesh_runtime::tls::own_node_api_client_config(
+            trust.clone(),
+            a_id,
+            Some(b_creds.current()),
+        )
+        .unwrap()
     };
     let a_api = format!("https://{}", a.api_addr());
     for path in ["/v1/status", "/v1/mesh/peers"] {
@@ -347,8 +351,12 @@ fn status_works_with_an_expired_certificate() {
     // A's own expired certificate is let in on the views only.
     let a_creds = Creds::read(&a);
     let as_a = || {
-        ztmesh_node::tls::own_node_api_client_config(trust.clone(), a_id, Some(a_creds.current()))
-            .unwrap()
+        ztmesh_runtime::tls::own_node_api_client_config(
+            trust.clone(),
+            a_id,
+            Some(a_creds.current()),
+        )
+        .unwrap()
     };
     assert_eq!(get(as_a(), &format!("{a_api}/v1/status")).status, 200);
     post(as_a(), &format!("{a_api}/v1/mesh/gossip"), &json!({}))

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ztmesh_node::tls::MeshTrust;
+use ztmesh_runtime::tls::MeshTrust;
 
 const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
@@ -60,7 +60,7 @@ impl LocalApi {
             .build()
             .unwrap();
         let trust = Arc::new(MeshTrust::new(ca.ca_der(), "test.ztmesh".parse().unwrap()));
-        let config = ztmesh_node::tls::node_api_client_config(trust, None).unwrap();
+        let config = ztmesh_runtime::tls::node_api_client_config(trust, None).unwrap();
         let client = {
             let _guard = rt.enter();
             reqwest::Client::builder()
@@ -368,7 +368,7 @@ fn gossip_and_application_routes_refuse_bad_input_with_json_errors() {
             .unwrap()
             .into_vec()
     };
-    let now = ztmesh_node::timefmt::now();
+    let now = ztmesh_runtime::timefmt::now();
     let forged = ztmesh_gossip::UnsignedMessage {
         origin: ztmesh_core::NodeId::from_spki_der(&spki),
         kind: ztmesh_gossip::MessageKind::Revocation,

@@ -13,8 +13,8 @@ use ztmesh_node::link_budget::{
     CHALLENGES_PER_MINUTE, CHALLENGE_BURST, PEER_LISTS_PER_MINUTE, PEER_LIST_BURST,
 };
 use ztmesh_node::node_dir::NodeDir;
-use ztmesh_node::tls::{CurrentCertificate, MeshTrust};
 use ztmesh_pki::keyfile::Protection;
+use ztmesh_runtime::tls::{CurrentCertificate, MeshTrust};
 
 const FLOOD: usize = 1_000;
 
@@ -40,7 +40,7 @@ fn a_flood_of_tee_challenges_and_peer_list_requests_gets_bounded_answers() {
             .unwrap();
         let trust = Arc::new(MeshTrust::new(ca.ca_der(), config.trust_domain));
         let current = Arc::new(CurrentCertificate::new(vec![cert], &key.to_pkcs8_der()).unwrap());
-        let client = ztmesh_node::tls::mesh_client_config(trust, current).unwrap();
+        let client = ztmesh_runtime::tls::mesh_client_config(trust, current).unwrap();
         let tcp = tokio::net::TcpStream::connect(target_addr).await.unwrap();
         let name = rustls_pki_types::ServerName::try_from("mesh.ztmesh.invalid").unwrap();
         let mut tls = tokio_rustls::TlsConnector::from(client)

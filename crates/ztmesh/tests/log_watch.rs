@@ -20,9 +20,9 @@ use common::*;
 use ztmesh_gossip::kinds::CheckpointNote;
 use ztmesh_gossip::{MessageKind, UnsignedMessage};
 use ztmesh_node::node_dir::NodeDir;
-use ztmesh_node::tls::{CurrentCertificate, MeshTrust};
 use ztmesh_pki::keyfile::Protection;
 use ztmesh_pki::IdentityKey;
+use ztmesh_runtime::tls::{CurrentCertificate, MeshTrust};
 use ztmesh_tlog::{Checkpoint, CosignatureSigner, MerkleTree, Note, Signer};
 
 const ORIGIN: &str = "test.ztmesh/membership";
@@ -68,7 +68,7 @@ fn checkpoint_note(
 ) -> String {
     let checkpoint = Checkpoint::new(log.name(), size, tree.root_at(size).unwrap()).unwrap();
     let mut note = Note::sign(&checkpoint.to_string(), &[log]).unwrap();
-    let now = ztmesh_node::timefmt::now().as_unix_secs();
+    let now = ztmesh_runtime::timefmt::now().as_unix_secs();
     for witness in witnesses {
         note.add_signature(witness.cosign(note.text(), now).unwrap())
             .unwrap();
@@ -134,7 +134,7 @@ impl Member {
         let current = Arc::new(
             CurrentCertificate::new(vec![certificate.clone()], &tls_key.to_pkcs8_der()).unwrap(),
         );
-        let config = ztmesh_node::tls::node_api_client_config(trust, Some(current)).unwrap();
+        let config = ztmesh_runtime::tls::node_api_client_config(trust, Some(current)).unwrap();
         let client = {
             let _guard = rt.enter();
             reqwest::Client::builder()
@@ -170,7 +170,7 @@ impl Member {
     /// Signs `note` as a checkpoint message of this member and posts it to `to`'s
     /// `POST /v1/mesh/gossip`; returns the HTTP status and JSON body.
     fn post_checkpoint(&self, to: &TestNode, note: &str) -> (u16, serde_json::Value) {
-        let now = ztmesh_node::timefmt::now();
+        let now = ztmesh_runtime::timefmt::now();
         let cose = UnsignedMessage {
             origin: self.identity.public().node_id(),
             kind: MessageKind::Checkpoint,
@@ -438,7 +438,7 @@ fn ca_get_text(ca: &TestCa, path: &str) -> Option<String> {
         .enable_all()
         .build()
         .unwrap();
-    let config = ztmesh_node::tls::ca_client_config(&ca.ca_der(), None).unwrap();
+    let config = ztmesh_runtime::tls::ca_client_config(&ca.ca_der(), None).unwrap();
     let client = {
         let _guard = rt.enter();
         reqwest::Client::builder()
@@ -819,8 +819,8 @@ fn a_node_restarted_after_the_ca_rolled_its_log_back_raises_the_alarm_and_keeps_
 /// that the CA never recorded nor logged: valid since 5 minutes, for an hour. Returns its
 /// serial.
 fn issue_outside_the_log(ca: &TestCa, node: &TestNode) -> ztmesh_pki::Serial {
-    let authority = ztmesh_node::ca_service::load_ca(
-        &ztmesh_node::ca_service::CaDir(ca.dir.clone()),
+    let authority = ztmesh_ca::ca_service::load_ca(
+        &ztmesh_ca::ca_service::CaDir(ca.dir.clone()),
         &protection(),
         false,
     )
@@ -832,7 +832,7 @@ fn issue_outside_the_log(ca: &TestCa, node: &TestNode) -> ztmesh_pki::Serial {
     let csr = tls_key
         .csr_der(&node_id, &"test.ztmesh".parse().unwrap())
         .unwrap();
-    let now = ztmesh_node::timefmt::now();
+    let now = ztmesh_runtime::timefmt::now();
     let issued = authority
         .issue_node_certificate(&ztmesh_pki::NodeCertificateRequest {
             csr_der: &csr,
@@ -897,7 +897,7 @@ fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
         let der = NodeDir::read_cert(&spare.dir.join("node.pem")).unwrap();
         ztmesh_pki::NodeCertificate::parse(&der).unwrap().serial
     };
-    let revoked_by = ztmesh_node::timefmt::now();
+    let revoked_by = ztmesh_runtime::timefmt::now();
     ztmesh_ok(&[
         "revoke",
         "--ca-dir",
@@ -977,13 +977,13 @@ fn certificates_and_revocations_are_cross_checked_against_the_verified_log() {
 
     // A CRL signed with the CA's key revoking a serial the log never saw revoked (with the
     // logged revocation beside it), pushed to node1.
-    let authority = ztmesh_node::ca_service::load_ca(
-        &ztmesh_node::ca_service::CaDir(ca.dir.clone()),
+    let authority = ztmesh_ca::ca_service::load_ca(
+        &ztmesh_ca::ca_service::CaDir(ca.dir.clone()),
         &protection(),
         false,
     )
     .unwrap();
-    let now = ztmesh_node::timefmt::now();
+    let now = ztmesh_runtime::timefmt::now();
     let silent = ztmesh_pki::Serial::random(&mut rand::rngs::OsRng);
     let entry = |serial: &ztmesh_pki::Serial| ztmesh_pki::RevokedEntry {
         serial: serial.clone(),

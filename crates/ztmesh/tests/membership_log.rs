@@ -20,11 +20,11 @@ use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use serde_json::{json, Value};
-use ztmesh_node::membership_log::LogEntry;
+use ztmesh_ca::membership_log::LogEntry;
 use ztmesh_node::node_dir::NodeDir;
-use ztmesh_node::tls::CurrentCertificate;
 use ztmesh_pki::keyfile::{self, Protection};
 use ztmesh_pki::{IdentityProofDomain, TlsKeyPair};
+use ztmesh_runtime::tls::CurrentCertificate;
 use ztmesh_tlog::merkle::{leaf_hash, verify_consistency, verify_inclusion};
 use ztmesh_tlog::witness::parse_cosignature_response;
 use ztmesh_tlog::{
@@ -110,7 +110,7 @@ impl Http {
             .enable_all()
             .build()
             .unwrap();
-        let config = ztmesh_node::tls::ca_client_config(ca_der, cert).unwrap();
+        let config = ztmesh_runtime::tls::ca_client_config(ca_der, cert).unwrap();
         let client = {
             let _guard = rt.enter();
             reqwest::Client::builder()
@@ -1068,7 +1068,7 @@ fn auditor_files(root: &Path, cosigners: usize) -> AuditorFiles {
     let mut shown = Vec::new();
     for i in 0..3u64 {
         let entry = LogEntry {
-            kind: ztmesh_node::membership_log::EntryKind::Enroll,
+            kind: ztmesh_ca::membership_log::EntryKind::Enroll,
             node_id: ztmesh_core::NodeId::from_bytes([i as u8; 20]),
             serial: format!("{:02x}", i + 1),
             not_after: Some(2_000_000_000),

@@ -34,16 +34,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use ztmesh_ca::ca_service::{load_ca, CaDir};
 use ztmesh_core::link::{LinkMessage, MAX_FRAME_LEN};
 use ztmesh_core::{NodeId, Timestamp, TrustDomain};
-use ztmesh_node::ca_service::{load_ca, CaDir};
 use ztmesh_node::node_dir::NodeDir;
 use ztmesh_node::store::NodeStore;
-use ztmesh_node::tls::{ClientAuth, CurrentCertificate, MeshPeerVerifier, MeshTrust, ALPN_MESH};
 use ztmesh_pki::keyfile::Protection;
 use ztmesh_pki::{
     CertificateAuthority, IdentityKey, NodeCertificate, NodeCertificateRequest, Serial, TlsKeyPair,
 };
+use ztmesh_runtime::tls::{ClientAuth, CurrentCertificate, MeshPeerVerifier, MeshTrust, ALPN_MESH};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -64,7 +64,7 @@ fn trust_domain() -> TrustDomain {
 }
 
 fn now() -> Timestamp {
-    ztmesh_node::timefmt::now()
+    ztmesh_runtime::timefmt::now()
 }
 
 /// A single-threaded tokio runtime for the test's own TLS clients.
@@ -142,7 +142,7 @@ fn client_config(
     versions: &[&'static SupportedProtocolVersion],
     alpn: &[&[u8]],
 ) -> Arc<ClientConfig> {
-    let builder = ClientConfig::builder_with_provider(ztmesh_node::tls::provider())
+    let builder = ClientConfig::builder_with_provider(ztmesh_runtime::tls::provider())
         .with_protocol_versions(versions)
         .unwrap()
         .dangerous()

@@ -15,8 +15,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use ztmesh_node::store::WitnessStore;
 use ztmesh_tlog::{AddCheckpointRequest, Checkpoint, CosignatureVerifier, Note};
+use ztmesh_witness::store::WitnessStore;
 
 const ORIGIN: &str = "test.ztmesh/membership";
 const WAIT: Duration = Duration::from_secs(60);

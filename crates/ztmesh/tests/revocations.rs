@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sha2::Digest;
+use ztmesh_ca::ca_service::CaDir;
 use ztmesh_gossip::kinds::AnomalySignature;
 use ztmesh_gossip::{MessageKind, UnsignedMessage};
-use ztmesh_node::ca_service::CaDir;
 use ztmesh_node::node_dir::NodeDir;
-use ztmesh_node::tls::MeshTrust;
 use ztmesh_pki::keyfile::Protection;
+use ztmesh_runtime::tls::MeshTrust;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -111,7 +111,7 @@ fn post_revocation(ca: &TestCa, to: &TestNode, cose: Vec<u8>) -> (u16, serde_jso
         .build()
         .unwrap();
     let trust = Arc::new(MeshTrust::new(ca.ca_der(), "test.ztmesh".parse().unwrap()));
-    let config = ztmesh_node::tls::node_api_client_config(trust, None).unwrap();
+    let config = ztmesh_runtime::tls::node_api_client_config(trust, None).unwrap();
     let client = {
         let _guard = rt.enter();
         reqwest::Client::builder()
@@ -139,7 +139,7 @@ fn post_revocation(ca: &TestCa, to: &TestNode, cose: Vec<u8>) -> (u16, serde_jso
 
 /// The CA's signing key, loaded from its data directory as whoever holds it could.
 fn ca_authority(ca: &TestCa) -> ztmesh_pki::CertificateAuthority {
-    ztmesh_node::ca_service::load_ca(&CaDir(ca.dir.clone()), &protection(), false).unwrap()
+    ztmesh_ca::ca_service::load_ca(&CaDir(ca.dir.clone()), &protection(), false).unwrap()
 }
 
 /// The CRL the CA signed last (DER), as every node holds it.
@@ -176,7 +176,7 @@ fn a_ca_signed_record_with_an_unchanged_crl_excludes_no_one_and_raises_unlogged_
     let mut nodes = start_nodes(root.path(), ca, 3);
     let victim = nodes[2].node_id.clone();
 
-    let record = ztmesh_node::ca_service::revocation_record(
+    let record = ztmesh_ca::ca_service::revocation_record(
         &ca_authority(ca),
         &ca_current_crl(ca),
         Some(victim.parse().unwrap()),
@@ -231,7 +231,7 @@ fn a_ca_signed_record_with_an_unchanged_crl_excludes_no_one_and_raises_unlogged_
     // ago: at start it is lifted, the node links to the victim again, and the log check
     // reports it.
     nodes[1].kill9();
-    let learnt = ztmesh_node::timefmt::now().saturating_sub(Duration::from_secs(200));
+    let learnt = ztmesh_runtime::timefmt::now().saturating_sub(Duration::from_secs(200));
     let forged = serde_json::json!({ victim.clone(): learnt });
     std::fs::write(
         nodes[1].dir.join("revoked-nodes.json"),
@@ -361,7 +361,7 @@ fn a_member_signed_anomaly_posted_to_revocations_is_refused_and_stored_nowhere()
     let dir = NodeDir(nodes[1].dir.clone());
     let identity = dir.read_identity(&protection(), false).unwrap();
     let (_, certificate) = dir.read_tls(&protection(), false).unwrap();
-    let now = ztmesh_node::timefmt::now();
+    let now = ztmesh_runtime::timefmt::now();
     let cose = UnsignedMessage {
         origin: identity.public().node_id(),
         kind: MessageKind::Anomaly,

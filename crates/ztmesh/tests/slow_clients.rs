@@ -22,11 +22,11 @@ use common::*;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpSocket;
-use ztmesh_node::https::{BODY_READ_DEADLINE, LIMITS};
 use ztmesh_node::node_dir::NodeDir;
-use ztmesh_node::tls::{CurrentCertificate, MeshTrust};
 use ztmesh_pki::keyfile::Protection;
 use ztmesh_pki::{IdentityProofDomain, TlsKeyPair};
+use ztmesh_runtime::https::{BODY_READ_DEADLINE, LIMITS};
+use ztmesh_runtime::tls::{CurrentCertificate, MeshTrust};
 
 const TRUST_DOMAIN: &str = "test.ztmesh";
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -276,7 +276,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 
 /// A reqwest client of the CA presenting `cert` when given (call inside a runtime).
 fn ca_http(ca: &TestCa, cert: Option<Arc<CurrentCertificate>>) -> reqwest::Client {
-    let config = ztmesh_node::tls::ca_client_config(&ca.ca_der(), cert).unwrap();
+    let config = ztmesh_runtime::tls::ca_client_config(&ca.ca_der(), cert).unwrap();
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
         .timeout(Duration::from_secs(30))
@@ -339,7 +339,7 @@ fn slow_bodies_holding_every_unauthenticated_slot_do_not_stop_rotations() {
 
     let target = Target::Tls {
         addr: socket_addr(&ca.addr),
-        config: Arc::new(ztmesh_node::tls::ca_client_config(&ca.ca_der(), None).unwrap()),
+        config: Arc::new(ztmesh_runtime::tls::ca_client_config(&ca.ca_der(), None).unwrap()),
     };
     let attack = SlowBodies::start(target.clone(), slow_body_head("/v1/enroll", 60_000));
     attack.wait_holding_every_unauthenticated_slot(&target);
@@ -419,7 +419,7 @@ fn slow_bodies_holding_every_unauthenticated_node_api_slot_do_not_stop_status() 
     let trust = Arc::new(MeshTrust::new(ca.ca_der(), TRUST_DOMAIN.parse().unwrap()));
     let target = Target::Tls {
         addr: socket_addr(&node.api_addr()),
-        config: Arc::new(ztmesh_node::tls::node_api_client_config(trust, None).unwrap()),
+        config: Arc::new(ztmesh_runtime::tls::node_api_client_config(trust, None).unwrap()),
     };
     let attack = SlowBodies::start(target.clone(), slow_body_head("/v1/revocations", 60_000));
     attack.wait_holding_every_unauthenticated_slot(&target);

@@ -259,7 +259,7 @@ fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_
     });
     assert_eq!(a.status()["status"]["gossip"]["peer_frames_per_sec"], 200);
     let ca_lifetime = || {
-        let mut out = ztmesh_node::store::CaStore::open(&ca.dir.join("state.db"))
+        let mut out = ztmesh_ca::store::CaStore::open(&ca.dir.join("state.db"))
             .unwrap()
             .governed("cert_lifetime_secs")
             .unwrap();

@@ -23,15 +23,15 @@ use common::*;
 use serde_json::{json, Value};
 use sha2::Digest;
 use swtpm::{tools_present, SoftwareTpm};
+use ztmesh_attest::policy::{enrollment_report_data, AttestationPayload};
 use ztmesh_attest::tpm2::{AttestationKey, Tpm2Evidence};
 use ztmesh_attest::tpm2_credential::EndorsementKey;
-use ztmesh_node::api_types::{
+use ztmesh_pki::{EnrollmentToken, IdentityKey, IdentityProofDomain, TlsKeyPair};
+use ztmesh_runtime::api_types::{
     AttestChallengeResponse, AttestRequest, Attestation, EnrollRequest, Tpm2CredentialRequest,
     Tpm2CredentialResponse,
 };
-use ztmesh_node::ca_service::{enrollment_report_data, AttestationPayload};
-use ztmesh_node::tls::CurrentCertificate;
-use ztmesh_pki::{EnrollmentToken, IdentityKey, IdentityProofDomain, TlsKeyPair};
+use ztmesh_runtime::tls::CurrentCertificate;
 
 const TOOLS: &[&str] = &[
     "swtpm",
@@ -273,7 +273,7 @@ impl Http {
         let current = client_certificate.map(|(cert_der, key)| {
             Arc::new(CurrentCertificate::new(vec![cert_der.to_vec()], &key.to_pkcs8_der()).unwrap())
         });
-        let config = ztmesh_node::tls::ca_client_config(&ca.ca_der(), current).unwrap();
+        let config = ztmesh_runtime::tls::ca_client_config(&ca.ca_der(), current).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -390,7 +390,7 @@ impl Enrollee {
     /// What the evidence must carry: `enrollment_report_data(token, CSR TLS key)`.
     fn report_data(&self, token: &str) -> [u8; 64] {
         enrollment_report_data(
-            &EnrollmentToken::parse(token).unwrap(),
+            &EnrollmentToken::parse(token).unwrap().hash().0,
             &self.tls_key.public_key_spki_der(),
         )
     }

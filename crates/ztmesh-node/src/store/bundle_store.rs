@@ -783,8 +783,13 @@ mod tests {
     #[test]
     fn foreign_files_and_newer_schemas_are_refused() {
         let dir = tempfile::TempDir::new().unwrap();
+        // Another store's file (the CA's database is checked in crates/ztmesh/tests/stores.rs).
         let ca = dir.path().join("ca.db");
-        drop(crate::store::CaStore::open(&ca).unwrap());
+        let foreign = crate::store::Schema {
+            application_id: 0x0bad_cafe,
+            migrations: &["CREATE TABLE b (x INTEGER) STRICT;"],
+        };
+        drop(crate::store::open_database(&ca, &foreign).unwrap());
         assert!(matches!(
             SqliteBundleStore::open(&ca),
             Err(StoreError::WrongDatabase { .. })

@@ -46,7 +46,7 @@ pub struct MeshTrust {
     trust_domain: TrustDomain,
     revocations: RwLock<RevocationSet>,
     /// The operator's local deny-list ([`crate::deny_list`]), refused like a revocation.
-    denied: RwLock<crate::deny_list::DenySet>,
+    denied: RwLock<crate::deny_set::DenySet>,
 }
 
 impl MeshTrust {
@@ -56,17 +56,17 @@ impl MeshTrust {
             ca_cert_der,
             trust_domain,
             revocations: RwLock::new(RevocationSet::new()),
-            denied: RwLock::new(crate::deny_list::DenySet::default()),
+            denied: RwLock::new(crate::deny_set::DenySet::default()),
         }
     }
 
     /// Replaces the deny-list in force; verifiers see it on their next handshake.
-    pub fn set_denied(&self, denied: crate::deny_list::DenySet) {
+    pub fn set_denied(&self, denied: crate::deny_set::DenySet) {
         *self.denied.write().unwrap_or_else(|p| p.into_inner()) = denied;
     }
 
     /// The deny-list in force.
-    pub fn denied(&self) -> crate::deny_list::DenySet {
+    pub fn denied(&self) -> crate::deny_set::DenySet {
         self.denied
             .read()
             .unwrap_or_else(|p| p.into_inner())

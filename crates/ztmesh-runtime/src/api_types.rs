@@ -343,7 +343,7 @@ pub struct StatusResponse {
     pub self_revoked: bool,
     /// The operator's local deny-list in force (`ztmesh deny`).
     #[serde(default)]
-    pub denied: crate::deny_list::DenyListResponse,
+    pub denied: crate::deny_set::DenyListResponse,
     /// Links up.
     pub peers_connected: usize,
     /// Wrong `api.token`s presented to this node since start (each logged with its address).

@@ -279,7 +279,12 @@ mod tests {
     fn another_stores_file_is_refused() {
         let dir = tempfile::TempDir::new().unwrap();
         let path = dir.path().join("state.db");
-        drop(crate::store::NodeStore::open(&path).unwrap());
+        // Another store's file (the node's and the CA's: crates/ztmesh/tests/stores.rs).
+        let foreign = crate::store::Schema {
+            application_id: 0x0bad_cafe,
+            migrations: &["CREATE TABLE b (x INTEGER) STRICT;"],
+        };
+        drop(crate::store::open_database(&path, &foreign).unwrap());
         assert!(matches!(
             WitnessStore::open(&path),
             Err(StoreError::WrongDatabase { .. })

@@ -70,9 +70,13 @@ fn routes_in_openapi(yaml: &str) -> BTreeSet<(String, String)> {
 
 #[test]
 fn openapi_lists_exactly_the_served_routes() {
-    let mut served = routes_in_source(include_str!("../src/ca_service.rs"));
-    served.extend(routes_in_source(include_str!("../src/node_api.rs")));
-    served.extend(routes_in_source(include_str!("../src/witness_service.rs")));
+    let mut served = routes_in_source(include_str!("../../ztmesh-ca/src/ca_service.rs"));
+    served.extend(routes_in_source(include_str!(
+        "../../ztmesh-node/src/node_api.rs"
+    )));
+    served.extend(routes_in_source(include_str!(
+        "../../ztmesh-witness/src/witness_service.rs"
+    )));
     let documented = routes_in_openapi(include_str!("../../../docs/openapi.yaml"));
     assert!(
         served.len() >= 10,

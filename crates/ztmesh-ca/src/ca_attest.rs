@@ -36,7 +36,7 @@ use ztmesh_core::NodeId;
 use ztmesh_pki::{CertificateAuthority, NodeCertificate};
 
 use crate::api_error::ApiError;
-use crate::ca_service::{verify_evidence, AttestationPayload, EnrollAttestationPolicy};
+use ztmesh_attest::policy::{verify_evidence, AttestationPayload, EnrollAttestationPolicy};
 
 /// How long a challenge nonce may be answered.
 pub const NONCE_TTL: Duration = Duration::from_secs(60);
@@ -262,7 +262,7 @@ impl TokenDesk {
             allow_dev: !policy.dev_tee_keys.is_empty(),
         };
         verify_evidence(policy, evidence_type, payload, expectations, now)
-            .map_err(|error| crate::ca_service::attestation_refused(evidence_type, &error))?;
+            .map_err(|error| attestation_refused(evidence_type, &error))?;
         let token = AttestationToken {
             server_pubkey: cert.identity_key.to_spki_der(),
             platform: evidence_type,
@@ -296,6 +296,21 @@ fn no_manifest() -> ApiError {
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "no_manifest",
         "this CA was started without --release-key and --manifest: it issues no attestation tokens",
+    )
+}
+
+/// 403 `attestation_refused`, naming the evidence type and the verifier's reason.
+pub(crate) fn attestation_refused(
+    evidence_type: ztmesh_attest::EvidenceType,
+    error: &ztmesh_attest::AttestError,
+) -> ApiError {
+    ApiError::forbidden(
+        "attestation_refused",
+        format!(
+            "{} evidence refused ({}): {error}",
+            evidence_type.as_str(),
+            error.reason()
+        ),
     )
 }
 

@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 use ztmesh_core::{NodeId, Timestamp};
 use ztmesh_pki::{RevocationReason, RevokedEntry, Serial, TokenHash};
 
-use crate::membership_log::{EntryKind, EventEntry, LogEntry};
+use ztmesh_membership::{EntryKind, EventEntry, LogEntry};
 
 use super::{
     count_from_sql, count_to_sql, limit_to_sql, lock, node_id_from_sql, open_database,
@@ -369,6 +369,17 @@ pub struct CaStore {
     connection: Mutex<Connection>,
 }
 
+/// The entry for a certificate the CA issued.
+pub fn issued_entry(kind: EntryKind, record: &IssuedRecord) -> LogEntry {
+    LogEntry {
+        kind,
+        node_id: record.node_id,
+        serial: record.serial.to_hex(),
+        not_after: Some(record.not_after.as_unix_secs()),
+        at: record.issued_at.as_unix_secs(),
+    }
+}
+
 impl CaStore {
     /// Opens or creates the database at `path` and migrates it to the current schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -540,7 +551,7 @@ impl CaStore {
             )
             .map_err(StoreError::from)?;
         }
-        append_log_entry(&tx, &LogEntry::issued(EntryKind::Enroll, record))?;
+        append_log_entry(&tx, &issued_entry(EntryKind::Enroll, record))?;
         tx.commit().map_err(StoreError::from)?;
         tracing::info!(node = %record.node_id, serial = %record.serial, "token redeemed");
         Ok(())
@@ -578,7 +589,7 @@ impl CaStore {
         }
         upsert_issued_node(&tx, record)?;
         insert_certificate(&tx, record)?;
-        append_log_entry(&tx, &LogEntry::issued(EntryKind::Rotate, record))?;
+        append_log_entry(&tx, &issued_entry(EntryKind::Rotate, record))?;
         tx.commit().map_err(StoreError::from)?;
         tracing::info!(node = %record.node_id, serial = %record.serial, "rotation recorded");
         Ok(())
@@ -1459,16 +1470,6 @@ mod tests {
             }) => assert_eq!(supported, SCHEMA.supported_version()),
             other => panic!("expected SchemaTooNew, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn node_state_db_is_not_a_ca_db() {
-        let dir = tempfile::TempDir::new().unwrap();
-        drop(crate::store::NodeStore::open(&dir.path().join("ca.db")).unwrap());
-        assert!(matches!(
-            CaStore::open(&dir.path().join("ca.db")),
-            Err(StoreError::WrongDatabase { .. })
-        ));
     }
 
     #[test]

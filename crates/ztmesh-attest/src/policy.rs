@@ -1,0 +1,178 @@
+//! Which evidence a verifier accepts and the payload evidence travels in: the
+//! [`EnrollAttestationPolicy`] (dev TEE keys, trusted TPM attestation keys, whether evidence is
+//! required), the [`AttestationPayload`] CBOR map `{evidence, collateral?}` of the HTTP API and
+//! of link messages, and [`verify_evidence`], which dispatches to the verifier of each evidence
+//! type. Used by the CA at enrollment and attestation, and by nodes for their peers' evidence.
+//!
+//! Pure: no IO, no clock (`now` is passed in). It must never accept evidence of a kind the
+//! policy has no anchor for (a `dev` key, a trusted TPM key, a vendor root).
+
+use std::time::Duration;
+
+/// The CA's attestation policy for `POST /v1/enroll`. The default requires nothing, still
+/// verifies whatever evidence arrives, and can verify only the evidence anchored in a vendor
+/// root (`tdx`, `sgx`, `sev-snp`).
+#[derive(Debug, Clone, Default)]
+pub struct EnrollAttestationPolicy {
+    /// Refuse enrollment without evidence (403 `attestation_required`).
+    pub required: bool,
+    /// The dev TEE public keys whose simulated evidence is accepted, one per simulated device.
+    /// Empty refuses every `dev` evidence (`dev_not_allowed`): a simulated TEE proves nothing
+    /// about hardware, so accepting it is an explicit, logged choice for demos.
+    pub dev_tee_keys: Vec<ed25519_dalek::VerifyingKey>,
+    /// TPM attestation keys this CA trusts. A TPM quote is only as good as the key that signs
+    /// it, and a key the node merely names could be any software key, so a quote by a key not
+    /// listed here is refused (`bad_chain`).
+    pub tpm2_attestation_keys: Vec<crate::tpm2::AttestationKey>,
+}
+
+/// How old `dev` evidence may be at enrollment (the other kinds carry no timestamp; their
+/// freshness comes from the one-time token in the report data).
+pub const ENROLL_EVIDENCE_MAX_AGE: Duration = Duration::from_secs(86_400);
+
+/// The report data enrollment evidence must carry:
+/// `report_data_binding(SHA-256(token text), TLS SubjectPublicKeyInfo DER of the CSR)`
+/// (`token_hash` is the enrollment token's SHA-256). The
+/// token makes it single-use, the key ties it to the certificate about to be issued.
+pub fn enrollment_report_data(token_hash: &[u8; 32], csr_spki_der: &[u8]) -> [u8; 64] {
+    crate::report_data_binding(token_hash, csr_spki_der)
+}
+
+/// The decoded `attestation.payload` of an enrollment request: base64 of the CBOR map
+/// `{"evidence": bstr, "collateral"?: bstr}`. Collateral is the DCAP collateral JSON (`tdx`,
+/// `sgx`), the VCEK certificate (`sev-snp`) or the attestation key PEM (`tpm2`); `dev` has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestationPayload {
+    /// The evidence bytes, as the TEE produced them.
+    pub evidence: Vec<u8>,
+    /// What the evidence is checked with, where its kind needs it.
+    pub collateral: Option<Vec<u8>>,
+}
+
+impl AttestationPayload {
+    /// The CBOR encoding (before base64).
+    pub fn to_cbor(&self) -> Vec<u8> {
+        use ciborium::Value;
+        let mut entries = vec![(
+            Value::Text("evidence".into()),
+            Value::Bytes(self.evidence.clone()),
+        )];
+        if let Some(collateral) = &self.collateral {
+            entries.push((
+                Value::Text("collateral".into()),
+                Value::Bytes(collateral.clone()),
+            ));
+        }
+        let mut out = Vec::new();
+        // Writing a `Value` into a Vec has no failure path (no IO error, no unsupported type).
+        #[allow(clippy::expect_used)]
+        ciborium::ser::into_writer(&Value::Map(entries), &mut out)
+            .expect("CBOR into a Vec cannot fail");
+        out
+    }
+
+    /// Parses the CBOR map: exactly one item, text keys, no duplicates, no unknown fields.
+    pub fn from_cbor(bytes: &[u8]) -> Result<Self, String> {
+        use ciborium::Value;
+        let mut rest = bytes;
+        let value: Value =
+            ciborium::de::from_reader(&mut rest).map_err(|e| format!("not CBOR: {e}"))?;
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after the CBOR item", rest.len()));
+        }
+        let Value::Map(pairs) = value else {
+            return Err("not a CBOR map".into());
+        };
+        let (mut evidence, mut collateral) = (None, None);
+        for (key, value) in pairs {
+            let slot = match key.as_text() {
+                Some("evidence") => &mut evidence,
+                Some("collateral") => &mut collateral,
+                Some(other) => return Err(format!("unknown field {other:?}")),
+                None => return Err("a key is not text".into()),
+            };
+            let Value::Bytes(bytes) = value else {
+                return Err("evidence and collateral must be byte strings".into());
+            };
+            if slot.replace(bytes).is_some() {
+                return Err("duplicate field".into());
+            }
+        }
+        Ok(AttestationPayload {
+            evidence: evidence.ok_or("missing \"evidence\"")?,
+            collateral,
+        })
+    }
+}
+
+/// Verifies enrollment evidence of `evidence_type` against `policy`, expecting `report_data`
+/// (see [`enrollment_report_data`]), at `now_unix_secs`. Pure: no IO, no clock.
+pub fn verify_enrollment_evidence(
+    policy: &EnrollAttestationPolicy,
+    evidence_type: crate::EvidenceType,
+    payload: &AttestationPayload,
+    report_data: &[u8; 64],
+    now_unix_secs: u64,
+) -> Result<crate::Verdict, crate::AttestError> {
+    let expectations = crate::Expectations {
+        report_data: Some(report_data.to_vec()),
+        max_age: Some(ENROLL_EVIDENCE_MAX_AGE),
+        ..crate::Expectations::default()
+    };
+    verify_evidence(policy, evidence_type, payload, expectations, now_unix_secs)
+}
+
+/// Verifies evidence of `evidence_type` against the keys of `policy` and `expectations`
+/// (report data, reference values, freshness), at `now_unix_secs`. `dev` evidence needs the
+/// policy's dev TEE key; `expectations.allow_dev` is set from it. Pure: no IO, no clock.
+pub fn verify_evidence(
+    policy: &EnrollAttestationPolicy,
+    evidence_type: crate::EvidenceType,
+    payload: &AttestationPayload,
+    mut expectations: crate::Expectations,
+    now_unix_secs: u64,
+) -> Result<crate::Verdict, crate::AttestError> {
+    use crate::{AttestError, EvidenceType};
+    let evidence = &payload.evidence;
+    let collateral = payload.collateral.as_deref();
+    match evidence_type {
+        EvidenceType::Dev => {
+            if policy.dev_tee_keys.is_empty() {
+                return Err(AttestError::DevNotAllowed);
+            }
+            if collateral.is_some() {
+                return Err(AttestError::Malformed(
+                    "dev evidence takes no collateral".into(),
+                ));
+            }
+            expectations.allow_dev = true;
+            crate::dev::verify_any(evidence, &policy.dev_tee_keys, &expectations, now_unix_secs)
+        }
+        EvidenceType::Tpm2 => {
+            let pem = collateral.ok_or(AttestError::MissingCollateral)?;
+            let pem = std::str::from_utf8(pem).map_err(|_| {
+                AttestError::Malformed("tpm2 collateral: the attestation key is not PEM".into())
+            })?;
+            let key = crate::tpm2::AttestationKey::from_pem(pem)
+                .map_err(|e| AttestError::Malformed(format!("tpm2 collateral: {e}")))?;
+            if !policy.tpm2_attestation_keys.contains(&key) {
+                return Err(AttestError::BadChain(
+                    "tpm2: the attestation key is not one this node trusts".into(),
+                ));
+            }
+            crate::tpm2::verify(evidence, &key, &expectations)
+        }
+        EvidenceType::Tdx => {
+            crate::dcap::verify_tdx(evidence, collateral, &expectations, now_unix_secs)
+        }
+        EvidenceType::Sgx => {
+            crate::dcap::verify_sgx(evidence, collateral, &expectations, now_unix_secs)
+        }
+        EvidenceType::SevSnp => crate::sev::verify_snp(
+            evidence,
+            collateral.ok_or(AttestError::MissingCollateral)?,
+            &expectations,
+            now_unix_secs,
+        ),
+    }
+}
