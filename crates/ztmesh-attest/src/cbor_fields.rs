@@ -78,6 +78,14 @@ impl CborFields {
         self.take_as(name, Kind::Bytes, Value::into_bytes)
     }
 
+    /// An optional byte-string field: `None` when absent; present, it must be a byte string.
+    pub(crate) fn take_optional_bytes(&mut self, name: &str) -> Result<Option<Vec<u8>>, CborError> {
+        if !self.entries.contains_key(name) {
+            return Ok(None);
+        }
+        self.take_bytes(name).map(Some)
+    }
+
     /// A required byte-string field of exactly `N` bytes.
     pub(crate) fn take_byte_array<const N: usize>(
         &mut self,
@@ -311,6 +319,26 @@ mod tests {
         assert_eq!(fields.take_map("table").unwrap(), vec![]);
         assert!(fields.take("count").is_err(), "a field is taken once");
         assert!(fields.finish().is_ok());
+    }
+
+    #[test]
+    fn an_optional_field_may_be_absent_but_not_of_another_type() {
+        let bytes = map(vec![("present", Value::Bytes(vec![2]))]);
+        let mut fields = CborFields::decode("dev payload", &bytes).unwrap();
+        assert_eq!(fields.take_optional_bytes("absent").unwrap(), None);
+        assert_eq!(
+            fields.take_optional_bytes("present").unwrap(),
+            Some(vec![2])
+        );
+        assert!(fields.finish().is_ok());
+        let (evidence, payload) = fault(&map(vec![("extra", Value::from(1))]), |fields| {
+            fields.take_optional_bytes("extra").map(drop)
+        });
+        assert_eq!(
+            evidence,
+            "malformed: dev payload: \"extra\" is not a byte string"
+        );
+        assert_eq!(payload, "extra must be a byte string");
     }
 
     /// Pins both wordings: evidence errors are shown alone, payload errors inside a manifest or

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod attestation_payload;
 mod cbor_fields;
 pub mod dcap;
 pub mod dev;
@@ -22,6 +23,7 @@ pub mod tpm2;
 pub mod tpm2_credential;
 mod tpm_reader;
 
+pub use attestation_payload::{AttestationPayload, MAX_ATTESTATION_PAYLOAD_LEN};
 pub use evidence::{
     report_data_binding, AttestError, EvidenceType, Expectations, ReferenceValues, Verdict,
     MAX_COLLATERAL_LEN, MAX_EVIDENCE_LEN,

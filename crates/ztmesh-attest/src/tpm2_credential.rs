@@ -55,7 +55,7 @@ use rand_core::CryptoRngCore;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use crate::tpm2::AttestationKey;
-use crate::tpm_reader::TpmReader;
+use crate::tpm_reader::{TpmReadError, TpmReader};
 
 /// Largest TPM2B_PUBLIC or TPMT_PUBLIC accepted (checked before parsing): an RSA-4096 public
 /// area with a SHA-512 policy digest is about 610 bytes.
@@ -156,6 +156,16 @@ pub enum CredentialError {
     /// The RNG or a cipher failed while making a credential.
     #[error("making the credential failed: {0}")]
     Encryption(String),
+}
+
+// Here rather than in `tpm_reader`, so that the reader never imports the modules built on it.
+impl From<TpmReadError> for CredentialError {
+    fn from(error: TpmReadError) -> Self {
+        match error {
+            TpmReadError::Truncated(why) => CredentialError::Truncated(why),
+            TpmReadError::Malformed(why) => CredentialError::Malformed(why),
+        }
+    }
 }
 
 impl CredentialError {
@@ -1224,6 +1234,20 @@ mod tests {
             assert_eq!(error, CredentialError::InvalidSecret { len, max: 32 });
             assert!(!error.is_peer_fault());
         }
+    }
+
+    #[test]
+    fn tpm_read_errors_become_credential_errors_of_the_same_kind() {
+        let mut reader = TpmReader::new("TEST", &[0, 3, 1, 2]);
+        assert_eq!(
+            CredentialError::from(reader.tpm2b("buffer", 2).unwrap_err()),
+            CredentialError::Malformed("TEST: buffer of 3 bytes, at most 2".into())
+        );
+        let mut reader = TpmReader::new("TEST", &[0, 3, 1, 2]);
+        assert_eq!(
+            CredentialError::from(reader.tpm2b("buffer", 3).unwrap_err()),
+            CredentialError::Truncated("TEST: 3 bytes needed, 2 left".into())
+        );
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! bounds-checked, a TPM2B's size is checked against the caller's limit before its bytes are
 //! read, and [`TpmReader::finish`] refuses what follows a structure. Reads answer slices of the
 //! input; nothing is copied.
+//!
+//! This is the bottom of the TPM modules: it must never import the modules that use it. Each of
+//! them converts [`TpmReadError`] into its own error type next to that type (the conversion into
+//! [`CredentialError`](crate::tpm2_credential::CredentialError) lives in `tpm2_credential`), so
+//! the imports point one way.
 
-use crate::tpm2_credential::CredentialError;
 use crate::AttestError;
 
 /// A cursor over the marshalled bytes of one TPM structure; `what` names the structure in
@@ -83,7 +87,7 @@ impl<'a> TpmReader<'a> {
 }
 
 /// Why a [`TpmReader`] read failed; `?` turns it into the variant of the same name of
-/// [`AttestError`] or [`CredentialError`].
+/// [`AttestError`] or [`CredentialError`](crate::tpm2_credential::CredentialError).
 #[derive(Debug)]
 pub(crate) enum TpmReadError {
     /// The structure ends before a read.
@@ -97,15 +101,6 @@ impl From<TpmReadError> for AttestError {
         match error {
             TpmReadError::Truncated(why) => AttestError::Truncated(why),
             TpmReadError::Malformed(why) => AttestError::Malformed(why),
-        }
-    }
-}
-
-impl From<TpmReadError> for CredentialError {
-    fn from(error: TpmReadError) -> Self {
-        match error {
-            TpmReadError::Truncated(why) => CredentialError::Truncated(why),
-            TpmReadError::Malformed(why) => CredentialError::Malformed(why),
         }
     }
 }
@@ -138,8 +133,8 @@ mod tests {
     fn a_tpm2b_over_its_limit_is_refused_before_its_bytes_are_read() {
         let mut reader = TpmReader::new("TEST", &[0, 3, 1, 2]);
         assert_eq!(
-            CredentialError::from(reader.tpm2b("buffer", 2).unwrap_err()),
-            CredentialError::Malformed("TEST: buffer of 3 bytes, at most 2".into())
+            AttestError::from(reader.tpm2b("buffer", 2).unwrap_err()),
+            AttestError::Malformed("TEST: buffer of 3 bytes, at most 2".into())
         );
         let mut reader = TpmReader::new("TEST", &[0, 3, 1, 2]);
         assert_eq!(

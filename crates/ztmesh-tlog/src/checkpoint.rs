@@ -9,8 +9,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::limits::MAX_NOTE_LEN;
 use crate::merkle::{empty_root, Hash};
-use crate::note::MAX_NOTE_LEN;
 
 /// Why a text is not a checkpoint. Parsing faults belong to whoever sent the text; the same
 /// errors from [`Checkpoint::new`] mean the caller passed bad parts.

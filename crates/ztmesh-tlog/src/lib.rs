@@ -19,6 +19,7 @@
 pub mod checkpoint;
 pub mod cosignature;
 mod key;
+mod limits;
 pub mod merkle;
 pub mod monitor;
 pub mod note;

@@ -22,8 +22,8 @@ use rand_core::CryptoRngCore;
 
 use crate::key::{self, KeyError, SIGNATURE_TYPE_ED25519};
 
-/// Largest note accepted or produced, in bytes.
-pub const MAX_NOTE_LEN: usize = 1 << 20;
+// Defined with the checkpoint bound it is shared with; named here, where callers look for it.
+pub use crate::limits::MAX_NOTE_LEN;
 
 /// Most signature lines accepted or produced in one note (the spec asks for at least 16).
 pub const MAX_SIGNATURES: usize = 100;
