@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+pub use crate::AttestationPayload;
+
 /// The CA's attestation policy for `POST /v1/enroll`. The default requires nothing, still
 /// verifies whatever evidence arrives, and can verify only the evidence anchored in a vendor
 /// root (`tdx`, `sgx`, `sev-snp`).
@@ -36,73 +38,6 @@ pub const ENROLL_EVIDENCE_MAX_AGE: Duration = Duration::from_secs(86_400);
 /// token makes it single-use, the key ties it to the certificate about to be issued.
 pub fn enrollment_report_data(token_hash: &[u8; 32], csr_spki_der: &[u8]) -> [u8; 64] {
     crate::report_data_binding(token_hash, csr_spki_der)
-}
-
-/// The decoded `attestation.payload` of an enrollment request: base64 of the CBOR map
-/// `{"evidence": bstr, "collateral"?: bstr}`. Collateral is the DCAP collateral JSON (`tdx`,
-/// `sgx`), the VCEK certificate (`sev-snp`) or the attestation key PEM (`tpm2`); `dev` has none.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttestationPayload {
-    /// The evidence bytes, as the TEE produced them.
-    pub evidence: Vec<u8>,
-    /// What the evidence is checked with, where its kind needs it.
-    pub collateral: Option<Vec<u8>>,
-}
-
-impl AttestationPayload {
-    /// The CBOR encoding (before base64).
-    pub fn to_cbor(&self) -> Vec<u8> {
-        use ciborium::Value;
-        let mut entries = vec![(
-            Value::Text("evidence".into()),
-            Value::Bytes(self.evidence.clone()),
-        )];
-        if let Some(collateral) = &self.collateral {
-            entries.push((
-                Value::Text("collateral".into()),
-                Value::Bytes(collateral.clone()),
-            ));
-        }
-        let mut out = Vec::new();
-        // Writing a `Value` into a Vec has no failure path (no IO error, no unsupported type).
-        #[allow(clippy::expect_used)]
-        ciborium::ser::into_writer(&Value::Map(entries), &mut out)
-            .expect("CBOR into a Vec cannot fail");
-        out
-    }
-
-    /// Parses the CBOR map: exactly one item, text keys, no duplicates, no unknown fields.
-    pub fn from_cbor(bytes: &[u8]) -> Result<Self, String> {
-        use ciborium::Value;
-        let mut rest = bytes;
-        let value: Value =
-            ciborium::de::from_reader(&mut rest).map_err(|e| format!("not CBOR: {e}"))?;
-        if !rest.is_empty() {
-            return Err(format!("{} bytes after the CBOR item", rest.len()));
-        }
-        let Value::Map(pairs) = value else {
-            return Err("not a CBOR map".into());
-        };
-        let (mut evidence, mut collateral) = (None, None);
-        for (key, value) in pairs {
-            let slot = match key.as_text() {
-                Some("evidence") => &mut evidence,
-                Some("collateral") => &mut collateral,
-                Some(other) => return Err(format!("unknown field {other:?}")),
-                None => return Err("a key is not text".into()),
-            };
-            let Value::Bytes(bytes) = value else {
-                return Err("evidence and collateral must be byte strings".into());
-            };
-            if slot.replace(bytes).is_some() {
-                return Err("duplicate field".into());
-            }
-        }
-        Ok(AttestationPayload {
-            evidence: evidence.ok_or("missing \"evidence\"")?,
-            collateral,
-        })
-    }
 }
 
 /// Verifies enrollment evidence of `evidence_type` against `policy`, expecting `report_data`

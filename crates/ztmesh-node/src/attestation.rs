@@ -517,8 +517,7 @@ impl Attestor {
                 .ok_or(LinkAttestError::PlatformNotInManifest(kind.as_str()))?,
             None => ReferenceValues::default(),
         };
-        let payload = AttestationPayload::from_cbor(evidence)
-            .map_err(|e| LinkAttestError::Refused(AttestError::Malformed(e)))?;
+        let payload = AttestationPayload::from_cbor(evidence).map_err(LinkAttestError::Refused)?;
         let binary: [u8; 32] = binary_sha256
             .try_into()
             .map_err(|_| LinkAttestError::Refused(AttestError::Malformed("binary hash".into())))?;
