@@ -1,5 +1,6 @@
 //! The membership log's formats, shared by the CA that writes the log and the nodes that audit
-//! it: the origin of a trust domain's log, the leaves ([`LogEntry`] for certificate events,
+//! it: the origin of a trust domain's log and the monitor its pinned policy binds
+//! ([`parse_log_policy`]), the leaves ([`LogEntry`] for certificate events,
 //! [`EventEntry`] for mesh events) in the exact canonical bytes the CA writes, and the JSON of
 //! `GET /v1/log/entries` and the proof routes.
 //!
@@ -12,7 +13,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use ztmesh_core::{NodeId, Timestamp, TrustDomain};
 use ztmesh_pki::Serial;
-use ztmesh_tlog::Hash;
+use ztmesh_tlog::policy::PolicyParseError;
+use ztmesh_tlog::{CheckpointMonitor, Hash, Policy};
 
 /// What follows the trust domain in the log's origin line (and its key name).
 pub const ORIGIN_SUFFIX: &str = "/membership";
@@ -333,4 +335,37 @@ pub fn decode_leaf(text: &str) -> Option<Vec<u8>> {
         return None;
     }
     base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+/// Why a log policy cannot be used by a member of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogPolicyError {
+    /// Not a tlog-policy.
+    #[error(transparent)]
+    Parse(#[from] PolicyParseError),
+    /// No log of the policy is the membership log of this mesh.
+    #[error("the policy has no log {expected:?} (its logs: {found:?})")]
+    NoMembershipLog {
+        /// Origins of the policy's logs.
+        found: Vec<String>,
+        /// `<trust domain>/membership`.
+        expected: String,
+    },
+}
+
+/// Parses a log policy and binds a monitor to its membership log of `trust_domain`.
+pub fn parse_log_policy(
+    text: &str,
+    trust_domain: &TrustDomain,
+) -> Result<CheckpointMonitor, LogPolicyError> {
+    let policy = Policy::parse(text)?;
+    let expected = log_origin(trust_domain);
+    let found = policy
+        .logs()
+        .iter()
+        .map(|log| log.verifier.name().to_owned())
+        .collect();
+    CheckpointMonitor::for_origin(policy, &expected)
+        .ok_or(LogPolicyError::NoMembershipLog { found, expected })
 }

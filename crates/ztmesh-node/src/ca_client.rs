@@ -28,8 +28,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest consistency-proof answer read (a proof has at most 64 hashes of 44 characters).
 const MAX_PROOF_ANSWER: usize = 16 * 1024;
 
-/// Most log entries [`CaClient::log_entries`] asks for at once.
-pub const MAX_ENTRIES_PER_FETCH: u64 = 256;
+pub use crate::log_audit::MAX_ENTRIES_PER_FETCH;
 
 /// Largest log-entries answer read: [`MAX_ENTRIES_PER_FETCH`] leaves of the largest size the
 /// log accepts, in base64 with their JSON framing.
@@ -405,7 +404,7 @@ async fn enroll_into(
     let url = format!("{base}/v1/log/policy");
     let log_policy = get_text_or_none(&client, &url, ztmesh_tlog::policy::MAX_POLICY_LEN).await?;
     if let Some(text) = &log_policy {
-        crate::log_watch::parse_log_policy(text, &trust_domain)
+        ztmesh_membership::parse_log_policy(text, &trust_domain)
             .map_err(|e| ClientError::Protocol(format!("membership-log policy: {e}")))?;
     }
 

@@ -74,7 +74,11 @@ pub(crate) const LOG_GRACE: Duration = Duration::from_secs(90);
 
 /// Most entries asked for in one request (the CA answers at most
 /// [`MAX_ENTRIES_PER_REQUEST`](crate::membership_log::MAX_ENTRIES_PER_REQUEST)).
-pub(crate) const ENTRIES_PER_BATCH: u64 = crate::ca_client::MAX_ENTRIES_PER_FETCH;
+pub(crate) const ENTRIES_PER_BATCH: u64 = MAX_ENTRIES_PER_FETCH;
+
+/// Most log entries [`CaClient::log_entries`](crate::ca_client::CaClient::log_entries) asks
+/// for at once.
+pub const MAX_ENTRIES_PER_FETCH: u64 = 256;
 
 /// Most batches fetched per wake-up of the log-watch loop, so a node far behind catches up over
 /// several wake-ups instead of holding the loop (and the CA) for minutes.

@@ -43,10 +43,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use ztmesh_core::{NodeId, Timestamp, TrustDomain};
 use ztmesh_pki::{Crl, Serial};
-use ztmesh_tlog::{
-    Checkpoint, CheckpointMonitor, Hash, Note, Observation, Policy, PolicyParseError, SavedMonitor,
-    TreeHead,
-};
+use ztmesh_tlog::{Checkpoint, CheckpointMonitor, Hash, Note, Observation, SavedMonitor, TreeHead};
 
 use crate::api_types::{
     AcknowledgeAlarmRequest, AcknowledgeAlarmResponse, LogAlarmKind, LogStatus,
@@ -92,38 +89,7 @@ const MAX_UNSAVED_STALL_ENDS: usize = 8;
 /// Leaf hashes read per query when the verified entries are reloaded at start.
 const RELOAD_BATCH: usize = 10_000;
 
-/// Why a log policy cannot be used by this node.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum LogPolicyError {
-    /// Not a tlog-policy.
-    #[error(transparent)]
-    Parse(#[from] PolicyParseError),
-    /// No log of the policy is the membership log of this mesh.
-    #[error("the policy has no log {expected:?} (its logs: {found:?})")]
-    NoMembershipLog {
-        /// Origins of the policy's logs.
-        found: Vec<String>,
-        /// `<trust domain>/membership`.
-        expected: String,
-    },
-}
-
-/// Parses a log policy and binds a monitor to its membership log of `trust_domain`.
-pub fn parse_log_policy(
-    text: &str,
-    trust_domain: &TrustDomain,
-) -> Result<CheckpointMonitor, LogPolicyError> {
-    let policy = Policy::parse(text)?;
-    let expected = crate::membership_log::log_origin(trust_domain);
-    let found = policy
-        .logs()
-        .iter()
-        .map(|log| log.verifier.name().to_owned())
-        .collect();
-    CheckpointMonitor::for_origin(policy, &expected)
-        .ok_or(LogPolicyError::NoMembershipLog { found, expected })
-}
+pub use ztmesh_membership::{parse_log_policy, LogPolicyError};
 
 /// Where the monitor gets what it cannot know by itself: the log's latest checkpoint,
 /// consistency proofs and entries. The CA client in production, an in-memory log in tests.

@@ -18,10 +18,9 @@
 //! are), so `ztmesh witness init` must be run with the same passphrase.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 
-use serde::{Deserialize, Serialize};
 use ztmesh_core::{NodeId, Timestamp};
 use ztmesh_pki::keyfile::Protection;
 use ztmesh_tlog::{Policy, Verifier};
@@ -34,66 +33,7 @@ use crate::witness_service::{
     self, CosignGate, TrustedLogs, Witness, WitnessDir, WitnessService, WitnessSetupError,
 };
 
-/// `[witness]` of `node.toml`. Unknown keys are refused, like everywhere in `node.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeWitnessConfig {
-    /// Serve the witness while the node runs.
-    #[serde(default)]
-    pub enabled: bool,
-    /// Where the plain-HTTP `POST /add-checkpoint` listens; required when enabled, since the
-    /// CA's log policy names this address (port 0 picks one; `ztmesh status` shows it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listen: Option<SocketAddr>,
-    /// The witness data directory made by `ztmesh witness init`; relative paths are inside
-    /// the node directory.
-    #[serde(default = "default_data_dir")]
-    pub data_dir: PathBuf,
-}
-
-/// Refusal of `enabled = true` without `listen`.
-const MISSING_LISTEN: &str = "witness.listen is required when witness.enabled = true (the address the CA's log policy names for this witness)";
-
-fn default_data_dir() -> PathBuf {
-    PathBuf::from("witness")
-}
-
-impl Default for NodeWitnessConfig {
-    fn default() -> Self {
-        NodeWitnessConfig {
-            enabled: false,
-            listen: None,
-            data_dir: default_data_dir(),
-        }
-    }
-}
-
-impl NodeWitnessConfig {
-    /// Whether this is the default (then `node.toml` need not carry the table).
-    pub fn is_default(&self) -> bool {
-        *self == NodeWitnessConfig::default()
-    }
-
-    /// Checks what the types do not carry (no file is read here).
-    pub fn validate(&self) -> Result<(), String> {
-        if self.data_dir.as_os_str().is_empty() {
-            return Err("witness.data_dir must not be empty".into());
-        }
-        if self.enabled && self.listen.is_none() {
-            return Err(MISSING_LISTEN.into());
-        }
-        Ok(())
-    }
-
-    /// The witness data directory, relative paths resolved inside `node_dir`.
-    pub fn data_dir_in(&self, node_dir: &Path) -> PathBuf {
-        if self.data_dir.is_absolute() {
-            self.data_dir.clone()
-        } else {
-            node_dir.join(&self.data_dir)
-        }
-    }
-}
+pub use crate::node_dir::NodeWitnessConfig;
 
 /// Why the node's witness cannot start. `ztmesh run` refuses to start rather than run without
 /// the witness it was configured to be.
@@ -212,7 +152,7 @@ pub(crate) async fn prepare(
     }
     let listen = settings
         .listen
-        .ok_or_else(|| NodeWitnessError::Config(MISSING_LISTEN.into()))?;
+        .ok_or_else(|| NodeWitnessError::Config(crate::node_dir::MISSING_LISTEN.into()))?;
     let witness_dir = WitnessDir(settings.data_dir_in(&dir.0));
     let setup = |error: WitnessSetupError| match error {
         WitnessSetupError::NotInitialized(path) => NodeWitnessError::NotInitialized(path),
