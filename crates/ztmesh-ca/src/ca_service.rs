@@ -497,7 +497,7 @@ struct CaState {
     /// and nodes ask again).
     tpm2: Mutex<crate::ca_tpm2::Tpm2Activations>,
     /// Tallies of reported governance decisions the CA follows.
-    governance: Mutex<crate::ca_governance::CaGovernance>,
+    governance: Mutex<ztmesh_trust::ca_governance::CaGovernance>,
     /// Lifetime of issued certificates in force, seconds (the flag or a governed value), and
     /// the proposal that set it.
     cert_lifetime: Mutex<(Duration, Option<String>)>,
@@ -758,13 +758,13 @@ fn governed_at_start(
     flag: Duration,
 ) -> Result<
     (
-        crate::ca_governance::CaGovernance,
+        ztmesh_trust::ca_governance::CaGovernance,
         (Duration, Option<String>),
     ),
     crate::store::StoreError,
 > {
     let applied = store.governed_applied(GOVERNED_APPLIED_KEPT)?;
-    let governance = crate::ca_governance::CaGovernance::new(applied);
+    let governance = ztmesh_trust::ca_governance::CaGovernance::new(applied);
     let lifetime = match store.governed(ztmesh_trust::Param::CertLifetimeSecs.as_str())? {
         Some(governed) => {
             tracing::info!(
@@ -790,7 +790,7 @@ impl CaState {
 }
 
 /// Counts `reporter`'s report that `proposal` set `param` to `value` toward the CA following
-/// it (see [`crate::ca_governance`]); applies and persists it when a majority of the attested
+/// it (see [`ztmesh_trust::ca_governance`]); applies and persists it when a majority of the attested
 /// nodes reported it.
 async fn follow_decision(
     state: &Arc<CaState>,
@@ -805,11 +805,11 @@ async fn follow_decision(
     else {
         return Ok(());
     };
-    if !crate::ca_governance::followed_by_ca(param) {
+    if !ztmesh_trust::ca_governance::followed_by_ca(param) {
         return Ok(());
     }
     let at = now();
-    let since = at.saturating_sub(crate::ca_governance::ATTESTED_WINDOW);
+    let since = at.saturating_sub(ztmesh_trust::ca_governance::ATTESTED_WINDOW);
     let store = state.store.clone();
     let attested = blocking(move || store.attested_since(since))
         .await?
@@ -820,13 +820,13 @@ async fn follow_decision(
         .unwrap_or_else(|p| p.into_inner())
         .report(reporter, &proposal, param, value, &attested);
     match outcome {
-        crate::ca_governance::Outcome::Counted {
+        ztmesh_trust::ca_governance::Outcome::Counted {
             reporters,
             attested,
         } => {
             tracing::info!(%proposal, param = param.as_str(), value, reporters, attested, "governance decision report counted");
         }
-        crate::ca_governance::Outcome::Apply {
+        ztmesh_trust::ca_governance::Outcome::Apply {
             param,
             value,
             reporters,
@@ -846,8 +846,8 @@ async fn follow_decision(
                 tracing::info!(%proposal, cert_lifetime_secs = value, reporters, attested, "governance decision followed: new certificates get this lifetime");
             }
         }
-        crate::ca_governance::Outcome::NotFollowed
-        | crate::ca_governance::Outcome::AlreadyApplied => {}
+        ztmesh_trust::ca_governance::Outcome::NotFollowed
+        | ztmesh_trust::ca_governance::Outcome::AlreadyApplied => {}
     }
     Ok(())
 }

@@ -5,7 +5,6 @@
 //!   push, governance reports);
 //! - [`ca_attest`]: the token desk (challenge nonces, `POST /v1/attest`, attestation tokens);
 //! - [`ca_tpm2`]: the CA's half of TPM credential activation at enrollment;
-//! - [`ca_governance`]: the CA following `cert_lifetime_secs` decisions reported by nodes;
 //! - [`membership_log`]: the transparency log of membership events, checkpoints and the
 //!   witnesses' cosignatures (formats in `ztmesh-membership`);
 //! - [`store`]: the CA's SQLite database.
@@ -20,7 +19,6 @@
 use ztmesh_runtime::{api_error, api_types, https, private_files, rate_limit, timefmt, tls};
 
 pub mod ca_attest;
-pub mod ca_governance;
 pub mod ca_service;
 pub mod ca_tpm2;
 pub mod membership_log;

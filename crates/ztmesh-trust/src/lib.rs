@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ca_governance;
 mod error;
 pub mod gates;
 pub mod governance;

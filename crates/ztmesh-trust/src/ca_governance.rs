@@ -20,8 +20,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::Param;
 use ztmesh_core::NodeId;
-use ztmesh_trust::Param;
 
 /// How recently a node must have received a token to count as attested (the default
 /// attestation validity).
