@@ -111,3 +111,83 @@ pub fn verify_evidence(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AttestError, EvidenceType};
+
+    const NOW: u64 = 1_750_000_000;
+
+    fn binding() -> [u8; 64] {
+        crate::report_data_binding(b"token hash", b"tls spki")
+    }
+
+    #[test]
+    fn dev_evidence_needs_the_dev_key_in_the_policy() {
+        let tee = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let payload = AttestationPayload {
+            evidence: crate::dev::generate(&tee, &[0; 32], &binding(), NOW),
+            collateral: None,
+        };
+        let refused = EnrollAttestationPolicy::default();
+        assert_eq!(
+            verify_enrollment_evidence(&refused, EvidenceType::Dev, &payload, &binding(), NOW),
+            Err(AttestError::DevNotAllowed)
+        );
+        let allowed = EnrollAttestationPolicy {
+            dev_tee_keys: vec![tee.verifying_key()],
+            ..EnrollAttestationPolicy::default()
+        };
+        assert!(
+            verify_enrollment_evidence(&allowed, EvidenceType::Dev, &payload, &binding(), NOW)
+                .is_ok()
+        );
+        let stale = NOW + ENROLL_EVIDENCE_MAX_AGE.as_secs() + 1;
+        assert_eq!(
+            verify_enrollment_evidence(&allowed, EvidenceType::Dev, &payload, &binding(), stale)
+                .unwrap_err()
+                .reason(),
+            "stale"
+        );
+    }
+
+    #[test]
+    fn hardware_evidence_without_its_collateral_or_trusted_key_is_refused() {
+        let policy = EnrollAttestationPolicy::default();
+        let bare = AttestationPayload {
+            evidence: vec![0; 16],
+            collateral: None,
+        };
+        for kind in [EvidenceType::SevSnp, EvidenceType::Tpm2] {
+            assert_eq!(
+                verify_enrollment_evidence(&policy, kind, &bare, &binding(), NOW),
+                Err(AttestError::MissingCollateral),
+                "{kind:?}"
+            );
+        }
+        // A well-formed key the CA was never given.
+        let untrusted = p256_pem();
+        let with_key = AttestationPayload {
+            evidence: vec![0; 16],
+            collateral: Some(untrusted.into_bytes()),
+        };
+        assert_eq!(
+            verify_enrollment_evidence(&policy, EvidenceType::Tpm2, &with_key, &binding(), NOW)
+                .unwrap_err()
+                .reason(),
+            "bad_chain"
+        );
+    }
+
+    /// A P-256 public key PEM (the generator point as the key: valid, owned by nobody here).
+    fn p256_pem() -> String {
+        let spki = hex::decode(concat!(
+            "3059301306072a8648ce3d020106082a8648ce3d030107034200",
+            "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296",
+            "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5"
+        ))
+        .unwrap();
+        pem::encode(&pem::Pem::new("PUBLIC KEY", spki))
+    }
+}

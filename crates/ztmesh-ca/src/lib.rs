@@ -19,7 +19,10 @@
 use ztmesh_runtime::{api_error, api_types, https, private_files, rate_limit, timefmt, tls};
 
 pub mod ca_attest;
+pub mod ca_dir;
 pub mod ca_service;
+mod ca_state;
 pub mod ca_tpm2;
 pub mod membership_log;
+mod routes;
 pub mod store;
