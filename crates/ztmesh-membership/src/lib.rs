@@ -369,3 +369,178 @@ pub fn parse_log_policy(
     CheckpointMonitor::for_origin(policy, &expected)
         .ok_or(LogPolicyError::NoMembershipLog { found, expected })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NOW_SECS: u64 = 1_700_000_000;
+
+    fn node(n: u8) -> NodeId {
+        NodeId::from_bytes([n; 20])
+    }
+
+    fn events() -> Vec<EventEntry> {
+        vec![
+            EventEntry::Manifest {
+                version: "1.2.3".into(),
+                sha256: "ab".repeat(32),
+                not_after: NOW_SECS + 86_400,
+                at: NOW_SECS,
+            },
+            EventEntry::GovernanceDecision {
+                proposal: "cd".repeat(32),
+                param: "gossip_fanout".into(),
+                value: 2,
+                reporter: node(1),
+                at: NOW_SECS,
+            },
+            EventEntry::TierChange {
+                node_id: node(2),
+                tier: "tier 1".into(),
+                reason: "attested (dev), binary in manifest, 100% over ≥ 100 checks".into(),
+                reporter: node(1),
+                at: NOW_SECS,
+            },
+        ]
+    }
+
+    #[test]
+    fn event_entries_round_trip_exactly_and_refuse_anything_else() {
+        for event in events() {
+            let leaf = event.to_leaf();
+            assert!(
+                leaf.starts_with(format!("{{\"kind\":\"{}\"", event.kind()).as_bytes()),
+                "{}",
+                String::from_utf8_lossy(&leaf)
+            );
+            assert_eq!(EventEntry::from_leaf(&leaf).unwrap(), event);
+            // A certificate-event reader does not mistake it for one of its own.
+            assert!(LogEntry::from_leaf(&leaf).is_err());
+            // White space, an unknown field, a truncation: refused.
+            let text = String::from_utf8(leaf.clone()).unwrap();
+            let spaced = text.replacen(':', ": ", 1);
+            assert!(EventEntry::from_leaf(spaced.as_bytes()).is_err());
+            let extra = text.replacen('{', "{\"x\":1,", 1);
+            assert!(EventEntry::from_leaf(extra.as_bytes()).is_err());
+            assert!(EventEntry::from_leaf(&leaf[..leaf.len() - 1]).is_err());
+        }
+        // Out of bounds, each named.
+        let bad = [
+            (
+                EventEntry::Manifest {
+                    version: String::new(),
+                    sha256: "ab".repeat(32),
+                    not_after: 0,
+                    at: 0,
+                },
+                "version",
+            ),
+            (
+                EventEntry::Manifest {
+                    version: "1".into(),
+                    sha256: "AB".repeat(32),
+                    not_after: 0,
+                    at: 0,
+                },
+                "sha256",
+            ),
+            (
+                EventEntry::GovernanceDecision {
+                    proposal: "cd".repeat(31),
+                    param: "gossip_fanout".into(),
+                    value: 2,
+                    reporter: node(1),
+                    at: 0,
+                },
+                "proposal",
+            ),
+            (
+                EventEntry::GovernanceDecision {
+                    proposal: "cd".repeat(32),
+                    param: "warp_speed".into(),
+                    value: 2,
+                    reporter: node(1),
+                    at: 0,
+                },
+                "param",
+            ),
+            (
+                EventEntry::GovernanceDecision {
+                    proposal: "cd".repeat(32),
+                    param: "gossip_fanout".into(),
+                    value: 999,
+                    reporter: node(1),
+                    at: 0,
+                },
+                "value",
+            ),
+            (
+                EventEntry::TierChange {
+                    node_id: node(2),
+                    tier: "tier 0".into(),
+                    reason: "r".into(),
+                    reporter: node(1),
+                    at: 0,
+                },
+                "tier",
+            ),
+            (
+                EventEntry::TierChange {
+                    node_id: node(2),
+                    tier: "tier 1".into(),
+                    reason: "a\nb".into(),
+                    reporter: node(1),
+                    at: 0,
+                },
+                "reason",
+            ),
+            (
+                EventEntry::TierChange {
+                    node_id: node(2),
+                    tier: "tier 1".into(),
+                    reason: "r".repeat(MAX_EVENT_REASON_LEN + 1),
+                    reporter: node(1),
+                    at: 0,
+                },
+                "reason",
+            ),
+        ];
+        for (event, field) in bad {
+            let error = event.check().unwrap_err();
+            assert!(error.starts_with(field), "{error}");
+            assert!(EventEntry::from_leaf(&event.to_leaf()).is_err());
+        }
+    }
+
+    #[test]
+    fn decode_leaf_bounds_its_input() {
+        assert_eq!(decode_leaf("AAEC").unwrap(), vec![0, 1, 2]);
+        assert!(decode_leaf("!!").is_none());
+        assert!(decode_leaf(&"A".repeat(MAX_LEAF_LEN * 2)).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_are_an_error_or_a_canonical_leaf(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(entry) = LogEntry::from_leaf(&bytes) {
+                prop_assert_eq!(entry.to_leaf(), bytes.clone());
+            }
+            if let Ok(event) = EventEntry::from_leaf(&bytes) {
+                prop_assert_eq!(event.to_leaf(), bytes);
+            }
+        }
+
+        #[test]
+        fn certificate_entries_round_trip(node_byte in any::<u8>(), serial in proptest::collection::vec(any::<u8>(), 1..20), at in any::<u64>(), issued in any::<bool>()) {
+            let serial = Serial::from_bytes(&serial);
+            let entry = if issued {
+                LogEntry { kind: EntryKind::Rotate, node_id: node(node_byte), serial: serial.to_hex(), not_after: Some(at / 2), at }
+            } else {
+                LogEntry::revoked(EntryKind::RevokeNode, node(node_byte), &serial, Timestamp::from_unix_secs(at / 1000))
+            };
+            prop_assert_eq!(LogEntry::from_leaf(&entry.to_leaf()), Ok(entry));
+        }
+    }
+}
