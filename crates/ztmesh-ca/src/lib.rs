@@ -16,7 +16,8 @@
 #![warn(missing_docs)]
 
 // The runtime's modules, named here as this crate's files name them (`crate::tls`, ...).
-use ztmesh_runtime::{api_error, api_types, https, private_files, rate_limit, timefmt, tls};
+use ztmesh_core::rate_limit;
+use ztmesh_runtime::{api_error, api_types, https, private_files, timefmt, tls};
 
 pub mod ca_attest;
 pub mod ca_dir;

@@ -17,10 +17,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-// The runtime's modules and the membership formats, named here as this crate's files name them
+// The runtime's modules, sans-IO cores and the membership formats, named here as this crate's files name them
 // (`crate::tls`, `crate::membership_log`, ...).
+use ztmesh_core::{peer_table, rate_limit};
 use ztmesh_membership as membership_log;
-use ztmesh_runtime::{api_error, api_types, https, private_files, rate_limit, timefmt, tls};
+use ztmesh_runtime::{api_error, api_types, https, private_files, timefmt, tls};
 use ztmesh_witness::witness_service;
 
 pub mod attestation;
@@ -45,6 +46,5 @@ pub mod node_client;
 pub mod node_dir;
 mod node_token;
 pub mod node_witness;
-pub mod peer_table;
 pub mod store;
 pub mod tpm_device;

@@ -9,7 +9,6 @@
 //! - [`sqlite`]: how every store opens and migrates its file, and [`StoreError`](sqlite::StoreError);
 //! - [`private_files`]: data directories, databases, keys and logs only their owner may read;
 //! - [`deny_set`]: the operator's deny-list as data, which `MeshTrust` enforces;
-//! - [`rate_limit`]: sans-IO token buckets per address or per node, failed-credential limits;
 //! - [`timefmt`]: the wall clock and RFC 3339 / duration parsing.
 //!
 //! It owns no role: it never serves a CA, node or witness route, never holds a store's schema,
@@ -23,7 +22,6 @@ pub mod api_types;
 pub mod deny_set;
 pub mod https;
 pub mod private_files;
-pub mod rate_limit;
 pub mod sqlite;
 pub mod timefmt;
 pub mod tls;

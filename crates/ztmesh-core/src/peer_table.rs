@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ztmesh_core::link::PeerAdvert;
-use ztmesh_core::{NodeId, Timestamp};
+use crate::link::PeerAdvert;
+use crate::{NodeId, Timestamp};
 
 /// Most peers remembered; adverts beyond it are ignored.
 pub const MAX_KNOWN_PEERS: usize = 1024;

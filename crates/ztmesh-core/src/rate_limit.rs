@@ -10,7 +10,7 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ztmesh_core::Timestamp;
+use crate::Timestamp;
 
 /// Most distinct clients tracked; past it the least recently seen bucket is dropped, so a
 /// spray of source addresses cannot grow memory without bound.
