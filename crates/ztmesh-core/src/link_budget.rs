@@ -3,15 +3,16 @@
 //! bytes, and a TPM quote for `tpm2`), a `PeerListRequest` with up to a full peer list. Without
 //! a budget, 1,000 challenges drew 450 KB of signed evidence from one node.
 //!
-//! Sans-IO: the link task asks [`LinkBudget::admit`] with `now` before answering and drops the
-//! request when it says no (the asker's own challenge then times out as unanswered). The
+//! Sans-IO, owned by the link state machine ([`crate::link_machine::LinkMachine`]), which asks
+//! [`LinkBudget::admit`] with `now` before letting the runtime answer and drops the request when
+//! it says no (the asker's own challenge then times out as unanswered). The
 //! budgets sit well above what an honest peer asks: it has at most one challenge outstanding
 //! and re-attests at most once a second (`reattest_secs` ≥ 1), and asks for peers once at link
 //! start and then every 5 s. This module must never answer for the peer, only count.
 
-use ztmesh_core::Timestamp;
+use std::time::Duration;
 
-use crate::rate_limit::TokenBucket;
+use crate::Timestamp;
 
 /// Challenges a peer may send at once on one link.
 pub const CHALLENGE_BURST: u32 = 5;
@@ -57,7 +58,7 @@ impl LinkBudget {
             LinkRequest::TeeChallenge => &mut self.challenges,
             LinkRequest::PeerList => &mut self.peer_lists,
         };
-        let admitted = bucket.take(now).is_ok();
+        let admitted = bucket.take(now);
         if !admitted {
             self.refused = self.refused.saturating_add(1);
         }
@@ -70,10 +71,50 @@ impl LinkBudget {
     }
 }
 
+/// One token bucket: `per_minute` tokens a minute, holding at most `burst`. The same arithmetic
+/// as the runtime's per-client limiter (which this crate cannot depend on); a clock going
+/// backwards mints nothing.
+#[derive(Debug, Clone, Copy)]
+struct TokenBucket {
+    per_minute: u32,
+    burst: u32,
+    tokens: f64,
+    updated: Timestamp,
+}
+
+impl TokenBucket {
+    fn new(per_minute: u32, burst: u32, now: Timestamp) -> Self {
+        let burst = burst.max(1);
+        TokenBucket {
+            per_minute: per_minute.max(1),
+            burst,
+            tokens: f64::from(burst),
+            updated: now,
+        }
+    }
+
+    fn tokens_at(&self, now: Timestamp) -> f64 {
+        let elapsed = now.duration_since(self.updated).as_secs_f64() * 1000.0;
+        let rate_per_ms = f64::from(self.per_minute) / 60_000.0;
+        (self.tokens + elapsed * rate_per_ms).min(f64::from(self.burst))
+    }
+
+    /// Takes one token at `now` if there is one.
+    fn take(&mut self, now: Timestamp) -> bool {
+        self.tokens = self.tokens_at(now);
+        self.updated = self.updated.max(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_thousand_challenges_at_once_get_the_burst_answered() {
