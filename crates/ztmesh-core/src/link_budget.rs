@@ -10,8 +10,6 @@
 //! and re-attests at most once a second (`reattest_secs` ≥ 1), and asks for peers once at link
 //! start and then every 5 s. This module must never answer for the peer, only count.
 
-use std::time::Duration;
-
 use crate::Timestamp;
 
 /// Challenges a peer may send at once on one link.
@@ -115,6 +113,7 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_thousand_challenges_at_once_get_the_burst_answered() {

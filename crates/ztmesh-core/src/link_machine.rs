@@ -287,7 +287,6 @@ impl LinkMachine {
                 evidence,
                 binary_sha256,
             }),
-            _ => None,
         };
         self.events.extend(event);
     }
