@@ -2,9 +2,10 @@
 //! certificate rotation, CRL refresh, and the node's HTTPS API.
 //!
 //! Task layout (all bounded): one accept loop (a semaphore caps links), one dial loop driven by
-//! the sans-IO [`PeerTable`], one task per link, and one task each for rotation, CRL refresh,
-//! CA announcements, the membership-log watch and the API server. Shutdown is a watch channel
-//! every loop selects on.
+//! the sans-IO [`PeerTable`], one task per link (an IO loop over the core's sans-IO
+//! [`LinkMachine`]), and one task each for rotation, CRL refresh, CA announcements, the
+//! membership-log watch, the writer of peers' addresses and the API server. Shutdown is a watch
+//! channel every loop selects on.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -1436,8 +1437,12 @@ impl LinkClock {
         self.opened_at.saturating_add(self.opened.elapsed())
     }
 
+    /// The instant of `at`; a deadline too far out for the platform's clock is a year away,
+    /// which is as good as never for a link and cannot overflow.
     fn instant(&self, at: Timestamp) -> tokio::time::Instant {
-        self.opened + at.duration_since(self.opened_at)
+        const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        let after = at.duration_since(self.opened_at).min(FAR);
+        self.opened.checked_add(after).unwrap_or(self.opened)
     }
 }
 

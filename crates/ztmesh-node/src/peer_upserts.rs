@@ -122,15 +122,16 @@ mod tests {
         NodeId::from_bytes([n; 20])
     }
 
+    /// A running writer, what it wrote, and how to stop it.
+    struct Writer {
+        upserts: Arc<PeerUpserts>,
+        written: Arc<Mutex<HashMap<NodeId, String>>>,
+        stop: tokio::sync::watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
     /// Runs the writer over a recording `write` that takes `delay` per batch.
-    fn writer(
-        delay: Duration,
-    ) -> (
-        Arc<PeerUpserts>,
-        Arc<Mutex<HashMap<NodeId, String>>>,
-        tokio::sync::watch::Sender<bool>,
-        tokio::task::JoinHandle<()>,
-    ) {
+    fn writer(delay: Duration) -> Writer {
         let upserts = Arc::new(PeerUpserts::default());
         let written = Arc::new(Mutex::new(HashMap::new()));
         let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
@@ -152,12 +153,22 @@ mod tests {
                     .await;
             })
         };
-        (upserts, written, stop_tx, task)
+        Writer {
+            upserts,
+            written,
+            stop: stop_tx,
+            task,
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hello_flood_does_not_grow_the_number_of_tasks() {
-        let (upserts, written, stop, task) = writer(Duration::from_millis(50));
+        let Writer {
+            upserts,
+            written,
+            stop,
+            task,
+        } = writer(Duration::from_millis(50));
         // 10,000 Hellos from 10 peers, in bursts while the writer is busy on the disk.
         for round in 0..10u64 {
             for i in 0..1_000u64 {
