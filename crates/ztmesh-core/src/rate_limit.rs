@@ -2,8 +2,7 @@
 //! by default, or any small key (the CA limits expired-certificate rotations per NodeId).
 //! [`RateLimiter`] limits requests; [`FailedCredentials`] limits wrong credentials (admin
 //! credential, `api.token`) per address and counts them; [`TokenBucket`] is the one bucket
-//! both (and the per-link budgets) are made of. No limiter may ever track more than
-//! [`MAX_TRACKED_CLIENTS`] clients.
+//! both are made of, as are the per-link budgets ([`crate::link_budget`]). No limiter may ever track more than [`MAX_TRACKED_CLIENTS`] clients.
 
 use std::collections::HashMap;
 use std::hash::Hash;

@@ -286,28 +286,61 @@ impl<R: RngCore> Gossip<R> {
         now: Timestamp,
         membership: &mut impl Membership,
     ) -> Result<(), GossipError> {
+        self.admit_frame(from, frame.len(), now)?;
+        let decoded = GossipFrame::decode(frame, &self.config);
+        self.dispatch_frame(from, decoded, now, membership)
+    }
+
+    /// [`Gossip::handle_frame`] for a frame the runtime already decoded with
+    /// [`GossipFrame::decode`] (to gate it by the neighbour's tier first), so it is parsed once:
+    /// `len` is the length of the bytes it came from, `decoded` what decoding them gave. The
+    /// same checks apply in the same order, the decoding refusal included.
+    pub fn handle_decoded_frame(
+        &mut self,
+        from: NodeId,
+        len: usize,
+        decoded: Result<GossipFrame, Refusal>,
+        now: Timestamp,
+        membership: &mut impl Membership,
+    ) -> Result<(), GossipError> {
+        self.admit_frame(from, len, now)?;
+        self.dispatch_frame(from, decoded, now, membership)
+    }
+
+    /// The checks before a frame from `from` is looked into: link state, size, the peer's rate.
+    fn admit_frame(&mut self, from: NodeId, len: usize, now: Timestamp) -> Result<(), GossipError> {
         self.touch(now);
         self.stats.frames_received += 1;
         let max_frame_len = self.config.max_frame_len();
         let Some(peer) = self.peers.get_mut(&from) else {
             return Err(GossipError::NotLinked(from));
         };
-        if frame.len() > max_frame_len {
+        if len > max_frame_len {
             let refusal = Refusal::FrameTooLarge {
-                len: frame.len(),
+                len,
                 max: max_frame_len,
             };
             return self.refuse(Some(from), GossipError::Peer(refusal));
         }
         // Checked before decoding, so a flooding peer costs a length comparison per frame.
-        let len = frame.len() as u64;
-        if !(peer.frames.has(1, now) && peer.bytes.has(len, now)) {
+        let bytes = len as u64;
+        if !(peer.frames.has(1, now) && peer.bytes.has(bytes, now)) {
             self.stats.rate_limited += 1;
             return Err(GossipError::Peer(Refusal::RateLimited));
         }
         peer.frames.take(1);
-        peer.bytes.take(len);
-        let frame = match GossipFrame::decode(frame, &self.config) {
+        peer.bytes.take(bytes);
+        Ok(())
+    }
+
+    fn dispatch_frame(
+        &mut self,
+        from: NodeId,
+        decoded: Result<GossipFrame, Refusal>,
+        now: Timestamp,
+        membership: &mut impl Membership,
+    ) -> Result<(), GossipError> {
+        let frame = match decoded {
             Ok(frame) => frame,
             Err(refusal) => return self.refuse(Some(from), GossipError::Peer(refusal)),
         };

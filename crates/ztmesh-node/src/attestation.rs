@@ -44,7 +44,7 @@ use ztmesh_attest::policy::{verify_evidence, AttestationPayload, EnrollAttestati
 pub const LINK_EVIDENCE_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// How long a challenge may stay unanswered before it counts as a failed verification.
-pub const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CHALLENGE_TIMEOUT: Duration = ztmesh_core::link_machine::CHALLENGE_TIMEOUT;
 
 /// What this node answers a challenge with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,9 +2,10 @@
 //! certificate rotation, CRL refresh, and the node's HTTPS API.
 //!
 //! Task layout (all bounded): one accept loop (a semaphore caps links), one dial loop driven by
-//! the sans-IO [`PeerTable`], one task per link, and one task each for rotation, CRL refresh,
-//! CA announcements, the membership-log watch and the API server. Shutdown is a watch channel
-//! every loop selects on.
+//! the sans-IO [`PeerTable`], one task per link (an IO loop over the core's sans-IO
+//! [`LinkMachine`]), and one task each for rotation, CRL refresh, CA announcements, the
+//! membership-log watch, the writer of peers' addresses and the API server. Shutdown is a watch
+//! channel every loop selects on.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -19,6 +20,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use zeroize::Zeroizing;
 use ztmesh_core::link::{FrameDecoder, LinkMessage, PeerAdvert};
+use ztmesh_core::link_budget::LinkRequest;
+use ztmesh_core::link_machine::{LinkConfig, LinkEvent, LinkMachine};
 use ztmesh_core::{NodeId, Timestamp};
 use ztmesh_gossip::kinds::{PeerExchange, RevocationRecord};
 use ztmesh_gossip::{GossipError, MessageId, MessageKind, UnsignedMessage};
@@ -29,7 +32,6 @@ use crate::ca_client::{CaClient, ClientError};
 use crate::dtn_driver::{Command as DtnCommand, DtnHandle};
 use crate::events::{EventHub, NodeEvent};
 use crate::gossip_driver::{consequence, gossip_config, Consequence, Drained, GossipDriver};
-use crate::link_budget::{LinkBudget, LinkRequest};
 use crate::log_watch::{LogWatch, LogWatchTask};
 use crate::node_dir::{BoundAddrs, NodeConfig, NodeDir, NodeDirError};
 use crate::peer_table::{preferred_link, DialTarget, Direction, PeerTable};
@@ -62,9 +64,6 @@ const GOSSIP_HOP_LIMIT: u8 = 16;
 
 /// Time allowed for a TCP connect plus TLS handshake.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How often to ask a linked peer for its peers.
-const PEER_EXCHANGE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +150,8 @@ pub(crate) struct Node {
     identity: IdentityKey,
     /// The gossip core and the membership view it verifies origins against.
     pub(crate) gossip: GossipDriver,
+    /// Peers' announced listen addresses on their way to `store`, written by one task.
+    pub(crate) peer_upserts: crate::peer_upserts::PeerUpserts,
     /// Trust tiers of the peers this node knows (certificates seen on links, health reports).
     pub(crate) tiers: Mutex<ztmesh_trust::TrustBook>,
     /// When each peer's last health report arrived (bounded: cleared when over the cap).
@@ -961,6 +962,7 @@ pub async fn run(
         log_reports: Default::default(),
         dtn,
         gossip,
+        peer_upserts: Default::default(),
         events: EventHub::default(),
         log_watch,
         witness,
@@ -1015,6 +1017,25 @@ pub async fn run(
     tasks.spawn(announce_loop(node.clone()));
     tasks.spawn(gossip_loop(node.clone()));
     tasks.spawn(advert_loop(node.clone()));
+    {
+        let node = node.clone();
+        let mut stop = node.shutdown.clone();
+        tasks.spawn(async move {
+            let store = node.store.clone();
+            let write = move |batch: Vec<crate::peer_upserts::PeerUpsert>| {
+                for (peer, addr, at) in batch {
+                    if let Err(error) = store.upsert_peer(&peer, &addr, at) {
+                        tracing::debug!(%peer, %error, "could not record a peer's address");
+                    }
+                }
+            };
+            node.peer_upserts
+                .run(write, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+    }
     if let Some(task) = log_watch_task {
         tasks.spawn(log_watch_loop(node.clone(), task));
     } else {
@@ -1282,14 +1303,16 @@ pub(crate) fn save_revoked(
 /// list), or relaying a revocation record. Other pushed messages are gated by their origin's
 /// membership, not by the neighbour's tier. Frames that do not decode are left to the gossip
 /// core, which refuses them.
-fn gated_action(frame: &[u8]) -> Option<ztmesh_trust::Action> {
-    let config = ztmesh_gossip::GossipConfig::default();
-    match ztmesh_gossip::GossipFrame::decode(frame, &config).ok()? {
+fn gated_action(
+    frame: &ztmesh_gossip::GossipFrame,
+    config: &ztmesh_gossip::GossipConfig,
+) -> Option<ztmesh_trust::Action> {
+    match frame {
         ztmesh_gossip::GossipFrame::Digest { .. } | ztmesh_gossip::GossipFrame::Want { .. } => {
             Some(ztmesh_trust::Action::AntiEntropy)
         }
         ztmesh_gossip::GossipFrame::Message { cose, .. } => {
-            (ztmesh_gossip::claimed_kind(&cose, &config)
+            (ztmesh_gossip::claimed_kind(cose, config)
                 == Some(ztmesh_gossip::MessageKind::Revocation))
             .then_some(ztmesh_trust::Action::RevocationRelay)
         }
@@ -1394,6 +1417,209 @@ fn log_over_budget(peer: &NodeId, what: &str, refused: u64) {
     }
 }
 
+/// The link's own clock for its [`LinkMachine`]: the wall clock when the link opened, moved on
+/// by the monotonic clock, so a wall-clock jump neither stalls heartbeats nor kills the link,
+/// and a deadline converts back to an instant to sleep until.
+struct LinkClock {
+    opened: tokio::time::Instant,
+    opened_at: Timestamp,
+}
+
+impl LinkClock {
+    fn new() -> Self {
+        LinkClock {
+            opened: tokio::time::Instant::now(),
+            opened_at: now(),
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.opened_at.saturating_add(self.opened.elapsed())
+    }
+
+    /// The instant of `at`; a deadline too far out for the platform's clock is a year away,
+    /// which is as good as never for a link and cannot overflow.
+    fn instant(&self, at: Timestamp) -> tokio::time::Instant {
+        const FAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        let after = at.duration_since(self.opened_at).min(FAR);
+        self.opened.checked_add(after).unwrap_or(self.opened)
+    }
+}
+
+/// What a link task holds besides its machine: where to write, whom it talks to.
+struct LinkIo<'a, W> {
+    node: &'a Arc<Node>,
+    info: &'a LinkInfo,
+    peer_id: NodeId,
+    writer: W,
+    /// The peer's TLS keys on this link: the handshake certificate's, then the latest rotated one.
+    peer_spkis: Vec<Vec<u8>>,
+    clock: LinkClock,
+}
+
+impl<W: AsyncWrite + Unpin> LinkIo<'_, W> {
+    /// Carries out what the machine asks after an input: its events in order (any of which may
+    /// end the link), then its transmits.
+    async fn settle(&mut self, machine: &mut LinkMachine) -> Result<(), &'static str> {
+        let node = self.node;
+        let peer_id = self.peer_id;
+        while let Some(event) = machine.poll_event() {
+            match event {
+                LinkEvent::PeerListens(addr) => {
+                    node.table().handle_listen_addr(peer_id, &addr.to_string());
+                    node.peer_upserts.submit(peer_id, addr.to_string(), now());
+                }
+                LinkEvent::Heartbeat { missed } => {
+                    self.info.heartbeats.fetch_add(1, Ordering::Relaxed);
+                    if missed > 0 {
+                        self.info.gaps.fetch_add(missed, Ordering::Relaxed);
+                    }
+                }
+                LinkEvent::PeerListRequested => {
+                    if !node.gate(&peer_id, ztmesh_trust::Action::PeerExchange) {
+                        continue;
+                    }
+                    if let Err(refused) = machine.admit(self.clock.now(), LinkRequest::PeerList) {
+                        log_over_budget(&peer_id, "peer-list request", refused);
+                        continue;
+                    }
+                    let peers: Vec<PeerAdvert> = node
+                        .table()
+                        .connected_adverts()
+                        .into_iter()
+                        .filter(|p| p.node_id != peer_id)
+                        .collect();
+                    machine.send(LinkMessage::PeerList { peers });
+                }
+                LinkEvent::PeerList(peers) => {
+                    let at = now();
+                    let mut table = node.table();
+                    for advert in &peers {
+                        table.handle_advert(advert, at);
+                    }
+                }
+                LinkEvent::Gossip(frame) => {
+                    // Parsed once: gated here by the neighbour's tier, then handed on parsed.
+                    let decoded = node.gossip.decode(&frame);
+                    let gated = decoded
+                        .as_ref()
+                        .ok()
+                        .and_then(|parsed| gated_action(parsed, node.gossip.decoding()));
+                    if gated.is_some_and(|action| !node.gate(&peer_id, action)) {
+                        continue;
+                    }
+                    let (result, drained) =
+                        node.gossip
+                            .handle_decoded_frame(peer_id, frame.len(), decoded, now());
+                    if let Err(error) = result {
+                        tracing::debug!(peer = %peer_id, %error, "gossip frame refused");
+                    }
+                    node.dispatch_gossip(drained);
+                }
+                LinkEvent::Bundle(frame) => {
+                    node.dtn.send(DtnCommand::Frame(peer_id, frame));
+                }
+                LinkEvent::CertificateUpdate(certificate) => {
+                    match node.trust.verify_peer(&certificate, now()) {
+                        Ok(new) if new.node_id == peer_id => {
+                            tracing::debug!(peer = %peer_id, serial = %new.serial, "peer rotated its certificate");
+                            node.record_certificate(peer_id, new.not_before, new.not_after);
+                            node.log_watch
+                                .handle_certificate(peer_id, &new.serial, new.not_before);
+                            self.peer_spkis.truncate(1);
+                            self.peer_spkis.push(new.tls_public_key_spki_der.clone());
+                            *self
+                                .info
+                                .peer_cert
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner()) = (new.serial, new.not_after);
+                        }
+                        Ok(_) => return Err("certificate update for another node"),
+                        Err(error) => {
+                            tracing::warn!(peer = %peer_id, %error, "refused certificate update");
+                            return Err("invalid certificate update");
+                        }
+                    }
+                }
+                LinkEvent::Challenged { nonce } => {
+                    if let Some(spki) = node.own_tls_spki() {
+                        let response = node
+                            .attestor
+                            .respond(&nonce, &spki, now().as_unix_secs())
+                            .await;
+                        machine.send(response);
+                    }
+                }
+                LinkEvent::OverBudget { request, refused } => {
+                    let what = match request {
+                        LinkRequest::PeerList => "peer-list request",
+                        LinkRequest::TeeChallenge => "TEE challenge",
+                    };
+                    log_over_budget(&peer_id, what, refused);
+                }
+                LinkEvent::TeeResponse {
+                    sent,
+                    nonce,
+                    evidence_type,
+                    evidence,
+                    binary_sha256,
+                } => {
+                    let keys: Vec<&[u8]> = self.peer_spkis.iter().map(Vec::as_slice).collect();
+                    let result = node.attestor.verify(
+                        sent.as_deref(),
+                        &nonce,
+                        &evidence_type,
+                        &evidence,
+                        &binary_sha256,
+                        &keys,
+                        now().as_unix_secs(),
+                    );
+                    let binary = <[u8; 32]>::try_from(binary_sha256.as_slice()).ok();
+                    node.record_attestation(peer_id, binary, result);
+                }
+                LinkEvent::ChallengeDue => {
+                    let mut nonce = vec![0u8; ztmesh_core::link::TEE_NONCE_LEN];
+                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+                    machine.send_challenge(self.clock.now(), nonce);
+                }
+                LinkEvent::ChallengeUnanswered => {
+                    node.record_attestation(
+                        peer_id,
+                        None,
+                        Err(crate::attestation::LinkAttestError::Unanswered),
+                    );
+                }
+                LinkEvent::CheckPeer => {
+                    let (serial, not_after) = self
+                        .info
+                        .peer_cert
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    if node.trust.is_revoked(&serial) {
+                        return Err("peer revoked");
+                    }
+                    if node.trust.is_denied(&peer_id, &serial) {
+                        return Err("peer denied");
+                    }
+                    if not_after <= now() {
+                        return Err("peer certificate expired");
+                    }
+                }
+                LinkEvent::Closed(reason) => return Err(reason.as_str()),
+                _ => {}
+            }
+        }
+        while let Some(message) = machine.poll_transmit() {
+            write_message(&mut self.writer, &message).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The IO loop of one link: frames read are decoded once and handed to the link's
+/// [`LinkMachine`], which owns the protocol (Hello, heartbeats, dead peer, challenges,
+/// peer-list requests, budgets); what it queues is written, and its next deadline is slept to.
 async fn drive_link<S>(
     node: &Arc<Node>,
     stream: S,
@@ -1404,38 +1630,34 @@ async fn drive_link<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut reader, mut writer) = tokio::io::split(stream);
-    let hello = LinkMessage::Hello {
-        version: PROTOCOL_VERSION,
-        listen_addr: Some(node.mesh_addr.to_string()),
+    let (mut reader, writer) = tokio::io::split(stream);
+    let clock = LinkClock::new();
+    let config = LinkConfig::new(
+        PROTOCOL_VERSION,
+        Some(node.mesh_addr.to_string()),
+        info.remote,
+        node.config.heartbeat_interval(),
+        node.attestor.reattest_interval(),
+    );
+    let mut machine = LinkMachine::new(clock.now(), config);
+    let mut io = LinkIo {
+        node,
+        info,
+        peer_id: peer.node_id,
+        writer,
+        peer_spkis: vec![peer.tls_public_key_spki_der.clone()],
+        clock,
     };
-    if let Err(reason) = write_message(&mut writer, &hello).await {
-        return reason;
-    }
-    if let Err(reason) = write_message(&mut writer, &LinkMessage::PeerListRequest).await {
-        return reason;
-    }
-    let interval = node.config.heartbeat_interval();
-    // A link with no frame for three heartbeats plus slack is dead.
-    let dead_after = interval * 3 + Duration::from_secs(5);
-    let mut heartbeat = tokio::time::interval(interval);
-    let mut exchange = tokio::time::interval(PEER_EXCHANGE_INTERVAL);
     let mut stop = node.shutdown.clone();
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; 16 * 1024];
-    let mut seq = 0u64;
-    let mut last_seq = 0u64;
-    let mut last_frame = now();
-    let peer_id = peer.node_id;
-    // Attestation: the first tick challenges at once, then every `reattest_secs`.
-    let mut reattest = tokio::time::interval(node.attestor.reattest_interval());
-    let mut challenge: Option<(Vec<u8>, Timestamp)> = None;
-    // The peer's TLS keys on this link: the handshake certificate's, then the latest rotated one.
-    let mut peer_spkis: Vec<Vec<u8>> = vec![peer.tls_public_key_spki_der.clone()];
-    // Challenges and peer-list requests are answered within a budget: answers cost more
-    // than the asking.
-    let mut budget = LinkBudget::new(now());
     loop {
+        if let Err(reason) = io.settle(&mut machine).await {
+            return reason;
+        }
+        let Some(due) = machine.poll_timeout() else {
+            return machine.closed().map_or("link closed", |r| r.as_str());
+        };
         tokio::select! {
             _ = stopped(&mut stop) => return "shutting down",
             read = reader.read(&mut buffer) => {
@@ -1450,166 +1672,24 @@ where
                         Ok(Some(m)) => m,
                         Ok(None) => break,
                         Err(error) => {
-                            tracing::warn!(peer = %peer_id, %error, "malformed frame; closing link");
+                            tracing::warn!(peer = %io.peer_id, %error, "malformed frame; closing link");
                             return "malformed frame";
                         }
                     };
-                    last_frame = now();
-                    node.table().handle_seen(&peer_id, last_frame);
-                    match message {
-                        LinkMessage::Hello { listen_addr, .. } => {
-                            if let Some(addr) = listen_addr.and_then(|a| a.parse::<SocketAddr>().ok()) {
-                                // A node listening on a wildcard address is reached at the
-                                // address its link came from.
-                                let addr = if addr.ip().is_unspecified() { SocketAddr::new(info.remote.ip(), addr.port()) } else { addr };
-                                node.table().handle_listen_addr(peer_id, &addr.to_string());
-                                let store = node.store.clone();
-                                let at = last_frame;
-                                tokio::task::spawn_blocking(move || store.upsert_peer(&peer_id, &addr.to_string(), at));
-                            }
-                        }
-                        LinkMessage::Heartbeat { seq: got, .. } => {
-                            info.heartbeats.fetch_add(1, Ordering::Relaxed);
-                            if got > last_seq + 1 {
-                                info.gaps.fetch_add(got - last_seq - 1, Ordering::Relaxed);
-                            }
-                            last_seq = last_seq.max(got);
-                        }
-                        LinkMessage::PeerListRequest => {
-                            if !node.gate(&peer_id, ztmesh_trust::Action::PeerExchange) {
-                                continue;
-                            }
-                            if !budget.admit(LinkRequest::PeerList, now()) {
-                                log_over_budget(&peer_id, "peer-list request", budget.refused());
-                                continue;
-                            }
-                            let peers: Vec<PeerAdvert> = node.table().connected_adverts().into_iter().filter(|p| p.node_id != peer_id).collect();
-                            if let Err(reason) = write_message(&mut writer, &LinkMessage::PeerList { peers }).await {
-                                return reason;
-                            }
-                        }
-                        LinkMessage::PeerList { peers } => {
-                            let at = now();
-                            let mut table = node.table();
-                            for advert in &peers {
-                                table.handle_advert(advert, at);
-                            }
-                        }
-                        LinkMessage::Gossip { frame } => {
-                            if gated_action(&frame).is_some_and(|action| !node.gate(&peer_id, action)) {
-                                continue;
-                            }
-                            let (result, drained) = node.gossip.handle_frame(peer_id, &frame, now());
-                            if let Err(error) = result {
-                                tracing::debug!(peer = %peer_id, %error, "gossip frame refused");
-                            }
-                            node.dispatch_gossip(drained);
-                        }
-                        LinkMessage::Bundle { frame } => {
-                            node.dtn.send(DtnCommand::Frame(peer_id, frame));
-                        }
-                        LinkMessage::CertificateUpdate { certificate } => {
-                            match node.trust.verify_peer(&certificate, now()) {
-                                Ok(new) if new.node_id == peer_id => {
-                                    tracing::debug!(peer = %peer_id, serial = %new.serial, "peer rotated its certificate");
-                                    node.record_certificate(peer_id, new.not_before, new.not_after);
-                                    node.log_watch.handle_certificate(peer_id, &new.serial, new.not_before);
-                                    peer_spkis.truncate(1);
-                                    peer_spkis.push(new.tls_public_key_spki_der.clone());
-                                    *info.peer_cert.lock().unwrap_or_else(|p| p.into_inner()) = (new.serial, new.not_after);
-                                }
-                                Ok(_) => return "certificate update for another node",
-                                Err(error) => {
-                                    tracing::warn!(peer = %peer_id, %error, "refused certificate update");
-                                    return "invalid certificate update";
-                                }
-                            }
-                        }
-                        LinkMessage::TeeChallenge { nonce } => {
-                            if !budget.admit(LinkRequest::TeeChallenge, now()) {
-                                log_over_budget(&peer_id, "TEE challenge", budget.refused());
-                                continue;
-                            }
-                            let response = match node.own_tls_spki() {
-                                Some(spki) => node.attestor.respond(&nonce, &spki, now().as_unix_secs()).await,
-                                None => continue,
-                            };
-                            if let Err(reason) = write_message(&mut writer, &response).await {
-                                return reason;
-                            }
-                        }
-                        LinkMessage::TeeResponse { nonce, evidence_type, evidence, binary_sha256 } => {
-                            let sent = challenge.take().map(|(n, _)| n);
-                            let keys: Vec<&[u8]> = peer_spkis.iter().map(Vec::as_slice).collect();
-                            let result = node.attestor.verify(
-                                sent.as_deref(),
-                                &nonce,
-                                &evidence_type,
-                                &evidence,
-                                &binary_sha256,
-                                &keys,
-                                now().as_unix_secs(),
-                            );
-                            let binary = <[u8; 32]>::try_from(binary_sha256.as_slice()).ok();
-                            node.record_attestation(peer_id, binary, result);
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            _ = reattest.tick() => {
-                if challenge.is_none() {
-                    let mut nonce = vec![0u8; ztmesh_core::link::TEE_NONCE_LEN];
-                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
-                    if let Err(reason) = write_message(&mut writer, &LinkMessage::TeeChallenge { nonce: nonce.clone() }).await {
+                    node.table().handle_seen(&io.peer_id, now());
+                    machine.handle_message(io.clock.now(), message);
+                    if let Err(reason) = io.settle(&mut machine).await {
                         return reason;
                     }
-                    challenge = Some((nonce, now()));
                 }
             }
-            _ = heartbeat.tick() => {
-                let t = now();
-                if let Some((_, sent_at)) = &challenge {
-                    if t.duration_since(*sent_at) > crate::attestation::CHALLENGE_TIMEOUT {
-                        challenge = None;
-                        node.record_attestation(
-                            peer_id,
-                            None,
-                            Err(crate::attestation::LinkAttestError::Unanswered),
-                        );
-                    }
-                }
-                let (serial, not_after) = info.peer_cert.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                if node.trust.is_revoked(&serial) {
-                    return "peer revoked";
-                }
-                if node.trust.is_denied(&peer_id, &serial) {
-                    return "peer denied";
-                }
-                if not_after <= t {
-                    return "peer certificate expired";
-                }
-                if t.duration_since(last_frame) > dead_after {
-                    return "peer silent";
-                }
-                seq += 1;
-                if let Err(reason) = write_message(&mut writer, &LinkMessage::Heartbeat { seq, sent_at: t }).await {
-                    return reason;
-                }
-            }
-            _ = exchange.tick() => {
-                if let Err(reason) = write_message(&mut writer, &LinkMessage::PeerListRequest).await {
-                    return reason;
-                }
+            _ = tokio::time::sleep_until(io.clock.instant(due)) => {
+                machine.handle_timeout(io.clock.now());
             }
             command = rx.recv() => match command {
-                Some(LinkCommand::Send(message)) => {
-                    if let Err(reason) = write_message(&mut writer, &message).await {
-                        return reason;
-                    }
-                }
+                Some(LinkCommand::Send(message)) => machine.send(message),
                 Some(LinkCommand::Close(reason)) => {
-                    let _ = writer.shutdown().await;
+                    let _ = io.writer.shutdown().await;
                     return reason;
                 }
                 None => return "link dropped",
@@ -1952,6 +2032,14 @@ mod tests {
             .unwrap()
     }
 
+    /// What a link does with a gossip frame's bytes: decode once, gate the parsed form.
+    fn gated(frame: &[u8]) -> Option<Action> {
+        let config = ztmesh_gossip::GossipConfig::default();
+        GossipFrame::decode(frame, &config)
+            .ok()
+            .and_then(|parsed| gated_action(&parsed, &config))
+    }
+
     #[test]
     fn digests_wants_and_relayed_revocations_are_gated_other_messages_are_not() {
         let digest = GossipFrame::Digest {
@@ -1961,14 +2049,8 @@ mod tests {
         let want = GossipFrame::Want {
             ids: vec![MessageId([1; 32])],
         };
-        assert_eq!(
-            gated_action(&digest.encode().unwrap()),
-            Some(Action::AntiEntropy)
-        );
-        assert_eq!(
-            gated_action(&want.encode().unwrap()),
-            Some(Action::AntiEntropy)
-        );
+        assert_eq!(gated(&digest.encode().unwrap()), Some(Action::AntiEntropy));
+        assert_eq!(gated(&want.encode().unwrap()), Some(Action::AntiEntropy));
         let revocation = ztmesh_gossip::kinds::RevocationRecord {
             crl: vec![0x30, 0x00],
             revoked_nodes: Vec::new(),
@@ -1976,7 +2058,7 @@ mod tests {
         .encode()
         .unwrap();
         assert_eq!(
-            gated_action(&message_frame(MessageKind::Revocation, revocation)),
+            gated(&message_frame(MessageKind::Revocation, revocation)),
             Some(Action::RevocationRelay)
         );
         let vote = ztmesh_gossip::kinds::GovernanceVote {
@@ -1986,7 +2068,7 @@ mod tests {
         }
         .encode()
         .unwrap();
-        assert_eq!(gated_action(&message_frame(MessageKind::Vote, vote)), None);
-        assert_eq!(gated_action(b"garbage"), None);
+        assert_eq!(gated(&message_frame(MessageKind::Vote, vote)), None);
+        assert_eq!(gated(b"garbage"), None);
     }
 }

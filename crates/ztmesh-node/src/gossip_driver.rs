@@ -16,8 +16,8 @@ use ztmesh_gossip::kinds::{
     AnomalySignature, BundleReceipt, CheckpointNote, PeerExchange, RevocationRecord,
 };
 use ztmesh_gossip::{
-    Gossip, GossipConfig, GossipError, GossipEvent, Membership, MessageId, MessageKind,
-    OriginRefusal, Transmit, VerifiedMessage,
+    Gossip, GossipConfig, GossipError, GossipEvent, GossipFrame, Membership, MessageId,
+    MessageKind, OriginRefusal, Refusal, Transmit, VerifiedMessage,
 };
 use ztmesh_pki::{IdentityPublicKey, Serial};
 
@@ -153,6 +153,9 @@ pub(crate) struct Drained {
 /// The node's gossip core and its membership view.
 pub(crate) struct GossipDriver {
     inner: Mutex<Inner>,
+    /// The core's decoding bounds (fixed at start; governance only changes rates), so a link
+    /// can parse a frame once, outside the lock, and hand the parsed form on.
+    decoding: GossipConfig,
     /// Poked whenever the core's next timeout may have moved earlier.
     pub wake: tokio::sync::Notify,
 }
@@ -165,6 +168,7 @@ impl GossipDriver {
     ) -> Result<Self, ztmesh_pki::PkiError> {
         let membership = NodeMembership::new(trust)?;
         Ok(GossipDriver {
+            decoding: config.clone(),
             inner: Mutex::new(Inner {
                 gossip: Gossip::new(local, config, rand::rngs::StdRng::from_entropy()),
                 membership,
@@ -207,15 +211,28 @@ impl GossipDriver {
         self.lock().gossip.handle_link_down(peer);
     }
 
-    pub(crate) fn handle_frame(
+    /// Parses a gossip frame from a link with the core's bounds, once: the link gates the
+    /// parsed form by the neighbour's tier and hands it to [`GossipDriver::handle_decoded_frame`].
+    pub(crate) fn decode(&self, frame: &[u8]) -> Result<GossipFrame, Refusal> {
+        GossipFrame::decode(frame, &self.decoding)
+    }
+
+    /// The core's decoding bounds.
+    pub(crate) fn decoding(&self) -> &GossipConfig {
+        &self.decoding
+    }
+
+    /// A frame of `len` bytes from `from` that [`GossipDriver::decode`] parsed into `decoded`.
+    pub(crate) fn handle_decoded_frame(
         &self,
         from: NodeId,
-        frame: &[u8],
+        len: usize,
+        decoded: Result<GossipFrame, Refusal>,
         now: Timestamp,
     ) -> (Result<(), GossipError>, Drained) {
         let mut inner = self.lock();
         let Inner { gossip, membership } = &mut *inner;
-        let result = gossip.handle_frame(from, frame, now, membership);
+        let result = gossip.handle_decoded_frame(from, len, decoded, now, membership);
         let out = Self::drain(&mut inner);
         (result, out)
     }

@@ -35,7 +35,6 @@ pub mod events;
 #[doc(hidden)]
 pub mod gossip_driver;
 pub mod governance;
-pub mod link_budget;
 pub mod local_api;
 mod log_audit;
 mod log_report;
@@ -46,5 +45,6 @@ pub mod node_client;
 pub mod node_dir;
 mod node_token;
 pub mod node_witness;
+mod peer_upserts;
 pub mod store;
 pub mod tpm_device;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ztmesh_core::link::{FrameDecoder, LinkMessage, TEE_NONCE_LEN};
-use ztmesh_node::link_budget::{
+use ztmesh_core::link_budget::{
     CHALLENGES_PER_MINUTE, CHALLENGE_BURST, PEER_LISTS_PER_MINUTE, PEER_LIST_BURST,
 };
 use ztmesh_node::node_dir::NodeDir;

@@ -102,7 +102,10 @@ impl Proc {
         let child = command
             .args(args)
             .env("ZTMESH_PASSPHRASE", PASSPHRASE)
-            .env("ZTMESH_LOG", "info,ztmesh_node=debug")
+            .env(
+                "ZTMESH_LOG",
+                "info,ztmesh_node=debug,ztmesh_runtime=debug,ztmesh_ca=debug,ztmesh_witness=debug",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)

@@ -3,15 +3,15 @@
 //! bytes, and a TPM quote for `tpm2`), a `PeerListRequest` with up to a full peer list. Without
 //! a budget, 1,000 challenges drew 450 KB of signed evidence from one node.
 //!
-//! Sans-IO: the link task asks [`LinkBudget::admit`] with `now` before answering and drops the
-//! request when it says no (the asker's own challenge then times out as unanswered). The
+//! Sans-IO, owned by the link state machine ([`crate::link_machine::LinkMachine`]), which asks
+//! [`LinkBudget::admit`] with `now` before letting the runtime answer and drops the request when
+//! it says no (the asker's own challenge then times out as unanswered). The
 //! budgets sit well above what an honest peer asks: it has at most one challenge outstanding
 //! and re-attests at most once a second (`reattest_secs` ≥ 1), and asks for peers once at link
 //! start and then every 5 s. This module must never answer for the peer, only count.
 
-use ztmesh_core::Timestamp;
-
 use crate::rate_limit::TokenBucket;
+use crate::Timestamp;
 
 /// Challenges a peer may send at once on one link.
 pub const CHALLENGE_BURST: u32 = 5;
