@@ -23,7 +23,7 @@ use ztmesh_core::{NodeId, Timestamp, TrustDomain};
 use ztmesh_dtn::{DtnConfig, Eid, Router};
 use ztmesh_gossip::kinds::AnomalySignature;
 use ztmesh_gossip::{Gossip, GossipConfig, GossipEvent, GossipFrame, MessageKind, UnsignedMessage};
-use ztmesh_node::gossip_driver::NodeMembership;
+use ztmesh_node::node_membership::NodeMembership;
 use ztmesh_node::store::SqliteBundleStore;
 use ztmesh_pki::{
     CertificateAuthority, IdentityKey, NodeCertificateRequest, RevocationReason, RevokedEntry,
