@@ -30,10 +30,7 @@ pub mod daemon;
 pub mod deny_list;
 mod dtn_driver;
 pub mod events;
-// Public only so that `ztmesh bench gossip` can measure validation with the node's own
-// `NodeMembership`; not part of the documented API.
-#[doc(hidden)]
-pub mod gossip_driver;
+mod gossip_driver;
 pub mod governance;
 pub mod local_api;
 mod log_audit;
@@ -43,6 +40,7 @@ mod log_watch;
 mod node_api;
 pub mod node_client;
 pub mod node_dir;
+pub mod node_membership;
 mod node_token;
 pub mod node_witness;
 mod peer_upserts;

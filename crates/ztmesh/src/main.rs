@@ -11,15 +11,9 @@ macro_rules! out {
 
 mod app;
 mod attest_cmd;
-mod bench;
-mod bench_attest;
-mod bench_core;
-mod bench_mesh;
-mod bench_tlog;
-mod demo;
 mod deny_cmd;
 mod key_cmd;
-mod local_mesh;
+mod lab_cmd;
 mod log_cmd;
 mod manifest_cmd;
 mod tpm_cmd;
@@ -107,10 +101,10 @@ enum Command {
     #[command(subcommand)]
     Key(key_cmd::KeyCommand),
     /// Start a CA and a few nodes on loopback and show enrollment, rotation and revocation.
-    Demo(demo::DemoArgs),
+    Demo(lab_cmd::DemoArgs),
     /// Benchmarks that print ratios against a baseline measured in the same run.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(lab_cmd::BenchCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -486,8 +480,8 @@ async fn dispatch(command: Command) -> Result<()> {
         Command::Manifest(command) => manifest_cmd::run(command).await,
         Command::Tpm(command) => tpm_cmd::run(command).await,
         Command::Key(command) => key_cmd::run(command),
-        Command::Demo(args) => demo::run(args).await,
-        Command::Bench(command) => bench::run(command).await,
+        Command::Demo(args) => lab_cmd::demo(args).await,
+        Command::Bench(command) => lab_cmd::bench(command).await,
     }
 }
 

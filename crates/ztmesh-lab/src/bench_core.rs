@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use clap::Args;
 use ed25519_dalek::{Signature, VerifyingKey};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -23,7 +22,7 @@ use ztmesh_core::{NodeId, Timestamp, TrustDomain};
 use ztmesh_dtn::{DtnConfig, Eid, Router};
 use ztmesh_gossip::kinds::AnomalySignature;
 use ztmesh_gossip::{Gossip, GossipConfig, GossipEvent, GossipFrame, MessageKind, UnsignedMessage};
-use ztmesh_node::gossip_driver::NodeMembership;
+use ztmesh_node::node_membership::NodeMembership;
 use ztmesh_node::store::SqliteBundleStore;
 use ztmesh_pki::{
     CertificateAuthority, IdentityKey, NodeCertificateRequest, RevocationReason, RevokedEntry,
@@ -31,39 +30,36 @@ use ztmesh_pki::{
 };
 use ztmesh_runtime::tls::MeshTrust;
 
-/// Options of `ztmesh bench gossip`.
-#[derive(Args, Debug)]
-pub struct GossipArgs {
+/// Options of `ztmesh bench gossip` (the CLI gives the bounds and the defaults).
+#[derive(Debug, Clone)]
+pub struct GossipOptions {
     /// Distinct signed anomaly messages. Each round feeds all of them to a fresh gossip core
     /// (a core drops what it has seen) and verifies all of them raw.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(10..=200_000))]
-    messages: u32,
+    pub messages: u32,
     /// Measured rounds per side, alternating, after one warm-up pass of each. Rates come from
-    /// each side's fastest round (the one least disturbed by other load on a shared machine);
-    /// the ratio of the means is printed too.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
-    rounds: u32,
+    /// each side's fastest round; the ratio of the means is printed too.
+    pub rounds: u32,
 }
 
-/// Options of `ztmesh bench dtn`.
-#[derive(Args, Debug)]
-pub struct DtnArgs {
+/// Options of `ztmesh bench dtn` (the CLI gives the bounds and the defaults).
+#[derive(Debug, Clone)]
+pub struct DtnOptions {
     /// Bundles accepted per payload size (1 KiB and 64 KiB), matched by as many baseline
     /// inserts. At most 2000, so that every bundle fits the router's default store bounds.
-    /// The files go to the system temporary directory (`TMPDIR`), whose disk is what this
-    /// measures.
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(10..=2000))]
-    bundles: u32,
+    pub bundles: u32,
 }
 
 /// `ztmesh bench gossip`.
-pub async fn gossip(args: GossipArgs) -> Result<()> {
+pub async fn gossip(args: GossipOptions) -> Result<()> {
+    crate::check_bounds("messages", args.messages, 10..=200_000)?;
+    crate::check_bounds("rounds", args.rounds, 1..=50)?;
     // Pure computation on one core; kept off the runtime's worker threads.
     tokio::task::spawn_blocking(move || run_gossip(args)).await?
 }
 
 /// `ztmesh bench dtn`.
-pub async fn dtn(args: DtnArgs) -> Result<()> {
+pub async fn dtn(args: DtnOptions) -> Result<()> {
+    crate::check_bounds("bundles", args.bundles, 10..=2000)?;
     // Every accept blocks on fsync.
     tokio::task::spawn_blocking(move || run_dtn(args)).await?
 }
@@ -238,7 +234,7 @@ fn raw_pass(messages: &SignedMessages, count: usize) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-fn run_gossip(args: GossipArgs) -> Result<()> {
+fn run_gossip(args: GossipOptions) -> Result<()> {
     let messages = signed_messages(args.messages)?;
     let warm_up = messages.frames.len().min(1000);
     validate_pass(&messages, &messages.frames[..warm_up])?;
@@ -361,7 +357,7 @@ fn baseline_insert(conn: &mut Connection, payload: &[u8], count: u32) -> Result<
     Ok(start.elapsed())
 }
 
-fn run_dtn(args: DtnArgs) -> Result<()> {
+fn run_dtn(args: DtnOptions) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("ztmesh-bench-dtn-")
         .tempdir()?;

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
-use clap::Args;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sha2::Digest;
@@ -28,21 +27,17 @@ use ztmesh_node::node_dir::BoundAddrs;
 
 use crate::local_mesh::{connected_links, is_connected_to, EnrolledNode, LocalMesh, NodeClients};
 
-/// Options of `ztmesh bench mesh`.
-#[derive(Args, Debug)]
-pub struct MeshArgs {
+/// Options of `ztmesh bench mesh` (the CLI gives the bounds and the defaults).
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
     /// Node processes (4..=64). Nodes keep up to 64 links, so every pair is linked.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(4..=64))]
-    nodes: u32,
+    pub nodes: u32,
     /// Anomaly signatures published one after another, each on a random node.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    messages: u32,
+    pub messages: u32,
     /// Nodes revoked one after another (at most nodes − 3: three stay for the bundle phase).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=61))]
-    revocations: u32,
+    pub revocations: u32,
     /// 1 KiB bundles sent directly (baseline) and again through the relay.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    bundles: u32,
+    pub bundles: u32,
 }
 
 /// Longest wait for one anomaly signature or one revocation to reach every node.
@@ -298,7 +293,11 @@ struct BundleResult {
 }
 
 /// `ztmesh bench mesh`.
-pub async fn run(args: MeshArgs) -> Result<()> {
+pub async fn run(args: MeshOptions) -> Result<()> {
+    crate::check_bounds("nodes", args.nodes, 4..=64)?;
+    crate::check_bounds("messages", args.messages, 1..=1000)?;
+    crate::check_bounds("revocations", args.revocations, 0..=61)?;
+    crate::check_bounds("bundles", args.bundles, 1..=1000)?;
     let n = args.nodes as usize;
     let revocations = args.revocations as usize;
     if revocations + 3 > n {

@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Args;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -47,29 +46,33 @@ use ztmesh_tlog::{
 };
 use ztmesh_witness::witness_service::{self, Witness, WitnessDir, WitnessService};
 
-/// Options of `ztmesh bench tlog`.
-#[derive(Args, Debug)]
-pub struct TlogArgs {
-    /// Length of each measured append round, per side. The checkpointing side signs one
-    /// checkpoint in every second of it and has the witnesses cosign it.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
-    seconds: u64,
+/// Options of `ztmesh bench tlog` (the CLI gives the bounds and the defaults).
+#[derive(Debug, Clone)]
+pub struct TlogOptions {
+    /// Length of each measured append round, per side, in seconds. The checkpointing side
+    /// signs one checkpoint in every second of it and has the witnesses cosign it.
+    pub seconds: u64,
     /// Measured rounds per side, in both measurements, alternating, after a warm-up of each
-    /// side. Rates come from each side's fastest round (the one least disturbed by other load).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
-    rounds: u32,
+    /// side. Rates come from each side's fastest round.
+    pub rounds: u32,
     /// Consecutive checkpoints the witness decides on and cosigns in each round of the
     /// cosignature measurement (the baseline does as many signatures and proofs).
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(10..=20_000))]
-    checkpoints: u32,
+    pub checkpoints: u32,
     /// Entries the log grows by between two consecutive checkpoints of the cosignature
     /// measurement (the first checkpoint has this many entries too).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=200))]
-    entries_per_checkpoint: u32,
+    pub entries_per_checkpoint: u32,
 }
 
 /// `ztmesh bench tlog`.
-pub async fn run(args: TlogArgs) -> Result<()> {
+pub async fn run(args: TlogOptions) -> Result<()> {
+    crate::check_bounds("seconds", args.seconds, 1..=600)?;
+    crate::check_bounds("rounds", args.rounds, 1..=20)?;
+    crate::check_bounds("checkpoints", args.checkpoints, 10..=20_000)?;
+    crate::check_bounds(
+        "entries_per_checkpoint",
+        args.entries_per_checkpoint,
+        1..=200,
+    )?;
     let dir = tempfile::Builder::new()
         .prefix("ztmesh-bench-tlog-")
         .tempdir()?;
@@ -379,7 +382,7 @@ impl Publisher {
     }
 }
 
-async fn appends(args: &TlogArgs, dir: &Path) -> Result<()> {
+async fn appends(args: &TlogOptions, dir: &Path) -> Result<()> {
     let domain: TrustDomain = TRUST_DOMAIN.parse().map_err(|e| anyhow!("{e}"))?;
     let signer = Signer::generate(&log_origin(&domain), &mut rand::rngs::OsRng)?;
     let witnesses = LocalWitnesses::start(dir, &signer).await?;

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use clap::{Args, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use ztmesh_core::{Timestamp, TrustDomain};
@@ -14,52 +13,13 @@ use ztmesh_pki::{
 };
 use ztmesh_runtime::tls::{CurrentCertificate, MeshTrust};
 
-/// Benchmarks.
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Full mutual-TLS 1.3 handshakes per second over loopback: ztmesh's peer verifier (chain +
-    /// revocation + identity profile) versus a plain rustls WebPki client verifier, same certificates.
-    Handshake(HandshakeArgs),
-    /// Validated gossip messages per second on one core versus raw Ed25519 verifications of
-    /// the same key in the same run.
-    Gossip(crate::bench_core::GossipArgs),
-    /// Durable bundle accepts per second (fsync) at 1 KiB and 64 KiB versus a bare SQLite
-    /// insert of the same bytes in the same run.
-    Dtn(crate::bench_core::DtnArgs),
-    /// Real node processes on loopback: full-dissemination latency of gossip, revocation
-    /// propagation, and bundle latency through one relay (p50/p99, with a one-hop baseline).
-    Mesh(crate::bench_mesh::MeshArgs),
-    /// Membership-log appends per second while a checkpoint is cosigned by 2 of 3 loopback
-    /// witnesses every second, versus the same appends with no checkpoints; and witness
-    /// cosignatures per second versus one Ed25519 signature plus one consistency proof.
-    Tlog(crate::bench_tlog::TlogArgs),
-    /// Verifications per second of each attestation evidence type (dev, tpm2, tdx, sgx,
-    /// sev-snp) on its sample evidence, versus only the raw signature verifications that
-    /// evidence contains, same bytes and primitive crates, in the same run.
-    Attest(crate::bench_attest::AttestArgs),
-}
-
-/// Options of `ztmesh bench handshake`.
-#[derive(Args, Debug)]
-pub struct HandshakeArgs {
+/// Options of `ztmesh bench handshake` (the CLI gives the bounds and the defaults).
+#[derive(Debug, Clone)]
+pub struct HandshakeOptions {
     /// Handshakes per measured round (each verifier runs this many, interleaved in 4 rounds).
-    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(10..=100_000))]
-    iterations: u32,
+    pub iterations: u32,
     /// Revoked serials in the CRL the ztmesh verifier checks against.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
-    revoked: u32,
-}
-
-/// Runs a benchmark.
-pub async fn run(command: BenchCommand) -> Result<()> {
-    match command {
-        BenchCommand::Handshake(args) => handshake(args).await,
-        BenchCommand::Gossip(args) => crate::bench_core::gossip(args).await,
-        BenchCommand::Dtn(args) => crate::bench_core::dtn(args).await,
-        BenchCommand::Mesh(args) => crate::bench_mesh::run(args).await,
-        BenchCommand::Tlog(args) => crate::bench_tlog::run(args).await,
-        BenchCommand::Attest(args) => crate::bench_attest::run(args).await,
-    }
+    pub revoked: u32,
 }
 
 struct Material {
@@ -164,7 +124,10 @@ async fn measure(
     Ok(elapsed)
 }
 
-async fn handshake(args: HandshakeArgs) -> Result<()> {
+/// `ztmesh bench handshake`.
+pub async fn handshake(args: HandshakeOptions) -> Result<()> {
+    crate::check_bounds("iterations", args.iterations, 10..=100_000)?;
+    crate::check_bounds("revoked", args.revoked, 0..=1_000_000)?;
     let m = material(args.revoked)?;
     let ztmesh_server = ztmesh_runtime::tls::mesh_server_config(m.trust.clone(), m.server.clone())?;
     let baseline_server = baseline_server_config(&m)?;

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use crate::local_mesh::wait_for;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
-use clap::Args;
 use sha2::Digest;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
@@ -26,18 +25,15 @@ use ztmesh_runtime::api_types::{PeersResponse, RevokeRequest, StatusResponse, To
 use ztmesh_runtime::private_files;
 use ztmesh_runtime::tls::{CurrentCertificate, MeshTrust};
 
-/// Options of `ztmesh demo`.
-#[derive(Args, Debug)]
-pub struct DemoArgs {
+/// Options of `ztmesh demo` (the CLI gives the bounds and the defaults).
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
     /// Number of nodes (3..=16).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(3..=16))]
-    nodes: u32,
+    pub nodes: u32,
     /// Keep the mesh running at the end and print commands to inspect it (Ctrl-C stops it).
-    #[arg(long)]
-    keep: bool,
+    pub keep: bool,
     /// Directory to use instead of a fresh temporary one (must not exist yet).
-    #[arg(long, value_name = "DIR")]
-    dir: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
 }
 
 /// Witnesses of the membership log.
@@ -175,7 +171,8 @@ fn connected(peers: &PeersResponse) -> usize {
 }
 
 /// Runs the demo.
-pub async fn run(args: DemoArgs) -> Result<()> {
+pub async fn run(args: DemoOptions) -> Result<()> {
+    crate::check_bounds("nodes", args.nodes, 3..=16)?;
     let (root, _temp) = match &args.dir {
         Some(dir) => {
             if dir.exists() {

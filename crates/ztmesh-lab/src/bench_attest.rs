@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use base64::Engine as _;
-use clap::Args;
 use dcap_qvl::config::{Config, CryptoProvider};
 use dcap_qvl::crypto::RingCrypto;
 use dcap_qvl::QuoteCollateralV3;
@@ -47,25 +46,21 @@ use ztmesh_attest::tpm2::{AttestationKey, Tpm2Evidence, TpmSignature};
 use ztmesh_attest::{dcap, dev, report_data_binding, sev, tpm2};
 use ztmesh_attest::{AttestError, EvidenceType, Expectations, ReferenceValues, Verdict};
 
-/// Options of `ztmesh bench attest`.
-#[derive(Args, Debug)]
-pub struct AttestArgs {
+/// Options of `ztmesh bench attest` (the CLI gives the bounds and the defaults).
+#[derive(Debug, Clone)]
+pub struct AttestOptions {
     /// Measured time per side (full verification, baseline) and evidence type, in seconds,
     /// split evenly into the rounds. Each round runs at least one operation per side.
-    #[arg(long, default_value_t = 1.0, value_parser = parse_seconds)]
-    seconds: f64,
-    /// Evidence types to measure, comma-separated (default: all of dev, tpm2, tdx, sgx,
-    /// sev-snp).
-    #[arg(long, value_delimiter = ',', value_parser = parse_evidence_type)]
-    types: Vec<EvidenceType>,
+    pub seconds: f64,
+    /// Evidence types to measure (empty: all of [`BENCHED_TYPES`], in that order).
+    pub types: Vec<EvidenceType>,
     /// Measured rounds per side, alternating with the other side, after one warm-up round of
     /// each.
-    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=50))]
-    rounds: u32,
+    pub rounds: u32,
 }
 
 /// The evidence types this benchmark has sample evidence for, in the default order.
-const BENCHED_TYPES: [EvidenceType; 5] = [
+pub const BENCHED_TYPES: [EvidenceType; 5] = [
     EvidenceType::Dev,
     EvidenceType::Tpm2,
     EvidenceType::Tdx,
@@ -73,7 +68,8 @@ const BENCHED_TYPES: [EvidenceType; 5] = [
     EvidenceType::SevSnp,
 ];
 
-fn parse_evidence_type(text: &str) -> Result<EvidenceType, String> {
+/// One evidence type by name, refused unless this benchmark has sample evidence for it.
+pub fn parse_evidence_type(text: &str) -> Result<EvidenceType, String> {
     let names = || {
         BENCHED_TYPES
             .iter()
@@ -92,23 +88,22 @@ fn parse_evidence_type(text: &str) -> Result<EvidenceType, String> {
         })
 }
 
-fn parse_seconds(text: &str) -> Result<f64, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if !(0.001..=600.0).contains(&seconds) {
-        return Err(format!("{seconds} s is outside 0.001..=600"));
-    }
-    Ok(seconds)
-}
-
 /// `ztmesh bench attest`.
-pub async fn run(args: AttestArgs) -> Result<()> {
+pub async fn run(args: AttestOptions) -> Result<()> {
+    crate::check_bounds("seconds", args.seconds, 0.001..=600.0)?;
+    crate::check_bounds("rounds", args.rounds, 1..=50)?;
+    for evidence_type in &args.types {
+        ensure!(
+            BENCHED_TYPES.contains(evidence_type),
+            "no sample evidence of type {} to measure",
+            evidence_type.as_str()
+        );
+    }
     // Pure computation on one core; kept off the runtime's worker threads.
     tokio::task::spawn_blocking(move || run_blocking(args)).await?
 }
 
-fn run_blocking(args: AttestArgs) -> Result<()> {
+fn run_blocking(args: AttestOptions) -> Result<()> {
     let requested = if args.types.is_empty() {
         BENCHED_TYPES.to_vec()
     } else {
