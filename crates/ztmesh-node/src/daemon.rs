@@ -75,6 +75,10 @@ pub enum NodeError {
     /// State database problem.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The revoked nodes or governance decisions in `state.db`, or an earlier version's JSON
+    /// file of them, cannot be used.
+    #[error(transparent)]
+    State(#[from] crate::store::NodeStateError),
     /// Certificate problem.
     #[error(transparent)]
     Pki(#[from] PkiError),
@@ -618,22 +622,28 @@ impl Node {
     }
 
     /// Revokes `nodes` by id: their gossip is refused and purged, they drop to Untrusted (a
-    /// tier change reported to the log), the set is persisted in `revoked-nodes.json`, and
+    /// tier change reported to the log), the revocations are recorded in `state.db`, and
     /// links to them close. Only for revocations a newer CRL or the membership log justified.
     pub(crate) fn apply_node_revocations(&self, nodes: &[NodeId]) {
         if nodes.is_empty() {
             return;
         }
         self.gossip.revoke_nodes(nodes);
-        let revoked = {
+        let (learnt, capacity) = {
             let mut tiers = self.tiers();
             for revoked in nodes {
                 tiers.handle_revoked(*revoked, now());
             }
-            tiers.revoked().clone()
+            // Only these nodes are written (with the time the book keeps for each): another
+            // thread's older copy of the whole set can then never take one of them out.
+            let learnt: Vec<(NodeId, Timestamp)> = nodes
+                .iter()
+                .filter_map(|node| tiers.revoked().revoked_at(node).map(|at| (*node, at)))
+                .collect();
+            (learnt, tiers.policy().max_revoked)
         };
-        if let Err(error) = save_revoked(&self.dir.0, &revoked) {
-            tracing::error!(%error, "could not persist the revoked node set");
+        if let Err(error) = self.store.record_node_revocations(&learnt, capacity, now()) {
+            tracing::error!(%error, "could not record the revoked nodes in state.db");
         }
         self.log_tier_changes();
         self.close_links_to(nodes, "peer revoked");
@@ -787,6 +797,16 @@ pub async fn run(
     }
     trust.set_denied(denied);
     let store = Arc::new(NodeStore::open(&dir.state_db())?);
+    // Data directories of earlier versions: revoked-nodes.json and governance.json move into
+    // state.db once, before either is read.
+    for import in store.import_legacy_files(&dir.0, now())? {
+        tracing::info!(
+            file = import.file,
+            entries = import.entries,
+            imported_now = import.imported_now,
+            "kept in state.db from now on"
+        );
+    }
     if let Some((_, der)) = store.latest_crl()? {
         if let Err(error) = trust.apply_crl(&der) {
             tracing::warn!(%error, "stored CRL not applied");
@@ -852,7 +872,7 @@ pub async fn run(
     }
 
     // Decisions taken by governance before a restart stay in force.
-    let decided = crate::governance::load_decided(&dir.0).map_err(NodeError::Inconsistent)?;
+    let decided = store.governance_decisions()?;
     let mut parameters = ztmesh_trust::Parameters::default();
     let _ = parameters.set(
         ztmesh_trust::Param::GossipFanout,
@@ -861,7 +881,7 @@ pub async fn run(
     for (param, value) in &decided {
         parameters
             .set(*param, *value)
-            .map_err(|e| NodeError::Inconsistent(format!("governance.json: {e}")))?;
+            .map_err(|e| NodeError::Inconsistent(format!("state.db: governance: {e}")))?;
         tracing::info!(
             param = param.as_str(),
             value,
@@ -918,9 +938,9 @@ pub async fn run(
         );
     }
     tracing::info!(binary_sha256 = %hex::encode(binary_sha256), "own executable");
-    let mut revoked = load_revoked(&dir.0).map_err(NodeError::Inconsistent)?;
+    let mut revoked: ztmesh_trust::RevokedSet = store.revoked_nodes()?.into_iter().collect();
     if log_watch.is_watched() {
-        audit_persisted_revocations(&dir.0, &store, &log_watch, &mut revoked)?;
+        audit_persisted_revocations(&store, &log_watch, &mut revoked)?;
     }
     let revoked_nodes: Vec<NodeId> = revoked.iter().map(|(node, _)| *node).collect();
     let mut tiers = ztmesh_trust::TrustBook::with_revoked(
@@ -939,7 +959,7 @@ pub async fn run(
     if !revoked_nodes.is_empty() {
         tracing::info!(
             count = revoked_nodes.len(),
-            "revoked nodes reloaded from revoked-nodes.json"
+            "revoked nodes reloaded from state.db"
         );
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -1239,23 +1259,11 @@ async fn dial(node: Arc<Node>, target: &DialTarget) -> Result<(), String> {
     Ok(())
 }
 
-/// `revoked-nodes.json` in the node directory: node ids learnt revoked (from CA-signed records).
-pub const REVOKED_FILE: &str = "revoked-nodes.json";
-
-/// Reads `revoked-nodes.json` (empty when absent).
-pub(crate) fn load_revoked(dir: &std::path::Path) -> Result<ztmesh_trust::RevokedSet, String> {
-    let path = dir.join(REVOKED_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ztmesh_trust::RevokedSet::new()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
-}
-
-/// Holds `revoked-nodes.json` to the membership log at start (a node that watches the log).
+/// Holds the revocations recorded in `state.db` to the membership log at start (a node that
+/// watches the log).
 ///
 /// Each entry is kept in force only if the verified log this node followed shows a
-/// `revoke_node` entry for it. Any other entry is taken out of the set (and the file) and
+/// `revoke_node` entry for it. Any other entry is taken out of the set (and `state.db`) and
 /// held unapplied, like a fresh record no newer CRL justified: applied again if the log shows
 /// it, an `unlogged_revocation` if the log moves past the time it was learnt without. The
 /// choice: a revocation only removes trust, but one the log does not justify is exactly the
@@ -1263,7 +1271,6 @@ pub(crate) fn load_revoked(dir: &std::path::Path) -> Result<ztmesh_trust::Revoke
 /// attack across every restart. The certificates of an honestly revoked node stay refused by
 /// the CRL meanwhile; only the ban by id waits for the log.
 fn audit_persisted_revocations(
-    dir: &std::path::Path,
     store: &NodeStore,
     log_watch: &LogWatch,
     revoked: &mut ztmesh_trust::RevokedSet,
@@ -1280,23 +1287,12 @@ fn audit_persisted_revocations(
     }
     for node in &unjustified {
         if let Some(learnt) = revoked.remove(node) {
+            store.forget_node_revocation(node, learnt)?;
             log_watch.handle_node_revocation(*node, learnt, false);
-            tracing::warn!(%node, learnt = %crate::timefmt::rfc3339(learnt), "revoked-nodes.json: the membership log followed so far shows no revocation of this node; held, not applied, until it does");
+            tracing::warn!(%node, learnt = %crate::timefmt::rfc3339(learnt), "persisted revocation: the membership log followed so far shows no revocation of this node; held, not applied, until it does");
         }
     }
-    save_revoked(dir, revoked).map_err(NodeError::Inconsistent)
-}
-
-/// Writes `revoked-nodes.json` atomically (temporary file, then rename).
-pub(crate) fn save_revoked(
-    dir: &std::path::Path,
-    revoked: &ztmesh_trust::RevokedSet,
-) -> Result<(), String> {
-    let path = dir.join(REVOKED_FILE);
-    let tmp = dir.join(format!("{REVOKED_FILE}.tmp"));
-    let text = serde_json::to_vec(revoked).map_err(|e| e.to_string())?;
-    crate::private_files::write_private_file(&tmp, &text).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
+    Ok(())
 }
 
 /// The tier-gated action a gossip frame from a neighbour is: anti-entropy (a digest or a want

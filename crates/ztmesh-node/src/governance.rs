@@ -2,14 +2,13 @@
 //! gate, and feed the sans-IO [`ztmesh_trust::Governance`] with this node's trust book as the
 //! electorate. A decision applies at once (the gossip fan-out changes on the next push, the
 //! attestation validity on the next verification, the health interval on the next tick) and is
-//! persisted in `governance.json`, so it survives a restart.
+//! recorded in `state.db` (governance_decisions), so it survives a restart.
 //!
 //! Routes (local applications, `Authorization: Bearer <api.token>`):
 //! `POST /v1/governance/proposals` `{param, value, ttl_sec?}` → 202 `{id}`,
 //! `POST /v1/governance/votes` `{proposal_id, approve}` → 202 `{id}`,
 //! `GET /v1/governance/proposals` → the proposals held, their votes and the parameters in force.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +27,6 @@ use crate::https::ClientAddr;
 use crate::local_api::{gossip_error, local_app};
 use crate::timefmt::now;
 
-/// `governance.json` in the node directory: the values decided so far, by parameter name
-/// (parameters never decided keep their configured or default value).
-pub const PARAMETERS_FILE: &str = "governance.json";
-
 /// Default lifetime of a proposal.
 pub const DEFAULT_PROPOSAL_TTL: Duration = Duration::from_secs(600);
 
@@ -41,38 +36,6 @@ const VOTE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The parameter named `name`.
 pub fn param_named(name: &str) -> Option<Param> {
     Param::ALL.into_iter().find(|p| p.as_str() == name)
-}
-
-/// Values decided by governance.
-pub(crate) type Decided = std::collections::BTreeMap<Param, u64>;
-
-/// Reads `governance.json` (empty when absent); every value must be within its bounds.
-pub(crate) fn load_decided(dir: &Path) -> Result<Decided, String> {
-    let path = dir.join(PARAMETERS_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Decided::new()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let decided: Decided =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    for (param, value) in &decided {
-        param
-            .check(*value)
-            .map_err(|e| format!("{}: {}: {e}", path.display(), param.as_str()))?;
-    }
-    Ok(decided)
-}
-
-/// Records one decision in `governance.json` atomically (temporary file, then rename).
-fn save_decision(dir: &Path, param: Param, value: u64) -> Result<(), String> {
-    let mut decided = load_decided(dir)?;
-    decided.insert(param, value);
-    let path = dir.join(PARAMETERS_FILE);
-    let tmp = dir.join(format!("{PARAMETERS_FILE}.tmp"));
-    let text = serde_json::to_vec_pretty(&decided).map_err(|e| e.to_string())?;
-    crate::private_files::write_private_file(&tmp, &text).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl Node {
@@ -176,6 +139,23 @@ impl Node {
                 let Some(event) = governance.poll_event() else {
                     return;
                 };
+                // Recorded under the governance lock, so decisions reach state.db in the order
+                // they were taken: a slower thread never writes an older value over a newer.
+                if let GovernanceEvent::Applied {
+                    param,
+                    value,
+                    proposal_id,
+                } = &event
+                {
+                    if let Err(error) = self.store.record_governance_decision(
+                        *param,
+                        *value,
+                        &hex::encode(proposal_id.0),
+                        now(),
+                    ) {
+                        tracing::error!(%error, "could not record the governance decision in state.db");
+                    }
+                }
                 (event, *governance.parameters())
             };
             match event {
@@ -186,9 +166,6 @@ impl Node {
                 } => {
                     tracing::info!(param = param.as_str(), value, proposal = %proposal_id, "governance decision applied");
                     self.apply_parameter(param, &parameters);
-                    if let Err(error) = save_decision(&self.dir.0, param, value) {
-                        tracing::error!(%error, "could not persist governance.json");
-                    }
                     self.events.emit(crate::events::NodeEvent::Governance {
                         param: param.as_str().to_owned(),
                         value,
@@ -458,32 +435,6 @@ pub(crate) async fn list_proposals(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decisions_persist_and_reload_and_out_of_bounds_files_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(load_decided(dir.path()).unwrap().is_empty());
-        save_decision(dir.path(), Param::GossipFanout, 5).unwrap();
-        save_decision(dir.path(), Param::HealthCheckIntervalSecs, 30).unwrap();
-        save_decision(dir.path(), Param::GossipFanout, 2).unwrap();
-        let decided = load_decided(dir.path()).unwrap();
-        assert_eq!(
-            decided,
-            Decided::from([
-                (Param::GossipFanout, 2),
-                (Param::HealthCheckIntervalSecs, 30)
-            ])
-        );
-        for garbage in [
-            &b"{\"gossip_fanout\": 99}"[..],
-            b"{\"nope\": 1}",
-            b"[1]",
-            b"\xff",
-        ] {
-            std::fs::write(dir.path().join(PARAMETERS_FILE), garbage).unwrap();
-            assert!(load_decided(dir.path()).is_err());
-        }
-    }
 
     #[test]
     fn every_parameter_has_a_name() {

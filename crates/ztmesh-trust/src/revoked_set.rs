@@ -1,5 +1,6 @@
-//! The node ids this node knows to be revoked. The runtime persists it (serde) and hands it
-//! back to [`crate::TrustBook::with_revoked`] on start, so a restart never forgets a revocation.
+//! The node ids this node knows to be revoked. The runtime persists it (each revocation as it
+//! is learnt) and hands it back to [`crate::TrustBook::with_revoked`] on start, so a restart
+//! never forgets a revocation.
 
 use std::collections::BTreeMap;
 
@@ -77,5 +78,20 @@ impl RevokedSet {
             }
         }
         evicted
+    }
+}
+
+/// A set read back from the runtime's store; a node listed twice keeps its earliest time. Not
+/// bounded here: [`crate::TrustBook::with_revoked`] refuses a set larger than its policy allows.
+impl FromIterator<(NodeId, Timestamp)> for RevokedSet {
+    fn from_iter<I: IntoIterator<Item = (NodeId, Timestamp)>>(entries: I) -> Self {
+        let mut set = RevokedSet::new();
+        for (node, at) in entries {
+            set.entries
+                .entry(node)
+                .and_modify(|first| *first = (*first).min(at))
+                .or_insert(at);
+        }
+        set
     }
 }

@@ -28,7 +28,8 @@ pub(crate) fn assert_durable(conn: &rusqlite::Connection) -> i64 {
 
 pub use bundle_store::SqliteBundleStore;
 pub use node_store::{
-    AlarmAck, EndedStall, FollowedEntry, Issuance, LogWatchSwap, NodeStore, SavedLogAlarm,
-    SavedLogHead, SavedLogStall, SavedLogWatch, SavedStallAlarm, StallEnd, StoredPeer,
-    DEFAULT_PEER_CAPACITY,
+    AlarmAck, EndedStall, FollowedEntry, Issuance, LegacyImport, LogWatchSwap, NodeStateError,
+    NodeStore, SavedLogAlarm, SavedLogHead, SavedLogStall, SavedLogWatch, SavedStallAlarm,
+    StallEnd, StoredPeer, DEFAULT_PEER_CAPACITY, GOVERNANCE_FILE, IMPORTED_SUFFIX,
+    REVOKED_NODES_FILE,
 };

@@ -9,13 +9,28 @@
 //! and an alarm once saved stays. Verified log entries are only appended, densely, and never
 //! beyond the saved head. The peer table is fed by network input and therefore bounded:
 //! beyond its capacity the least recently seen peers are dropped.
+//!
+//! It also keeps the node ids learnt revoked and the governance decisions in force, which
+//! earlier versions kept in `revoked-nodes.json` and `governance.json` (imported once, see
+//! [`legacy_json`]). A revocation is only ever added by [`NodeStore::record_node_revocations`],
+//! never written as a whole set, so a writer holding an older view of the set cannot take a
+//! newer revocation out; rows leave only to stay within the trust book's bound, oldest first,
+//! and by the start audit ([`NodeStore::forget_node_revocation`], compare-and-swap on the time
+//! the audit judged). Governance decisions read back are held to their parameter's bounds: a
+//! value out of bounds is a [`NodeStateError`], never put in force.
 
-use std::path::Path;
+mod legacy_json;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use ztmesh_core::{NodeId, Timestamp};
 use ztmesh_pki::Serial;
+use ztmesh_trust::Param;
+
+pub use legacy_json::{LegacyImport, GOVERNANCE_FILE, IMPORTED_SUFFIX, REVOKED_NODES_FILE};
 
 use super::{
     count_from_sql, count_to_sql, limit_to_sql, lock, node_id_from_sql, open_database,
@@ -125,6 +140,39 @@ CREATE TABLE log_stall_history (
     reason    TEXT NOT NULL,
     ended_at  INTEGER NOT NULL CHECK (ended_at >= 0),
     ended_by  TEXT NOT NULL CHECK (ended_by IN ('recovered', 'acknowledged'))
+) STRICT;
+"#,
+        r#"
+-- Node ids learnt revoked (daemon.rs), each with when its revocation was first learnt. Rows
+-- are only added (the first time learnt stays); they leave only to keep the set within the
+-- trust book's bound (oldest first) and by the start audit against the membership log.
+-- `source`: 'learnt' at run time, 'imported' from an earlier version's revoked-nodes.json.
+CREATE TABLE revoked_nodes (
+    node_id     TEXT PRIMARY KEY NOT NULL,
+    learnt_at   INTEGER NOT NULL CHECK (learnt_at >= 0),
+    recorded_at INTEGER NOT NULL CHECK (recorded_at >= 0),
+    source      TEXT NOT NULL CHECK (source IN ('learnt', 'imported'))
+) STRICT;
+CREATE INDEX revoked_nodes_by_age ON revoked_nodes (learnt_at, node_id);
+
+-- Governance decisions in force (governance.rs), one value per parameter, with the proposal
+-- that decided it: NULL when imported from an earlier version's governance.json, which kept
+-- only the value.
+CREATE TABLE governance_decisions (
+    param      TEXT PRIMARY KEY NOT NULL,
+    value      INTEGER NOT NULL CHECK (value >= 0),
+    proposal   TEXT,
+    decided_at INTEGER NOT NULL CHECK (decided_at >= 0)
+) STRICT;
+
+-- JSON files of earlier versions imported into this database, recorded in the import's own
+-- transaction: the SHA-256 of the bytes imported makes a second import of the same file
+-- impossible, and one of another file of that name is refused (node_store/legacy_json.rs).
+CREATE TABLE legacy_imports (
+    file        TEXT PRIMARY KEY NOT NULL,
+    sha256      BLOB NOT NULL CHECK (length(sha256) = 32),
+    entries     INTEGER NOT NULL CHECK (entries >= 0),
+    imported_at INTEGER NOT NULL CHECK (imported_at >= 0)
 ) STRICT;
 "#,
     ],
@@ -275,6 +323,69 @@ pub struct StoredPeer {
     pub addr: String,
     /// When it was last seen.
     pub last_seen: Timestamp,
+}
+
+/// Why the node's persisted revocations or governance decisions cannot be used; the node
+/// refuses to start on it rather than run with less than it had decided.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeStateError {
+    /// The database itself failed.
+    #[error("state.db: {0}")]
+    Store(#[from] StoreError),
+    /// A governance decision in `state.db` names a parameter this build does not know.
+    #[error("state.db: governance decision for unknown parameter {0:?}")]
+    UnknownParam(String),
+    /// A governance decision in `state.db` is outside its parameter's bounds.
+    #[error("state.db: governance decision {param} = {value}: {reason}")]
+    ValueOutOfBounds {
+        /// The parameter.
+        param: &'static str,
+        /// The value found.
+        value: u64,
+        /// The bound it breaks.
+        reason: String,
+    },
+    /// A JSON file of an earlier version cannot be read, is not what that version wrote, or
+    /// holds a value out of bounds. Nothing of it was imported; it stays where it is.
+    #[error("{}: {reason}", path.display())]
+    LegacyFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file of this name was imported before and this one has other content. Importing it
+    /// as well could bring back what the node decided since, so the operator must look.
+    #[error("{}: a file of this name was already imported into state.db at {imported_at} and this one differs; move it away (the imported one is kept as {})", path.display(), kept_as.display())]
+    AlreadyImported {
+        /// The file found.
+        path: PathBuf,
+        /// Where the imported one was kept.
+        kept_as: PathBuf,
+        /// When it was imported.
+        imported_at: Timestamp,
+    },
+    /// The name an imported file is kept under is taken; nothing was imported, so that no
+    /// operator file is overwritten.
+    #[error("{}: cannot keep it as {} after importing it, that name is taken; move one of them away", path.display(), kept_as.display())]
+    ImportedNameTaken {
+        /// The file to import.
+        path: PathBuf,
+        /// The name it would be kept under.
+        kept_as: PathBuf,
+    },
+    /// The imported file could not be renamed. Its values are in `state.db`; the next start
+    /// finds the import recorded and only renames it.
+    #[error("{}: imported, but not renamed to {}: {source}", path.display(), kept_as.display())]
+    Rename {
+        /// The imported file.
+        path: PathBuf,
+        /// The name it should be kept under.
+        kept_as: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
 }
 
 /// One of the node's own certificates: `(serial, not_before, not_after, kind, issued_at)`.
@@ -893,6 +1004,166 @@ impl NodeStore {
             .collect::<Result<Vec<String>, _>>()?;
         Ok(kinds)
     }
+
+    /// Adds revocations by node id, each with when it was learnt, in one transaction. A node
+    /// already recorded keeps the earliest time. Nothing is ever removed for being absent
+    /// from `revoked`: callers pass what they newly learnt, so a writer with an older view
+    /// cannot undo a revocation another wrote. Beyond `capacity` (the trust book's
+    /// `max_revoked`) the oldest other revocations are forgotten, as the book forgets them.
+    pub fn record_node_revocations(
+        &self,
+        revoked: &[(NodeId, Timestamp)],
+        capacity: usize,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        if revoked.is_empty() {
+            return Ok(());
+        }
+        let at = timestamp_to_sql(at, "revocation record time")?;
+        let mut conn = lock(&self.connection);
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        insert_revocations(&tx, revoked, at, "learnt")?;
+        let count: i64 = tx.query_row("SELECT count(*) FROM revoked_nodes", [], |r| r.get(0))?;
+        let excess = count.saturating_sub(limit_to_sql(capacity.max(1)));
+        if excess > 0 {
+            let fresh: std::collections::BTreeSet<String> =
+                revoked.iter().map(|(node, _)| node.to_string()).collect();
+            let oldest = {
+                let mut statement = tx.prepare(
+                    "SELECT node_id FROM revoked_nodes ORDER BY learnt_at, node_id LIMIT ?1",
+                )?;
+                let rows = statement
+                    .query_map([excess.saturating_add(limit_to_sql(fresh.len()))], |r| {
+                        r.get::<_, String>(0)
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows
+            };
+            let mut delete = tx.prepare("DELETE FROM revoked_nodes WHERE node_id = ?1")?;
+            for node in oldest
+                .iter()
+                .filter(|node| !fresh.contains(*node))
+                .take(usize::try_from(excess).unwrap_or(usize::MAX))
+            {
+                delete.execute([node])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Takes `node`'s revocation out, only if it is still the one learnt at `learnt_at`
+    /// (compare-and-swap): for the start audit, which holds a persisted revocation the
+    /// membership log does not justify unapplied instead. Returns whether it was removed.
+    pub fn forget_node_revocation(
+        &self,
+        node: &NodeId,
+        learnt_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let learnt_at = timestamp_to_sql(learnt_at, "revocation time")?;
+        let removed = lock(&self.connection).execute(
+            "DELETE FROM revoked_nodes WHERE node_id = ?1 AND learnt_at = ?2",
+            params![node.to_string(), learnt_at],
+        )?;
+        Ok(removed == 1)
+    }
+
+    /// The node ids recorded revoked, with when each was learnt, in id order.
+    pub fn revoked_nodes(&self) -> Result<Vec<(NodeId, Timestamp)>, StoreError> {
+        let conn = lock(&self.connection);
+        let mut statement = conn.prepare("SELECT node_id, learnt_at FROM revoked_nodes")?;
+        let mut rows = statement.query([])?;
+        let mut revoked = Vec::new();
+        while let Some(row) = rows.next()? {
+            revoked.push((
+                node_id_from_sql(&row.get::<_, String>(0)?)?,
+                timestamp_from_sql(row.get(1)?, "revocation time")?,
+            ));
+        }
+        // The text order of base32 is not the order of the ids' bytes.
+        revoked.sort_unstable_by_key(|(node, _)| *node);
+        Ok(revoked)
+    }
+
+    /// Records that governance decided `param = value` by `proposal` (hex id), replacing the
+    /// value in force. Callers write decisions in the order they were taken (the node holds
+    /// its governance lock), so the last write is the latest decision.
+    pub fn record_governance_decision(
+        &self,
+        param: Param,
+        value: u64,
+        proposal: &str,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let value = count_to_sql(value, "governance value")?;
+        let at = timestamp_to_sql(at, "governance decision time")?;
+        lock(&self.connection).execute(
+            "INSERT INTO governance_decisions (param, value, proposal, decided_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (param) DO UPDATE SET value = excluded.value,
+                 proposal = excluded.proposal, decided_at = excluded.decided_at",
+            params![param.as_str(), value, proposal, at],
+        )?;
+        Ok(())
+    }
+
+    /// The governance decisions in force, each held to its parameter's bounds: an unknown
+    /// parameter or a value out of bounds is an error, never put in force.
+    pub fn governance_decisions(&self) -> Result<BTreeMap<Param, u64>, NodeStateError> {
+        let rows = {
+            let conn = lock(&self.connection);
+            let mut statement = conn
+                .prepare("SELECT param, value FROM governance_decisions ORDER BY param")
+                .map_err(StoreError::from)?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(StoreError::from)?;
+            rows
+        };
+        let mut decided = BTreeMap::new();
+        for (name, value) in rows {
+            let param = Param::ALL
+                .into_iter()
+                .find(|p| p.as_str() == name)
+                .ok_or(NodeStateError::UnknownParam(name))?;
+            let value = count_from_sql(value, "governance value")?;
+            param
+                .check(value)
+                .map_err(|e| NodeStateError::ValueOutOfBounds {
+                    param: param.as_str(),
+                    value,
+                    reason: e.to_string(),
+                })?;
+            decided.insert(param, value);
+        }
+        Ok(decided)
+    }
+}
+
+/// Inserts revocations, keeping the earliest time for a node already recorded.
+fn insert_revocations(
+    tx: &rusqlite::Transaction<'_>,
+    revoked: &[(NodeId, Timestamp)],
+    at: i64,
+    source: &str,
+) -> Result<(), StoreError> {
+    let mut insert = tx.prepare(
+        "INSERT INTO revoked_nodes (node_id, learnt_at, recorded_at, source)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (node_id) DO UPDATE SET learnt_at = min(learnt_at, excluded.learnt_at)",
+    )?;
+    for (node, learnt) in revoked {
+        insert.execute(params![
+            node.to_string(),
+            timestamp_to_sql(*learnt, "revocation time")?,
+            at,
+            source
+        ])?;
+    }
+    Ok(())
 }
 
 fn read_log_watch(conn: &Connection) -> Result<SavedLogWatch, StoreError> {
@@ -1466,5 +1737,123 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(store.peers(10), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_stale_writer_cannot_undo_a_revocation() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("state.db");
+        drop(open(&dir));
+        // Eight writers at once, each with its own connection and its own revocation; each
+        // also writes again the revocation it saw before (a stale view of the set).
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|scope| {
+            for i in 0..8u8 {
+                let (barrier, path) = (&barrier, &path);
+                scope.spawn(move || {
+                    let store = NodeStore::open(path).unwrap();
+                    barrier.wait();
+                    store
+                        .record_node_revocations(&[(node(i), ts(100 + u64::from(i)))], 100, ts(1))
+                        .unwrap();
+                    store
+                        .record_node_revocations(&[(node(i), ts(500))], 100, ts(2))
+                        .unwrap();
+                });
+            }
+        });
+        let store = open(&dir);
+        let revoked = store.revoked_nodes().unwrap();
+        // Every revocation is there, with the time it was first learnt.
+        assert_eq!(
+            revoked,
+            (0..8u8)
+                .map(|i| (node(i), ts(100 + u64::from(i))))
+                .collect::<Vec<_>>()
+        );
+        // A writer holding the set from before the others wrote removes nothing.
+        store
+            .record_node_revocations(&[(node(0), ts(100))], 100, ts(3))
+            .unwrap();
+        assert_eq!(store.revoked_nodes().unwrap(), revoked);
+    }
+
+    #[test]
+    fn revocations_beyond_capacity_forget_the_oldest_others_first() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = open(&dir);
+        store
+            .record_node_revocations(&[(node(1), ts(10)), (node(2), ts(20))], 2, ts(1))
+            .unwrap();
+        // A new revocation learnt with an older time still stays; the oldest other goes.
+        store
+            .record_node_revocations(&[(node(3), ts(5))], 2, ts(2))
+            .unwrap();
+        assert_eq!(
+            store.revoked_nodes().unwrap(),
+            vec![(node(2), ts(20)), (node(3), ts(5))]
+        );
+    }
+
+    #[test]
+    fn the_start_audit_forgets_only_the_revocation_it_judged() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = open(&dir);
+        store
+            .record_node_revocations(&[(node(1), ts(10))], 10, ts(1))
+            .unwrap();
+        assert!(!store.forget_node_revocation(&node(1), ts(11)).unwrap());
+        assert_eq!(store.revoked_nodes().unwrap(), vec![(node(1), ts(10))]);
+        assert!(store.forget_node_revocation(&node(1), ts(10)).unwrap());
+        assert!(store.revoked_nodes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn governance_decisions_reload_and_values_out_of_bounds_are_refused() {
+        let dir = tempfile::TempDir::new().unwrap();
+        {
+            let store = open(&dir);
+            assert!(store.governance_decisions().unwrap().is_empty());
+            store
+                .record_governance_decision(Param::GossipFanout, 5, "aa", ts(1))
+                .unwrap();
+            store
+                .record_governance_decision(Param::HealthCheckIntervalSecs, 30, "bb", ts(2))
+                .unwrap();
+            store
+                .record_governance_decision(Param::GossipFanout, 2, "cc", ts(3))
+                .unwrap();
+        }
+        let store = open(&dir);
+        assert_eq!(
+            store.governance_decisions().unwrap(),
+            BTreeMap::from([
+                (Param::GossipFanout, 2),
+                (Param::HealthCheckIntervalSecs, 30)
+            ])
+        );
+        let conn = Connection::open(dir.path().join("state.db")).unwrap();
+        conn.execute(
+            "UPDATE governance_decisions SET value = 99 WHERE param = 'gossip_fanout'",
+            [],
+        )
+        .unwrap();
+        assert!(matches!(
+            store.governance_decisions(),
+            Err(NodeStateError::ValueOutOfBounds {
+                param: "gossip_fanout",
+                value: 99,
+                ..
+            })
+        ));
+        conn.execute(
+            "UPDATE governance_decisions SET value = 2, param = 'nope' WHERE param = 'gossip_fanout'",
+            [],
+        )
+        .unwrap();
+        assert!(matches!(
+            store.governance_decisions(),
+            Err(NodeStateError::UnknownParam(name)) if name == "nope"
+        ));
     }
 }
