@@ -270,8 +270,8 @@ fn a_revocation_spreads_by_gossip_when_the_ca_pushes_it_to_one_node() {
     );
     // The revoked set is persisted: after a restart (with no CRL fetch for an hour) node1
     // still holds the victim untrusted, as revoked.
-    let saved = std::fs::read_to_string(nodes[0].dir.join("revoked-nodes.json")).unwrap();
-    assert!(saved.contains(&victim), "{saved}");
+    let saved = revoked_in_state_db(&nodes[0].dir);
+    assert!(saved.contains(&victim), "{saved:?}");
     nodes[0].kill9();
     nodes[0].start();
     let log = nodes[0].proc.as_ref().unwrap();

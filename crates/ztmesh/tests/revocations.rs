@@ -3,7 +3,8 @@
 //! - A record signed with the CA's key that names a node, with the CRL in force unchanged,
 //!   excludes no one: every node holds it, and once the witnessed log has moved past it
 //!   without a `revoke_node` entry, raises `unlogged_revocation` naming that node. The same
-//!   holds for an entry of `revoked-nodes.json` the log does not justify, at start.
+//!   holds for a persisted revocation the log does not justify (here one of a
+//!   `revoked-nodes.json` written as earlier versions did, imported at start).
 //! - A real `ztmesh revoke` still drops the node everywhere within seconds, and its
 //!   revocation passes the log check (at run time and at start).
 //! - `POST /v1/revocations` (no client certificate) refuses every other kind before storing
@@ -96,11 +97,9 @@ fn findings(status: &serde_json::Value, kind: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
-/// Whether `node`'s `revoked-nodes.json` names `victim`.
+/// Whether `node`'s `state.db` records `victim` revoked.
 fn persisted_revoked(node: &TestNode, victim: &str) -> bool {
-    std::fs::read_to_string(node.dir.join("revoked-nodes.json"))
-        .map(|text| text.contains(victim))
-        .unwrap_or(false)
+    revoked_in_state_db(&node.dir).iter().any(|id| id == victim)
 }
 
 /// Posts `cose` to `to`'s `POST /v1/revocations` with no client certificate, as anyone can;
@@ -165,8 +164,8 @@ fn start_nodes(root: &Path, ca: &TestCa, n: usize) -> Vec<TestNode> {
 /// Issue 12, item 2: a record signed with the CA's key, naming a node, with the CRL in force
 /// unchanged, used to drop that node from every node's mesh within seconds, with no trace.
 /// Now: held (not applied) everywhere, then `unlogged_revocation` once the log moved past it;
-/// the node stays linked and is never written to `revoked-nodes.json`. A forged entry of
-/// `revoked-nodes.json` is lifted at start and reported the same way.
+/// the node stays linked and is never recorded revoked in `state.db`. A forged entry of
+/// `revoked-nodes.json` (imported at start) is lifted at start and reported the same way.
 #[test]
 fn a_ca_signed_record_with_an_unchanged_crl_excludes_no_one_and_raises_unlogged_revocation() {
     let root = tempfile::tempdir().unwrap();

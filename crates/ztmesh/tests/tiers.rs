@@ -306,7 +306,9 @@ fn dev_attested_nodes_earn_tier1_a_foreign_binary_stays_tier2_and_a_failing_tee_
     assert!(!checkend("7300"), "lives past 7300 s");
 
     // Applied changes persist across a restart.
-    assert!(a.dir.join("governance.json").exists());
+    let saved = governance_in_state_db(&a.dir);
+    assert_eq!(saved.get("gossip_fanout"), Some(&2), "{saved:?}");
+    assert_eq!(saved.get("rate_limit_rpm"), Some(&6000), "{saved:?}");
     a.kill9();
     a.start();
     assert_eq!(held(&a)["parameters"]["gossip_fanout"], 2);

@@ -504,6 +504,44 @@ pub fn request_bytes(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
     request
 }
 
+/// A node's `state.db`, opened read-only beside the running node (the WAL lets it read what
+/// the node committed without taking any lock the node waits for).
+pub fn state_db(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        dir.join("state.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .unwrap()
+}
+
+/// The node ids a node's `state.db` records revoked.
+pub fn revoked_in_state_db(dir: &Path) -> Vec<String> {
+    let conn = state_db(dir);
+    let mut statement = conn
+        .prepare("SELECT node_id FROM revoked_nodes ORDER BY node_id")
+        .unwrap();
+    let ids = statement
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<Vec<String>, _>>()
+        .unwrap();
+    ids
+}
+
+/// The governance decisions a node's `state.db` records, by parameter name.
+pub fn governance_in_state_db(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    let conn = state_db(dir);
+    let mut statement = conn
+        .prepare("SELECT param, value FROM governance_decisions")
+        .unwrap();
+    let decided = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .unwrap()
+        .collect::<Result<std::collections::BTreeMap<String, u64>, _>>()
+        .unwrap();
+    decided
+}
+
 // ----- Trust tiers: what a node needs to earn Tier 1 (dev TEE, signed manifest, fast health) -----
 
 /// Generous: Tier 1 needs 100 health checks (10 s at 100 ms) on a busy 2-core machine.
