@@ -1108,7 +1108,7 @@ async fn tiers_and_governance(
         .and_then(|s| s.trust.gate_refusals.get("governance").copied())
         .unwrap_or(0);
     demo.step(&format!(
-        "majority reached: gossip_fanout = 2 applied live on all {n} nodes and saved in governance.json; {}'s tier 2 vote was refused by the tier gate ({refusals} governance refusal(s) on node-1)",
+        "majority reached: gossip_fanout = 2 applied live on all {n} nodes and saved in state.db; {}'s tier 2 vote was refused by the tier gate ({refusals} governance refusal(s) on node-1)",
         unlisted.name
     ));
 

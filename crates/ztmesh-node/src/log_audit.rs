@@ -496,8 +496,8 @@ pub(crate) fn node_revocation_is_logged(kinds: &[String]) -> bool {
 /// outside the log, which the ones queued already report.
 pub(crate) const MAX_PENDING_NODE_REVOCATIONS: usize = 1024;
 
-/// A revocation by node id (a CA-signed record's `revoked_nodes`, or an entry of
-/// `revoked-nodes.json` at start) waiting for the verified log to show it.
+/// A revocation by node id (a CA-signed record's `revoked_nodes`, or one persisted in
+/// `state.db` at start) waiting for the verified log to show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PendingNodeRevocation {
     /// The node revoked.
