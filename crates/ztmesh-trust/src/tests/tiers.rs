@@ -502,3 +502,14 @@ fn tier1_peers_lists_exactly_the_tier1_peers() {
     book.handle_revoked(node(1), T0);
     assert_eq!(book.tier1_peers(T0).collect::<Vec<_>>(), vec![node(2)]);
 }
+
+#[test]
+fn a_revoked_set_read_back_from_a_store_keeps_the_earliest_time_per_node() {
+    let later = ztmesh_core::Timestamp::from_unix_millis(T0.as_unix_millis() + 5_000);
+    let set: RevokedSet = [(node(1), later), (node(2), T0), (node(1), T0)]
+        .into_iter()
+        .collect();
+    assert_eq!(set.len(), 2);
+    assert_eq!(set.revoked_at(&node(1)), Some(T0));
+    assert_eq!(set.revoked_at(&node(2)), Some(T0));
+}
