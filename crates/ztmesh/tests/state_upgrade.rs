@@ -174,3 +174,43 @@ fn a_node_directory_of_the_previous_version_keeps_its_revocations_and_decisions(
     }
     upgraded.proc.as_mut().unwrap().assert_running();
 }
+
+/// A file the previous version would not have loaded stops the start, naming it, and nothing
+/// of it is imported; so does another file under a name already imported.
+#[test]
+fn garbage_or_a_second_different_file_stops_the_start_naming_the_file() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = TestCa::start(root.path(), &[]);
+    let mut node = ca.enroll(root.path(), "node");
+    let run = |node: &TestNode| ztmesh(&["run", "--data-dir", node.dir.to_str().unwrap()]);
+
+    std::fs::write(node.dir.join("governance.json"), b"{\"gossip_fanout\": 99}").unwrap();
+    let out = run(&node);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("governance.json"), "{stderr}");
+    assert!(node.dir.join("governance.json").exists());
+    assert!(!node.dir.join("governance.json.imported").exists());
+    assert!(governance_in_state_db(&node.dir).is_empty());
+
+    std::fs::write(node.dir.join("governance.json"), b"{\"gossip_fanout\": 3}").unwrap();
+    node.start();
+    assert_eq!(parameters(&node)["gossip_fanout"], 3);
+    node.kill9();
+    std::fs::write(node.dir.join("governance.json"), b"{\"gossip_fanout\": 4}").unwrap();
+    let out = run(&node);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("governance.json") && stderr.contains("already imported"),
+        "{stderr}"
+    );
+    assert_eq!(
+        governance_in_state_db(&node.dir),
+        BTreeMap::from([("gossip_fanout".to_owned(), 3)])
+    );
+    assert_eq!(
+        std::fs::read(node.dir.join("governance.json.imported")).unwrap(),
+        b"{\"gossip_fanout\": 3}"
+    );
+}
