@@ -1,6 +1,6 @@
 //! Feeds arbitrary bytes to what a CA does with the bodies of `POST /v1/enroll`,
 //! `POST /v1/rotate` and `POST /v1/enroll/tpm2/credential` before it touches its store: the
-//! JSON (`ztmesh_node::api_types`), then every field's own parser in the handler's order —
+//! JSON (`ztmesh_runtime::api_types`), then every field's own parser in the handler's order —
 //! enrollment token, CSR (PEM or base64 DER) and its key, identity key and proof, NodeId,
 //! TPM credential secret, the `attestation` payload (base64 of CBOR `{evidence, collateral?}`)
 //! and its verification under a policy trusting the dev key `[7; 32]` and the fixture TPM AK.
@@ -14,18 +14,19 @@ use ed25519_dalek::SigningKey;
 use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use ztmesh_attest::policy::{
+    enrollment_report_data, verify_enrollment_evidence, EnrollAttestationPolicy,
+};
 use ztmesh_attest::tpm2::AttestationKey;
 use ztmesh_attest::tpm2_credential::{AttestationKeyPublic, EndorsementKey};
+use ztmesh_attest::AttestationPayload;
+use ztmesh_ca::ca_service::{decode_csr, parse_attestation};
+use ztmesh_ca::ca_tpm2::parse_credential_secret;
 use ztmesh_core::NodeId;
-use ztmesh_node::api_types::{EnrollRequest, RotateRequest, Tpm2CredentialRequest};
-use ztmesh_node::ca_service::{
-    decode_csr, enrollment_report_data, parse_attestation, verify_enrollment_evidence,
-    AttestationPayload, EnrollAttestationPolicy,
-};
-use ztmesh_node::ca_tpm2::parse_credential_secret;
 use ztmesh_pki::{
     csr_public_key, EnrollmentToken, IdentityKey, IdentityProofDomain, IdentityPublicKey,
 };
+use ztmesh_runtime::api_types::{EnrollRequest, RotateRequest, Tpm2CredentialRequest};
 
 const AK_PEM: &str = include_str!("../../crates/ztmesh-attest/tests/fixtures/tpm2/ak.pem");
 /// Inside the dev evidence of the seed corpus's freshness window.
@@ -104,7 +105,7 @@ fn enroll(request: &EnrollRequest) {
         tpm2_attestation_keys: vec![AttestationKey::from_pem(AK_PEM).expect("fixture AK")],
     };
     let report_data = match (&token, &csr) {
-        (Some(token), Some((_, spki))) => enrollment_report_data(token, spki),
+        (Some(token), Some((_, spki))) => enrollment_report_data(&token.hash().0, spki),
         _ => [0; 64],
     };
     let _ = verify_enrollment_evidence(&policy, evidence_type, &payload, &report_data, NOW);
