@@ -39,8 +39,8 @@ pub use crate::ca_state::{decode_csr, CaServeOptions, DEFAULT_ROTATION_GRACE, MA
 use crate::membership_log::{self, HttpWitnessTransport, LogPolicy, LogPublisher, MembershipLog};
 use crate::rate_limit::RateLimiter;
 use crate::routes::attest::{attest, attest_challenge};
-pub use crate::routes::enroll::MAX_TOKEN_TTL;
 use crate::routes::enroll::{create_token, enroll, tpm2_credential};
+pub use crate::routes::enroll::{parse_attestation, MAX_TOKEN_TTL};
 pub use crate::routes::log::EVENT_REPORTS_PER_MINUTE;
 use crate::routes::log::{
     log_checkpoint, log_consistency_proof, log_entries, log_event, log_inclusion_proof, log_key,

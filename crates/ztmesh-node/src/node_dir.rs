@@ -142,6 +142,14 @@ impl NodeConfig {
     }
 }
 
+/// Parses and validates the text of a `node.toml`. Pure: [`NodeDir::read_config`] is this
+/// over the file's contents; the error is the message an operator sees after the path.
+pub fn parse_config(text: &str) -> Result<NodeConfig, String> {
+    let config: NodeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+    config.validate()?;
+    Ok(config)
+}
+
 /// Errors reading or writing a node directory.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -278,14 +286,7 @@ impl NodeDir {
             return Err(NodeDirError::NotEnrolled(self.0.clone()));
         }
         let text = std::fs::read_to_string(&path).map_err(Self::io(&path))?;
-        let config: NodeConfig = toml::from_str(&text).map_err(|e| NodeDirError::Config {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        config
-            .validate()
-            .map_err(|message| NodeDirError::Config { path, message })?;
-        Ok(config)
+        parse_config(&text).map_err(|message| NodeDirError::Config { path, message })
     }
 
     /// Writes `node.toml`.

@@ -4,7 +4,7 @@
 use crate::api_error::{ApiError, ApiJson};
 use crate::api_types::*;
 use crate::ca_state::{authenticated_node, blocking, CaState};
-use crate::routes::enroll::decode_attestation;
+use crate::routes::enroll::parse_attestation;
 use crate::timefmt::now;
 use crate::tls::PresentedCertificate;
 use axum::extract::State;
@@ -51,7 +51,7 @@ pub(crate) async fn attest(
                 "binary_sha256: expected 64 hex digits",
             )
         })?;
-    let (evidence_type, payload) = decode_attestation(&request.attestation)?;
+    let (evidence_type, payload) = parse_attestation(&request.attestation)?;
     let policy = attest_policy(&state, node.node_id, evidence_type).await?;
     let now = now();
     let result = state.tokens.attest(

@@ -47,7 +47,7 @@ pub(crate) fn check_enrollment_attestation(
         }
         return Ok(None);
     };
-    let (evidence_type, payload) = decode_attestation(attestation)?;
+    let (evidence_type, payload) = parse_attestation(attestation)?;
     verify_enrollment_evidence(policy, evidence_type, &payload, report_data, now_unix_secs)
         .map(Some)
         .map_err(|error| crate::ca_attest::attestation_refused(evidence_type, &error))
@@ -55,7 +55,8 @@ pub(crate) fn check_enrollment_attestation(
 
 /// Decodes an `attestation {type, payload}` (400 `malformed_attestation` for a type this
 /// build does not know or a payload that is not base64 of the CBOR `{evidence, collateral?}`).
-pub(crate) fn decode_attestation(
+/// Pure: what the CA does to the bytes of a request's `attestation` before verifying it.
+pub fn parse_attestation(
     attestation: &Attestation,
 ) -> Result<(ztmesh_attest::EvidenceType, AttestationPayload), ApiError> {
     let evidence_type: ztmesh_attest::EvidenceType =
@@ -301,7 +302,7 @@ pub(crate) fn tpm2_activation(
     let Some(attestation) = attestation else {
         return Ok(None);
     };
-    let (evidence_type, payload) = decode_attestation(attestation)?;
+    let (evidence_type, payload) = parse_attestation(attestation)?;
     if evidence_type != ztmesh_attest::EvidenceType::Tpm2 {
         return Ok(None);
     }
