@@ -19,7 +19,7 @@ use ztmesh_pki::{RevocationReason, RevokedEntry, Serial, TokenHash};
 
 use ztmesh_membership::{EntryKind, EventEntry, LogEntry};
 
-use super::{
+use ztmesh_runtime::sqlite::{
     count_from_sql, count_to_sql, limit_to_sql, lock, node_id_from_sql, open_database,
     timestamp_from_sql, timestamp_to_sql, Schema, StoreError,
 };
@@ -1450,8 +1450,9 @@ mod tests {
         );
         let conn = lock(&store.connection);
         assert_eq!(
-            crate::store::assert_durable(&conn),
-            SCHEMA.supported_version()
+            ztmesh_runtime::sqlite::durability_marks(&conn).unwrap(),
+            ("wal".to_owned(), 2, SCHEMA.supported_version()),
+            "WAL, synchronous=FULL (2), the newest schema"
         );
     }
 

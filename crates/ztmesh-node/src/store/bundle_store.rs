@@ -24,7 +24,7 @@ use ztmesh_dtn::{
     BundleId, BundleStore, DeliveredBundle, Eid, FragmentKey, HeldBundle, StoreUsage,
 };
 
-use super::{
+use ztmesh_runtime::sqlite::{
     count_from_sql, count_to_sql, enable_wal, lock, node_id_from_sql, schema_marks,
     timestamp_from_sql, timestamp_to_sql, StoreError, BUSY_TIMEOUT,
 };
@@ -103,7 +103,7 @@ impl SqliteBundleStore {
     /// Opens (creating if needed) the bundle tables in the node's `state.db` at `path`, on a
     /// connection of its own.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        super::prepare_private_database(path).map_err(StoreError::Io)?;
+        ztmesh_runtime::private_files::prepare_private_database(path).map_err(StoreError::Io)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         enable_wal(&conn)?;
@@ -666,7 +666,12 @@ mod tests {
             }
         );
         let conn = lock(&store.connection);
-        crate::store::assert_durable(&conn);
+        let (mode, synchronous, _) = ztmesh_runtime::sqlite::durability_marks(&conn).unwrap();
+        assert_eq!(
+            (mode.as_str(), synchronous),
+            ("wal", 2),
+            "WAL, synchronous=FULL"
+        );
     }
 
     #[test]
@@ -785,11 +790,11 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         // Another store's file (the CA's database is checked in crates/ztmesh/tests/stores.rs).
         let ca = dir.path().join("ca.db");
-        let foreign = crate::store::Schema {
+        let foreign = ztmesh_runtime::sqlite::Schema {
             application_id: 0x0bad_cafe,
             migrations: &["CREATE TABLE b (x INTEGER) STRICT;"],
         };
-        drop(crate::store::open_database(&ca, &foreign).unwrap());
+        drop(ztmesh_runtime::sqlite::open_database(&ca, &foreign).unwrap());
         assert!(matches!(
             SqliteBundleStore::open(&ca),
             Err(StoreError::WrongDatabase { .. })

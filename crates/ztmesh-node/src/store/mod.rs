@@ -7,24 +7,7 @@
 mod bundle_store;
 mod node_store;
 
-pub(crate) use ztmesh_runtime::private_files::prepare_private_database;
 pub use ztmesh_runtime::sqlite::StoreError;
-#[allow(unused_imports)]
-pub(crate) use ztmesh_runtime::sqlite::{
-    count_from_sql, count_to_sql, enable_wal, limit_to_sql, lock, node_id_from_sql, open_database,
-    schema_marks, timestamp_from_sql, timestamp_to_sql, Schema, BUSY_TIMEOUT,
-};
-
-/// Test check shared by this crate's stores: the connection is in WAL mode with
-/// `synchronous=FULL` (what every acknowledged write relies on). Returns the schema version.
-#[cfg(test)]
-pub(crate) fn assert_durable(conn: &rusqlite::Connection) -> i64 {
-    let (mode, synchronous, version) =
-        ztmesh_runtime::sqlite::durability_marks(conn).expect("pragmas readable");
-    assert_eq!(mode, "wal");
-    assert_eq!(synchronous, 2, "2 is FULL");
-    version
-}
 
 pub use bundle_store::SqliteBundleStore;
 pub use node_store::{

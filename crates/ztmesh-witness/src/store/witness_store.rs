@@ -13,7 +13,9 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use ztmesh_tlog::{Hash, SwapOutcome, TreeHead};
 
-use super::{count_from_sql, count_to_sql, lock, open_database, Schema, StoreError};
+use ztmesh_runtime::sqlite::{
+    count_from_sql, count_to_sql, lock, open_database, Schema, StoreError,
+};
 
 const SCHEMA: Schema = Schema {
     // "ztWT"
@@ -151,7 +153,11 @@ mod tests {
     fn file_is_wal_with_full_sync() {
         let dir = tempfile::TempDir::new().unwrap();
         let store = open(&dir);
-        assert_eq!(super::super::assert_durable(&lock(&store.connection)), 1);
+        assert_eq!(
+            ztmesh_runtime::sqlite::durability_marks(&lock(&store.connection)).unwrap(),
+            ("wal".to_owned(), 2, 1),
+            "WAL, synchronous=FULL (2), schema 1"
+        );
     }
 
     #[test]
@@ -280,11 +286,11 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let path = dir.path().join("state.db");
         // Another store's file (the node's and the CA's: crates/ztmesh/tests/stores.rs).
-        let foreign = crate::store::Schema {
+        let foreign = Schema {
             application_id: 0x0bad_cafe,
             migrations: &["CREATE TABLE b (x INTEGER) STRICT;"],
         };
-        drop(crate::store::open_database(&path, &foreign).unwrap());
+        drop(open_database(&path, &foreign).unwrap());
         assert!(matches!(
             WitnessStore::open(&path),
             Err(StoreError::WrongDatabase { .. })

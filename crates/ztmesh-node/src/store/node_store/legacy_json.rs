@@ -18,7 +18,9 @@ use ztmesh_core::{NodeId, Timestamp};
 use ztmesh_trust::Param;
 
 use super::{insert_revocations, NodeStateError, NodeStore};
-use crate::store::{count_to_sql, lock, timestamp_from_sql, timestamp_to_sql, StoreError};
+use ztmesh_runtime::sqlite::{
+    count_to_sql, lock, timestamp_from_sql, timestamp_to_sql, StoreError,
+};
 
 /// Where earlier versions kept the node ids learnt revoked: a JSON object from node id to the
 /// time the revocation was learnt (Unix milliseconds).
@@ -218,7 +220,7 @@ impl NodeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{open_database, Schema};
+    use ztmesh_runtime::sqlite::{open_database, Schema};
 
     fn node(n: u8) -> NodeId {
         NodeId::from_bytes([n; 20])
