@@ -222,24 +222,22 @@ pub fn lock(connection: &std::sync::Mutex<Connection>) -> std::sync::MutexGuard<
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// What every acknowledged write relies on, as the connection reports it:
-/// `(journal_mode, synchronous, user_version)`; an open store answers `("wal", 2, n)` (2 is
-/// FULL). The stores' tests check it.
-pub fn durability_marks(conn: &Connection) -> Result<(String, i64, i64), StoreError> {
+/// The schema version of a connection that keeps what every acknowledged write relies on
+/// (WAL journal, `synchronous=FULL`); `None` when either is off. The stores' tests check it.
+pub fn durable_version(conn: &Connection) -> Result<Option<i64>, StoreError> {
     let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+    // 2 is FULL.
     let synchronous: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    Ok((mode, synchronous, version))
+    Ok((mode.eq_ignore_ascii_case("wal") && synchronous == 2).then_some(version))
 }
 
-/// Test check shared by the stores: the connection is in WAL mode with `synchronous=FULL`.
-/// Returns the schema version.
+/// Test check: the connection is durable; returns the schema version.
 #[cfg(test)]
 fn assert_durable(conn: &Connection) -> i64 {
-    let (mode, synchronous, version) = durability_marks(conn).unwrap();
-    assert_eq!(mode, "wal");
-    assert_eq!(synchronous, 2, "2 is FULL");
-    version
+    durable_version(conn)
+        .unwrap()
+        .expect("WAL journal and synchronous=FULL")
 }
 
 #[cfg(test)]
